@@ -1,0 +1,249 @@
+"""Wiring: the sidecar's parts, its HTTP server, admin endpoints, reload, and orderly shutdown."""
+
+from __future__ import annotations
+
+import asyncio
+import signal
+import time
+from typing import Any
+
+import orjson
+import structlog
+from aiohttp import web
+
+from . import config as config_mod
+from .config import Config
+from .errors import BadRequest, ConfigError, NotFound, ProxyError, error_body
+from .handlers import Proxy
+from .reload import ConfigWatcher
+from .runtime import Live, Runtime
+from .shadow import Shadower
+from .stats import Stats
+from .store import Recorder
+
+log = structlog.get_logger("proxy.app")
+
+
+def _json(data: Any, status: int = 200) -> web.Response:
+    return web.Response(body=orjson.dumps(data), status=status, content_type="application/json")
+
+
+class Sidecar:
+    """One running sidecar. `start()` binds, `stop()` drains; usable in-process by tests."""
+
+    def __init__(self, cfg: Config, text: bytes, path: str, *, watch: bool = True) -> None:
+        self.path = path
+        self.digest = config_mod.digest(text)
+        self.live = Live(cfg, self.digest, path)
+        self.stats = Stats()
+        rec = cfg.record
+        self.recorder = (
+            Recorder(
+                rec.path,
+                queue_size=rec.queue_size,
+                batch_size=rec.batch_size,
+                max_age_days=rec.max_age_days,
+                max_rows=rec.max_rows,
+            )
+            if rec.enabled
+            else None
+        )
+        self.shadower = Shadower(self.stats, self.recorder)
+        self.proxy = Proxy(self.live, self.stats, self.recorder, self.shadower)
+        self.watcher = ConfigWatcher(path, self._file_changed) if watch else None
+        self._reload_lock = asyncio.Lock()
+        self._runner: web.ServerRunner | None = None
+        self.host = cfg.listen.host
+        self.port = cfg.listen.port
+
+    @property
+    def url(self) -> str:
+        return f"http://{self.host}:{self.port}/v1"
+
+    async def start(self) -> None:
+        if self.recorder is not None:
+            await self.recorder.start()
+            self.recorder.revision(self.live.current.revision_record())
+        cfg = self.live.current.config
+        server = web.Server(self.dispatch, handler_cancellation=True, access_log=None)
+        self._runner = web.ServerRunner(server, shutdown_timeout=cfg.limits.shutdown_grace)
+        await self._runner.setup()
+        site = web.TCPSite(self._runner, cfg.listen.host, cfg.listen.port, reuse_address=True)
+        await site.start()
+        addr = self._runner.addresses[0]
+        self.host, self.port = addr[0], addr[1]
+        if self.watcher is not None:
+            self.watcher.start()
+        log.info("listening", url=self.url, revision=self.live.current.revision, config=self.path)
+
+    async def stop(self) -> None:
+        """Stop accepting, let in-flight requests finish (with a deadline), then shadows, then flush."""
+        limits = self.live.current.config.limits
+        if self.watcher is not None:
+            await self.watcher.close()
+        if self._runner is not None:
+            await self._runner.cleanup()
+            self._runner = None
+        await self.shadower.close(limits.shadow_grace)
+        if self.recorder is not None:
+            await self.recorder.close()
+        await self.live.close()
+        log.info("stopped")
+
+    async def dispatch(self, request: web.BaseRequest) -> web.StreamResponse:
+        if request.path.startswith("/_proxy/"):
+            try:
+                return await self._admin(request)
+            except ProxyError as e:
+                return e.response()
+        return await self.proxy.handle(request)
+
+    async def _admin(self, request: web.BaseRequest) -> web.StreamResponse:
+        path, method = request.path, request.method
+        if path == "/_proxy/health" and method == "GET":
+            return _json(self.health())
+        if path == "/_proxy/stats" and method == "GET":
+            return _json(self.stats_view())
+        if path == "/_proxy/reload" and method == "POST":
+            ok = await self.reload("admin")
+            if not ok:
+                raise BadRequest(
+                    f"config refused, the running config is kept: {self.live.last_error}"
+                )
+            return _json({"applied": True, "revision": self.live.current.revision})
+        if path in ("/_proxy/health", "/_proxy/stats", "/_proxy/reload"):
+            return web.Response(
+                status=405,
+                body=error_body(
+                    f"{method} is not allowed on {path}",
+                    "invalid_request_error",
+                    "method_not_allowed",
+                ),
+                content_type="application/json",
+            )
+        raise NotFound(
+            f"no admin endpoint {path!r}; try /_proxy/health, /_proxy/stats, /_proxy/reload"
+        )
+
+    def health(self) -> dict[str, Any]:
+        rt: Runtime = self.live.current
+        return {
+            "status": "ok",
+            "revision": rt.revision,
+            "config": rt.path,
+            "loaded_at": rt.loaded_at,
+            "rollback": rt.config.rollback,
+            "primary": rt.config.primary,
+            "split": rt.effective_split(),
+            "routes": [
+                {
+                    "name": r.name,
+                    "split": r.split.shares(),
+                    "shadow": r.shadow.upstream if r.shadow else None,
+                }
+                for r in rt.table.routes
+            ],
+            "reloads": self.live.reloads,
+            "last_reload_error": (
+                {"message": self.live.last_error, "at": self.live.last_error_at}
+                if self.live.last_error
+                else None
+            ),
+        }
+
+    def stats_view(self) -> dict[str, Any]:
+        out = self.stats.as_dict()
+        out["shadow"]["in_flight"] = self.shadower.in_flight
+        out["upstreams_in_flight"] = {
+            n: u.in_flight for n, u in self.live.current.upstreams.items()
+        }
+        if self.recorder is not None:
+            s = self.recorder.stats()
+            out["records"] = {
+                "written": s.written,
+                "dropped": s.dropped,
+                "queue_depth": s.queue_depth,
+                "batches": s.batches,
+                "errors": s.errors,
+                "last_error": s.last_error,
+            }
+        else:
+            out["records"] = None
+        out["revision"] = self.live.current.revision
+        return out
+
+    async def _file_changed(self) -> None:
+        await self.reload("file")
+
+    async def reload(self, source: str) -> bool:
+        """Validate the file completely, then swap; any problem keeps the running config."""
+        async with self._reload_lock:
+            try:
+                cfg, text = await asyncio.to_thread(config_mod.load, self.path)
+            except ConfigError as e:
+                self.live.refuse(str(e))
+                log.error(
+                    "config refused, keeping the running one",
+                    source=source,
+                    reason=str(e),
+                    revision=self.live.current.revision,
+                )
+                return False
+            if self.watcher is not None:
+                self.watcher.seen()
+            digest = config_mod.digest(text)
+            if digest == self.digest and source == "file":
+                return True  # touched, not changed
+            old = self.live.current.config
+            for key in ("listen", "record"):
+                if getattr(cfg, key) != getattr(old, key):
+                    log.warning(
+                        "this key changes only on restart; the running value is kept", key=key
+                    )
+            self.digest = digest
+            rt = self.live.apply(cfg, digest, self.path)
+            if self.recorder is not None:
+                self.recorder.revision(rt.revision_record())
+            log.info(
+                "config reloaded",
+                source=source,
+                revision=rt.revision,
+                rollback=cfg.rollback,
+                split=rt.effective_split(),
+            )
+            return True
+
+
+async def serve(path: str) -> int:
+    """Run until SIGTERM/SIGINT; SIGHUP reloads. Returns the exit code."""
+    cfg, text = config_mod.load(path)
+    sidecar = Sidecar(cfg, text, path)
+    await sidecar.start()
+    loop = asyncio.get_running_loop()
+    stop = asyncio.Event()
+    reloads: set[asyncio.Task[bool]] = set()
+
+    def on_hup() -> None:
+        task = loop.create_task(sidecar.reload("SIGHUP"))
+        reloads.add(task)
+        task.add_done_callback(reloads.discard)
+
+    loop.add_signal_handler(signal.SIGTERM, stop.set)
+    loop.add_signal_handler(signal.SIGINT, stop.set)
+    loop.add_signal_handler(signal.SIGHUP, on_hup)
+    print(
+        f"sidecar listening on {sidecar.url}  (config {path}, revision "
+        f"{sidecar.live.current.revision})",
+        flush=True,
+    )
+    await stop.wait()
+    t = time.perf_counter()
+    log.info(
+        "shutting down", in_flight=sum(u.in_flight for u in sidecar.live.current.upstreams.values())
+    )
+    for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
+        loop.remove_signal_handler(sig)
+    await asyncio.gather(*reloads, return_exceptions=True)
+    await sidecar.stop()
+    log.info("shutdown complete", seconds=round(time.perf_counter() - t, 3))
+    return 0

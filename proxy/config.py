@@ -1,0 +1,269 @@
+"""YAML to a validated, immutable `Config`; every refusal names the file, the key path and why."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import re
+from typing import Annotated, Any, Literal
+from urllib.parse import urlsplit
+
+import yaml
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    SecretStr,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
+
+from .errors import ConfigError
+from .thresholds import ReportSettings
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+Weight = Annotated[float, Field(ge=0)]
+Seconds = Annotated[float, Field(gt=0)]
+
+
+class Listen(_Strict):
+    host: str = "127.0.0.1"
+    port: int = Field(default=8787, ge=0, le=65535)
+
+
+class Timeouts(_Strict):
+    connect: Seconds = 10.0
+    # Non-streaming LLM calls send headers only when the whole answer is ready.
+    first_byte: Seconds = 300.0
+    # Between two chunks of a stream.
+    idle: Seconds = 120.0
+
+
+class Pool(_Strict):
+    size: int = Field(default=256, ge=1)  # open connections to this upstream at most
+    keepalive: Seconds = 30.0
+
+
+class UpstreamConfig(_Strict):
+    base_url: str
+    api_key: SecretStr | None = None
+    # Header the key goes in; "authorization" sends "Bearer <key>", any other sends the bare key.
+    auth_header: str = "authorization"
+    models: dict[str, str] = {}
+    headers: dict[str, str] = {}
+    timeouts: Timeouts = Timeouts()
+    pool: Pool = Pool()
+    # Ask streams for usage (stream_options.include_usage) and strip the extra chunk again.
+    inject_usage: bool = True
+
+    @field_validator("base_url")
+    @classmethod
+    def _url(cls, v: str) -> str:
+        parts = urlsplit(v)
+        if parts.scheme not in ("http", "https") or not parts.hostname:
+            raise ValueError("must be an http:// or https:// URL with a host")
+        if parts.query or parts.fragment:
+            raise ValueError("must not carry a query string or fragment")
+        return v.rstrip("/")
+
+    @field_validator("auth_header")
+    @classmethod
+    def _lower(cls, v: str) -> str:
+        return v.lower()
+
+
+class Sticky(_Strict):
+    """Where the sticky key comes from; the header wins when both are present."""
+
+    header: str | None = None
+    body_field: str | None = None
+
+    @model_validator(mode="after")
+    def _some(self) -> Sticky:
+        if not self.header and not self.body_field:
+            raise ValueError("set `header`, `body_field` or both")
+        return self
+
+
+class ShadowConfig(_Strict):
+    upstream: str
+    sample: float = Field(default=1.0, ge=0, le=1)
+    streams: bool = True  # shadow streaming requests too (as streams)
+    max_in_flight: int = Field(default=32, ge=1)
+    during_rollback: bool = False
+    # Share of requests copied to the serving upstream a second time, to measure how much
+    # answers vary on their own (the noise floor the report subtracts).
+    noise_sample: float = Field(default=0.0, ge=0, le=1)
+
+
+class RouteConfig(_Strict):
+    path: str  # "/v1/embeddings" matches it and everything below it
+    model: str | None = None  # glob on the requested model, e.g. "gpt-4o*"
+    name: str | None = None
+    split: dict[str, Weight] | None = None
+    shadow: ShadowConfig | Literal[False] | None = None  # None inherits; false turns it off
+
+    @field_validator("path")
+    @classmethod
+    def _path(cls, v: str) -> str:
+        if not v.startswith("/"):
+            raise ValueError("must start with /")
+        return v.rstrip("/") or "/"
+
+
+BodyPolicy = Literal["full", "hash", "none"]
+
+
+class Bodies(_Strict):
+    request: BodyPolicy = "full"
+    response: BodyPolicy = "full"
+
+
+class RecordConfig(_Strict):
+    enabled: bool = True
+    path: str = "./sidecar.db"
+    bodies: Bodies = Bodies()
+    queue_size: int = Field(default=10_000, ge=1)
+    batch_size: int = Field(default=256, ge=1)
+    max_age_days: float | None = Field(default=None, gt=0)
+    max_rows: int | None = Field(default=None, ge=1)
+
+
+class Limits(_Strict):
+    max_body_bytes: int = Field(default=32 * 1024 * 1024, ge=1)
+    # Seconds given to in-flight requests (and open streams) on SIGTERM.
+    shutdown_grace: Seconds = 30.0
+    shadow_grace: Seconds = 5.0
+
+
+class Log(_Strict):
+    level: Literal["debug", "info", "warning", "error"] = "info"
+    requests: bool = True  # one JSON line per request
+
+
+class Config(_Strict):
+    listen: Listen = Listen()
+    upstreams: dict[str, UpstreamConfig] = Field(min_length=1)
+    primary: str
+    split: dict[str, Weight] | None = None  # default: everything to the primary
+    rollback: bool = False
+    sticky: Sticky | None = None
+    routes: list[RouteConfig] = []
+    shadow: ShadowConfig | None = None
+    record: RecordConfig = RecordConfig()
+    limits: Limits = Limits()
+    log: Log = Log()
+    report: ReportSettings = ReportSettings()
+
+    def default_split(self) -> dict[str, float]:
+        return dict(self.split) if self.split else {self.primary: 100.0}
+
+
+def _references(cfg: Config) -> list[tuple[str, str]]:
+    """Checks across keys, which pydantic would report as one joined message."""
+    problems: list[tuple[str, str]] = []
+    names = cfg.upstreams
+    if cfg.primary not in names:
+        problems.append(("primary", f"{cfg.primary!r} is not one of upstreams {sorted(names)}"))
+    _check_split(cfg.split, "split", names, problems)
+    if cfg.shadow and cfg.shadow.upstream not in names:
+        problems.append(("shadow.upstream", f"{cfg.shadow.upstream!r} is not an upstream"))
+    for i, route in enumerate(cfg.routes):
+        _check_split(route.split, f"routes.{i}.split", names, problems)
+        if route.shadow and route.shadow.upstream not in names:
+            problems.append(
+                (f"routes.{i}.shadow.upstream", f"{route.shadow.upstream!r} is not an upstream")
+            )
+    return problems
+
+
+def _check_split(
+    split: dict[str, float] | None, key: str, names: dict[str, Any], out: list[tuple[str, str]]
+) -> None:
+    if split is None:
+        return
+    for name in split:
+        if name not in names:
+            out.append((f"{key}.{name}", f"not one of upstreams {sorted(names)}"))
+    if split and sum(split.values()) <= 0:
+        out.append((key, "weights add up to 0: nothing could be served"))
+
+
+_ENV = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
+
+
+def _interpolate(
+    node: Any, key: str, env: os._Environ[str] | dict[str, str], out: list[tuple[str, str]]
+) -> Any:
+    if isinstance(node, str):
+
+        def sub(m: re.Match[str]) -> str:
+            value = env.get(m.group(1))
+            if value is None:
+                if m.group(2) is not None:
+                    return m.group(2)
+                out.append((key, f"environment variable {m.group(1)} is not set"))
+                return ""
+            return value
+
+        return _ENV.sub(sub, node) if "${" in node else node
+    if isinstance(node, dict):
+        return {
+            k: _interpolate(v, f"{key}.{k}" if key else str(k), env, out) for k, v in node.items()
+        }
+    if isinstance(node, list):
+        return [_interpolate(v, f"{key}.{i}", env, out) for i, v in enumerate(node)]
+    return node
+
+
+def parse(text: bytes, path: str, env: dict[str, str] | None = None) -> Config:
+    """Validate a config file's bytes; raises ConfigError listing every problem found."""
+    try:
+        raw = yaml.safe_load(text)
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None)
+        where = f"line {mark.line + 1}, column {mark.column + 1}: " if mark else ""
+        reason = getattr(e, "problem", None) or str(e)
+        raise ConfigError(path, [("", f"invalid YAML: {where}{reason}")]) from None
+    if not isinstance(raw, dict):
+        raise ConfigError(
+            path, [("", "the file must hold a mapping of keys (upstreams, primary, ...)")]
+        )
+    problems: list[tuple[str, str]] = []
+    raw = _interpolate(raw, "", os.environ if env is None else env, problems)
+    if problems:
+        raise ConfigError(path, problems)
+    try:
+        cfg = Config.model_validate(raw)
+    except ValidationError as e:
+        # include_input=False: values may be API keys; the reason and key path are enough.
+        for err in e.errors(include_url=False, include_input=False):
+            loc = ".".join(str(p) for p in err["loc"])
+            msg = err["msg"].removeprefix("Value error, ")
+            if err["type"] == "extra_forbidden":
+                msg = "unknown key"
+            problems.append((loc, msg))
+        raise ConfigError(path, problems) from None
+    problems = _references(cfg)
+    if problems:
+        raise ConfigError(path, problems)
+    return cfg
+
+
+def load(path: str) -> tuple[Config, bytes]:
+    """Read and validate a file (blocking: call from a thread when a loop is running)."""
+    try:
+        with open(path, "rb") as f:
+            text = f.read()
+    except OSError as e:
+        raise ConfigError(path, [("", f"cannot read: {e.strerror}")]) from None
+    return parse(text, path), text
+
+
+def digest(text: bytes) -> str:
+    return hashlib.sha256(text).hexdigest()[:8]

@@ -1,0 +1,399 @@
+"""The request path: read, route, rewrite, forward, relay (plain, SSE or raw), record."""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import random
+import secrets
+import time
+from typing import TYPE_CHECKING, Any
+
+import aiohttp
+import orjson
+import structlog
+from aiohttp import web
+from multidict import CIMultiDict
+
+from . import measure
+from .errors import (
+    BadRequest,
+    BodyTooLarge,
+    NotFound,
+    ProxyError,
+    UpstreamTimeout,
+    UpstreamUnreachable,
+    error_body,
+)
+from .meter import Meter
+from .records import Exchange
+from .rewrite import USAGE_OPT_IN_PATHS, for_upstream, path_model
+from .router import sticky_point
+from .sse import Kind, SSEDecoder
+from .upstream import REQUEST_DROP, RESPONSE_DROP, UpstreamClient, forward_headers
+
+if TYPE_CHECKING:
+    from .runtime import Live
+    from .shadow import Shadower
+    from .stats import Stats
+    from .store import Recorder
+
+log = structlog.get_logger("proxy.request")
+
+# Non-SSE bodies up to this size are read whole (to measure them); larger ones are piped.
+BUFFER_LIMIT = 32 * 1024 * 1024
+
+
+class _ClientGone(Exception):
+    """The app closed its connection while the sidecar was writing to it."""
+
+
+def new_request_id() -> str:
+    return "req_" + secrets.token_hex(12)
+
+
+def hash_key(key: str) -> str:
+    return hashlib.sha256(key.encode()).hexdigest()[:16]
+
+
+class Proxy:
+    """Holds what every request needs; `handle` is the aiohttp request handler for `/v1/...`."""
+
+    def __init__(
+        self, live: Live, stats: Stats, recorder: Recorder | None, shadower: Shadower
+    ) -> None:
+        self.live = live
+        self.stats = stats
+        self.recorder = recorder
+        self.shadower = shadower
+
+    async def handle(self, request: web.BaseRequest) -> web.StreamResponse:
+        rt = self.live.current
+        rid = new_request_id()
+        ts = time.time()
+        t0 = time.perf_counter()
+        path = request.path
+        route_name = "-"
+        model: str | None = None
+        try:
+            if not path.startswith("/v1/"):
+                raise NotFound(
+                    f"no such path on the sidecar: {path!r}; the API lives under /v1/ "
+                    "(set OPENAI_BASE_URL=http://host:port/v1)"
+                )
+            body = await self._read_body(request, rt.max_body)
+        except ProxyError as e:
+            self.stats.proxy_errors += 1
+            resp = e.response(rid)
+            if isinstance(e, BodyTooLarge):
+                resp.force_close()  # the rest of the body is not worth reading
+            self._log(rt.log_requests, rid, route_name, "-", model, e.status, t0)
+            return resp
+
+        raw_path = request.rel_url.raw_path
+        tail = raw_path[3:]  # keeps the app's percent-encoding; "/v1" is 3 characters
+        query = request.rel_url.raw_query_string
+        obj: dict[str, Any] | None = None
+        if (
+            body
+            and request.content_type.endswith("json")
+            and "content-encoding" not in request.headers
+        ):
+            try:
+                parsed = orjson.loads(body)
+            except orjson.JSONDecodeError:
+                parsed = None  # forwarded as sent: the upstream's 400 is the truthful answer
+            if isinstance(parsed, dict):
+                obj = parsed
+        stream = False
+        in_path = False
+        if obj is not None:
+            m = obj.get("model")
+            model = m if isinstance(m, str) else None
+            stream = obj.get("stream") is True
+        if model is None:
+            model = path_model(tail)
+            in_path = model is not None
+
+        table = rt.table
+        route = table.match(path, model)
+        route_name = route.name
+        sticky = None
+        if table.sticky is not None:
+            s = table.sticky
+            key = request.headers.get(s.header) if s.header else None
+            if key is None and s.body_field and obj is not None:
+                v = obj.get(s.body_field)
+                key = str(v) if v is not None else None
+            sticky = key
+        name = route.split.pick(sticky_point(sticky) if sticky is not None else random.random())
+        up = rt.upstreams[name]
+
+        headers = forward_headers(request.headers, REQUEST_DROP)
+        want_usage = stream and tail in USAGE_OPT_IN_PATHS
+        json_mode = obj is not None and measure.wants_json(obj)
+        shadow = route.shadow
+        if shadow is not None and request.headers.get("x-shadow") != "off":
+            self.shadower.offer(
+                rt,
+                shadow,
+                name,
+                rid,
+                request.method,
+                tail,
+                query,
+                headers,
+                obj,
+                body,
+                model,
+                in_path,
+                stream,
+                want_usage,
+                json_mode,
+            )
+
+        send_tail, send_body, sent_model, strip = for_upstream(
+            up, tail, obj, body, model, in_path, want_usage
+        )
+
+        meter = Meter("primary", name, sent_model, json_mode)
+        response: web.StreamResponse | None = None
+        up.enter()
+        try:
+            response = await self._forward(
+                request, up, meter, rid, send_tail, query, headers, send_body, strip
+            )
+            return response
+        except asyncio.CancelledError:
+            meter.fail("client_disconnect", "the app closed the connection")
+            raise
+        finally:
+            up.leave()
+            meter.done()
+            self.stats.requests[name] += 1
+            if meter.error_kind is not None:
+                self.stats.errors[name] += 1
+            self._log(rt.log_requests, rid, route_name, name, model, meter.status, t0)
+            rec = self.recorder
+            if rec is not None and rt.record.enabled:
+                policy = rt.record.bodies
+                rec.exchange(
+                    Exchange(
+                        id=rid,
+                        ts=ts,
+                        route=route_name,
+                        method=request.method,
+                        path=path,
+                        model=model,
+                        stream=stream,
+                        revision=rt.revision,
+                        sticky_key=hash_key(sticky) if sticky is not None else None,
+                        request_body=body if policy.request == "full" else None,
+                        request_sha256=measure.sha256_hex(body)
+                        if policy.request != "none"
+                        else None,
+                    )
+                )
+                rec.response(meter.record(rid, policy.response))
+
+    async def _read_body(self, request: web.BaseRequest, limit: int) -> bytes:
+        length = request.content_length
+        if length is not None and length > limit:
+            raise BodyTooLarge(
+                f"request body of {length} bytes is over the sidecar's limit of {limit} bytes"
+            )
+        if length == 0 or (length is None and not request.body_exists):
+            return b""
+        chunks: list[bytes] = []
+        size = 0
+        try:
+            async for chunk in request.content.iter_any():
+                size += len(chunk)
+                if size > limit:
+                    raise BodyTooLarge(f"request body is over the sidecar's limit of {limit} bytes")
+                chunks.append(chunk)
+        except aiohttp.web_exceptions.HTTPException as e:
+            raise BadRequest(f"could not read the request body: {e.reason}") from None
+        return chunks[0] if len(chunks) == 1 else b"".join(chunks)
+
+    async def _forward(
+        self,
+        request: web.BaseRequest,
+        up: UpstreamClient,
+        meter: Meter,
+        rid: str,
+        tail: str,
+        query: str,
+        headers: CIMultiDict[str],
+        body: bytes,
+        strip: bool,
+    ) -> web.StreamResponse:
+        try:
+            # One deadline for headers and, on plain answers, the body; streams re-arm it per chunk.
+            async with asyncio.timeout(up.first_byte) as deadline:
+                upr = await up.send(request.method, tail, query, headers, body)
+                try:
+                    ctype = upr.headers.get("content-type", "")
+                    is_sse = ctype.startswith("text/event-stream")
+                    meter.headers(upr.status, is_sse)
+                    out_headers = response_headers(upr, rid, up.name)
+                    if is_sse or not _bufferable(upr, ctype):
+                        deadline.reschedule(None)
+                        return await self._relay(
+                            request, upr, up, meter, out_headers, strip, is_sse
+                        )
+                    data = await upr.read()
+                finally:
+                    upr.release()
+        except TimeoutError:
+            err: ProxyError = UpstreamTimeout(
+                f"upstream {up.name!r} ({up.host}) sent no answer within {up.first_byte:g} s"
+            )
+            meter.fail("timeout", err.message)
+            return err.response(rid)
+        except UpstreamUnreachable as e:
+            meter.fail("connection", e.message)
+            return e.response(rid)
+        except UpstreamTimeout as e:
+            meter.fail("timeout", e.message)
+            return e.response(rid)
+        except aiohttp.ClientError as e:
+            err = UpstreamUnreachable(
+                f"upstream {up.name!r} ({up.host}) broke off its answer: {type(e).__name__}"
+            )
+            meter.fail("connection", err.message)
+            return err.response(rid)
+        meter.bytes = len(data)
+        meter.body = data
+        return web.Response(status=upr.status, body=data, headers=out_headers)
+
+    async def _relay(
+        self,
+        request: web.BaseRequest,
+        upr: aiohttp.ClientResponse,
+        up: UpstreamClient,
+        meter: Meter,
+        headers: CIMultiDict[str],
+        strip: bool,
+        is_sse: bool,
+    ) -> web.StreamResponse:
+        """Pipe a stream chunk by chunk; SSE is also parsed, to count tokens and strip usage."""
+        resp = web.StreamResponse(status=upr.status, headers=headers)
+        if is_sse:
+            # No proxy or browser between here and the app may hold events back.
+            resp.headers["cache-control"] = "no-cache"
+            resp.headers["x-accel-buffering"] = "no"
+        try:
+            await resp.prepare(request)
+        except ConnectionError:
+            meter.fail("client_disconnect", "the app closed the connection")
+            return resp
+        loop = asyncio.get_running_loop()
+        content = upr.content
+        tally = meter.tally
+        decoder = SSEDecoder() if is_sse else None
+        try:
+            async with asyncio.timeout(None) as idle:
+                while True:
+                    idle.reschedule(loop.time() + up.idle)
+                    chunk = await content.readany()
+                    if not chunk:
+                        break
+                    meter.bytes += len(chunk)
+                    if decoder is None or tally is None:
+                        await _write(resp, chunk)
+                    elif strip:
+                        out = []
+                        for ev in decoder.feed(chunk):
+                            kind = tally.add(ev)
+                            if kind is Kind.USAGE_ONLY:
+                                continue
+                            meter.event(kind)
+                            out.append(ev.raw)
+                        if out:
+                            await _write(resp, out[0] if len(out) == 1 else b"".join(out))
+                    else:
+                        # Nothing to strip: the bytes go out as they came, before parsing.
+                        await _write(resp, chunk)
+                        for ev in decoder.feed(chunk):
+                            meter.event(tally.add(ev))
+                if decoder is not None and tally is not None:
+                    for ev in decoder.flush():
+                        kind = tally.add(ev)
+                        if strip and kind is not Kind.USAGE_ONLY:
+                            await _write(resp, ev.raw)
+        except _ClientGone:
+            meter.fail("client_disconnect", "the app closed the connection mid-stream")
+            upr.close()  # drop the upstream connection: that is how it learns to stop
+            return resp
+        except TimeoutError:
+            reason = f"upstream {up.name!r} sent nothing for {up.idle:g} s mid-stream"
+            meter.fail("timeout", reason)
+            await _end_with_error(resp, reason, "upstream_timeout", is_sse)
+            upr.close()
+            return resp
+        except aiohttp.ClientError as e:
+            reason = f"upstream {up.name!r} broke off the stream: {type(e).__name__}"
+            meter.fail("broken_stream" if is_sse else "connection", reason)
+            await _end_with_error(resp, reason, "upstream_stream_broken", is_sse)
+            return resp
+        try:
+            await resp.write_eof()
+        except ConnectionError:
+            meter.fail("client_disconnect", "the app closed the connection at the end")
+        return resp
+
+    def _log(
+        self,
+        enabled: bool,
+        rid: str,
+        route: str,
+        upstream: str,
+        model: str | None,
+        status: int | None,
+        t0: float,
+    ) -> None:
+        if enabled:
+            log.info(
+                "request",
+                request_id=rid,
+                route=route,
+                upstream=upstream,
+                model=model,
+                status=status,
+                ms=round((time.perf_counter() - t0) * 1000.0, 2),
+            )
+
+
+def response_headers(upr: aiohttp.ClientResponse, rid: str, upstream: str) -> CIMultiDict[str]:
+    headers = forward_headers(upr.headers, RESPONSE_DROP)
+    theirs = headers.popall("x-request-id", None)
+    if theirs:
+        headers["x-upstream-request-id"] = theirs[0]
+    headers["x-request-id"] = rid
+    headers["x-sidecar-upstream"] = upstream
+    return headers
+
+
+def _bufferable(upr: aiohttp.ClientResponse, ctype: str) -> bool:
+    length = upr.content_length
+    if length is not None:
+        return length <= BUFFER_LIMIT
+    return "json" in ctype
+
+
+async def _write(resp: web.StreamResponse, data: bytes) -> None:
+    try:
+        await resp.write(data)
+    except ConnectionError as e:  # aiohttp's ClientConnectionResetError is one too
+        raise _ClientGone from e
+
+
+async def _end_with_error(resp: web.StreamResponse, reason: str, code: str, is_sse: bool) -> None:
+    """The headers are gone already: an SSE error event is the only way left to say it."""
+    try:
+        if is_sse:
+            await resp.write(b"data: " + error_body(reason, "upstream_error", code) + b"\n\n")
+        await resp.write_eof()
+    except ConnectionError:
+        pass

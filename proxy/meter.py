@@ -1,0 +1,156 @@
+"""Measures one upstream call (timings, bytes, stream tally) and turns it into a `records.Response`."""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+import orjson
+
+from . import measure
+from .config import BodyPolicy
+from .records import ErrorKind, Response, Role
+from .sse import Kind, StreamTally
+
+
+class Meter:
+    __slots__ = (
+        "_t0",
+        "body",
+        "bytes",
+        "error",
+        "error_kind",
+        "json_mode",
+        "model_sent",
+        "role",
+        "status",
+        "stream",
+        "tally",
+        "total_ms",
+        "ts",
+        "ttfb_ms",
+        "ttft_ms",
+        "upstream",
+    )
+
+    def __init__(self, role: Role, upstream: str, model_sent: str | None, json_mode: bool) -> None:
+        self._t0 = time.perf_counter()
+        self.ts = time.time()
+        self.role = role
+        self.upstream = upstream
+        self.model_sent = model_sent
+        self.json_mode = json_mode
+        self.status: int | None = None
+        self.error_kind: ErrorKind | None = None
+        self.error: str | None = None
+        self.ttfb_ms: float | None = None
+        self.ttft_ms: float | None = None
+        self.total_ms: float | None = None
+        self.bytes = 0
+        self.stream = False
+        self.tally: StreamTally | None = None
+        self.body: bytes | None = None
+
+    def elapsed_ms(self) -> float:
+        return (time.perf_counter() - self._t0) * 1000.0
+
+    def headers(self, status: int, stream: bool) -> None:
+        self.ttfb_ms = self.elapsed_ms()
+        self.status = status
+        self.error_kind = measure.error_kind_for_status(status)
+        self.stream = stream
+        if stream:
+            self.tally = StreamTally()
+
+    def event(self, kind: Kind) -> None:
+        if kind is Kind.CONTENT and self.ttft_ms is None:
+            self.ttft_ms = self.elapsed_ms()
+
+    def fail(self, kind: ErrorKind, reason: str) -> None:
+        # The first failure is the cause; a later one (e.g. the client leaving) is a consequence.
+        if self.error is None or self.error_kind in (None, "http_4xx", "http_5xx", "rate_limit"):
+            self.error_kind = kind
+            self.error = reason
+
+    def done(self) -> None:
+        if self.total_ms is None:
+            self.total_ms = self.elapsed_ms()
+        tally = self.tally
+        if tally is not None and self.error_kind is None and not tally.done:
+            self.error_kind = "broken_stream"
+            self.error = tally.error or "stream ended without [DONE]"
+
+    def record(self, exchange_id: str, policy: BodyPolicy) -> Response:
+        """Everything the report needs; runs after the app has its answer."""
+        prompt = completion = total = None
+        finish = shape = tool_calls = text_sha = None
+        json_ok = done = None
+        body = self.body
+        tally = self.tally
+        if tally is not None:
+            prompt, completion, total = (
+                tally.prompt_tokens,
+                tally.completion_tokens,
+                tally.total_tokens,
+            )
+            finish = tally.finish_reason
+            done = tally.done
+            shape = measure.stream_shape(tally)
+            tool_calls = measure.tool_calls_json(tally.tool_calls)
+            text = tally.text
+            json_ok = measure.json_ok(text, self.json_mode)
+            text_sha = measure.text_sha256(text) if text or not tally.tool_calls else None
+            if policy != "none":
+                body = orjson.dumps(
+                    {
+                        "text": text,
+                        "tool_calls": [
+                            {"name": c.name, "arguments": c.arguments} for c in tally.tool_calls
+                        ],
+                        "finish_reason": finish,
+                    }
+                )
+        elif body:
+            parsed: Any = _loads(body)
+            if parsed is not None:
+                prompt, completion, total = measure.usage_of(parsed)
+                shape = measure.shape_of(parsed)
+                answer = measure.answer_of(parsed)
+                finish = answer.finish_reason
+                tool_calls = measure.tool_calls_json(answer.tool_calls)
+                json_ok = measure.json_ok(answer.text, self.json_mode)
+                text_sha = measure.text_sha256(answer.text)
+        return Response(
+            exchange_id=exchange_id,
+            role=self.role,
+            upstream=self.upstream,
+            model_sent=self.model_sent,
+            ts=self.ts,
+            status=self.status,
+            error_kind=self.error_kind,
+            error=self.error,
+            ttfb_ms=self.ttfb_ms,
+            ttft_ms=self.ttft_ms,
+            total_ms=self.total_ms,
+            bytes=self.bytes,
+            prompt_tokens=prompt,
+            completion_tokens=completion,
+            total_tokens=total,
+            finish_reason=finish,
+            stream_done=done,
+            shape=shape,
+            tool_calls=tool_calls,
+            json_ok=json_ok,
+            text_sha256=text_sha,
+            response_body=body if policy == "full" else None,
+            response_sha256=measure.sha256_hex(body)
+            if body is not None and policy != "none"
+            else None,
+        )
+
+
+def _loads(body: bytes) -> Any:
+    try:
+        return orjson.loads(body)
+    except orjson.JSONDecodeError:
+        return None

@@ -1,0 +1,81 @@
+"""What the sidecar records: one `Exchange` per client request, one `Response` per upstream answer.
+
+These are plain frozen records; `store` writes them, `report` reads their columns back.
+"""
+
+from __future__ import annotations
+
+import builtins
+from dataclasses import dataclass
+from typing import Literal
+
+Role = Literal["primary", "shadow", "noise"]
+
+# Error kinds, shared by the recorder and the report. `None` means success (2xx).
+ErrorKind = Literal[
+    "http_4xx",  # a 4xx other than 429
+    "rate_limit",  # 429
+    "http_5xx",
+    "timeout",  # connect, first byte or idle-between-chunks timeout
+    "connection",  # refused, reset, DNS, TLS
+    "broken_stream",  # a stream that ended without [DONE] or with an error event
+    "client_disconnect",  # the app went away before the answer was complete
+    "proxy",  # the sidecar refused the request itself (413, 400, 404)
+]
+
+
+@dataclass(frozen=True, slots=True)
+class Exchange:
+    """One request as the app sent it."""
+
+    id: str  # the x-request-id the sidecar gave it
+    ts: float  # unix seconds, when the request arrived
+    route: str
+    method: str
+    path: str
+    model: str | None  # the model the app asked for, before any mapping
+    stream: bool
+    revision: str  # config revision in force when the request arrived
+    sticky_key: str | None  # SHA-256 prefix of the sticky key, never the key itself
+    request_body: bytes | None  # only under body policy "full"
+    request_sha256: str | None  # under "full" and "hash"
+
+
+@dataclass(frozen=True, slots=True)
+class Response:
+    """One upstream's answer to an exchange, as the primary or as a shadow copy."""
+
+    exchange_id: str
+    role: Role
+    upstream: str
+    model_sent: str | None
+    ts: float  # unix seconds, when the upstream request was sent
+    status: int | None  # None when no HTTP response arrived
+    error_kind: ErrorKind | None
+    error: str | None  # a short reason, never a key
+    ttfb_ms: float | None  # time to response headers
+    ttft_ms: float | None  # time to the first content token (streams only)
+    total_ms: float | None
+    bytes: int  # body bytes received (decompressed)
+    prompt_tokens: int | None  # None when the provider sent no usage
+    completion_tokens: int | None
+    total_tokens: int | None
+    finish_reason: str | None
+    stream_done: bool | None  # streams: saw `data: [DONE]` (or response.completed)
+    shape: str | None  # JSON shape signature of the answer, see `measure.shape_of`
+    tool_calls: str | None  # JSON list of {"name", "keys", "valid"} per tool call
+    json_ok: bool | None  # JSON mode asked: did the content parse; else None
+    text_sha256: str | None  # of the normalised answer text, for exact-match rates
+    response_body: builtins.bytes | None  # under "full": the body (streams: reassembled JSON)
+    response_sha256: str | None  # under "full" and "hash"
+
+
+@dataclass(frozen=True, slots=True)
+class Revision:
+    """A config revision coming into force (start-up or reload)."""
+
+    revision: str
+    ts: float
+    rollback: bool
+    split: str  # JSON of the effective default split
+    path: str  # the config file

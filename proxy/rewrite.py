@@ -1,0 +1,72 @@
+"""Pure rewrites of a request for one upstream: its model id (body or path) and usage opt-in."""
+
+from __future__ import annotations
+
+from typing import Any
+from urllib.parse import quote, unquote
+
+import orjson
+
+from .upstream import UpstreamClient
+
+# Streams on these paths carry usage only when asked with stream_options.include_usage.
+USAGE_OPT_IN_PATHS = frozenset({"/chat/completions", "/completions"})
+
+
+def path_model(tail: str) -> str | None:
+    """`/models/{model}` and `/models/{model}/run`: APIs that carry the model in the path."""
+    if tail.startswith("/models/"):
+        seg = tail[8:].split("/", 1)[0]
+        return unquote(seg) if seg else None
+    return None
+
+
+def rewrite_path_model(tail: str, mapped: str) -> str:
+    rest = tail[8:].split("/", 1)
+    return "/models/" + quote(mapped, safe="") + ("/" + rest[1] if len(rest) > 1 else "")
+
+
+def upstream_body(
+    up: UpstreamClient, obj: dict[str, Any] | None, raw: bytes, model: str | None, want_usage: bool
+) -> tuple[bytes, str | None, bool]:
+    """The body for one upstream: its model id, and usage asked for on streams.
+
+    Returns (body, model sent, whether the usage-only chunk must be stripped again).
+    Without a change the app's bytes go out untouched.
+    """
+    if obj is None:
+        return raw, model, False
+    changes: dict[str, Any] = {}
+    sent = model
+    if model is not None and model in up.models:
+        sent = up.models[model]
+        changes["model"] = sent
+    strip = False
+    if want_usage and up.inject_usage:
+        opts = obj.get("stream_options")
+        if not (isinstance(opts, dict) and opts.get("include_usage")):
+            changes["stream_options"] = {
+                **(opts if isinstance(opts, dict) else {}),
+                "include_usage": True,
+            }
+            strip = True
+    if not changes:
+        return raw, sent, False
+    return orjson.dumps({**obj, **changes}), sent, strip
+
+
+def for_upstream(
+    up: UpstreamClient,
+    tail: str,
+    obj: dict[str, Any] | None,
+    raw: bytes,
+    model: str | None,
+    model_in_path: bool,
+    want_usage: bool,
+) -> tuple[str, bytes, str | None, bool]:
+    """(path tail, body, model sent, strip usage chunk) for sending this request to `up`."""
+    if model_in_path and model is not None and model in up.models:
+        mapped = up.models[model]
+        return rewrite_path_model(tail, mapped), raw, mapped, False
+    body, sent, strip = upstream_body(up, obj, raw, model, want_usage)
+    return tail, body, sent, strip

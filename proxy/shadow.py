@@ -1,0 +1,186 @@
+"""Bounded shadow copies: the same request to another upstream, measured, recorded, never shown."""
+
+from __future__ import annotations
+
+import asyncio
+import random
+from typing import TYPE_CHECKING, Any
+
+import aiohttp
+import structlog
+from multidict import CIMultiDict
+
+from .config import ShadowConfig
+from .errors import UpstreamTimeout, UpstreamUnreachable
+from .meter import Meter
+from .records import Role
+from .rewrite import for_upstream
+from .sse import SSEDecoder
+
+if TYPE_CHECKING:
+    from .runtime import Runtime
+    from .stats import Stats
+    from .store import Recorder
+    from .upstream import UpstreamClient
+
+log = structlog.get_logger("proxy.shadow")
+
+
+class Shadower:
+    """Owns every shadow task; a full house skips the copy (counted) rather than queueing it."""
+
+    def __init__(self, stats: Stats, recorder: Recorder | None) -> None:
+        self.stats = stats
+        self.recorder = recorder
+        self.in_flight = 0
+        self._tasks: set[asyncio.Task[None]] = set()
+        self._closed = False
+
+    def offer(
+        self,
+        rt: Runtime,
+        cfg: ShadowConfig,
+        serving: str,
+        rid: str,
+        method: str,
+        tail: str,
+        query: str,
+        headers: CIMultiDict[str],
+        obj: dict[str, Any] | None,
+        body: bytes,
+        model: str | None,
+        in_path: bool,
+        stream: bool,
+        want_usage: bool,
+        json_mode: bool,
+    ) -> None:
+        if self._closed or (stream and not cfg.streams):
+            return
+        targets: list[tuple[Role, str]] = []
+        if cfg.sample >= 1.0 or random.random() < cfg.sample:
+            if cfg.upstream == serving:
+                self.stats.shadow_skipped_same += 1
+            else:
+                targets.append(("shadow", cfg.upstream))
+        if cfg.noise_sample and random.random() < cfg.noise_sample:
+            targets.append(("noise", serving))
+        for role, name in targets:
+            if self.in_flight >= cfg.max_in_flight:
+                self.stats.shadow_skipped_cap += 1
+                continue
+            up = rt.upstreams[name]
+            send_tail, send_body, sent, _ = for_upstream(
+                up, tail, obj, body, model, in_path, want_usage
+            )
+            self.in_flight += 1
+            self.stats.shadow_sent += 1
+            task = asyncio.get_running_loop().create_task(
+                self._run(
+                    role,
+                    up,
+                    rid,
+                    method,
+                    send_tail,
+                    query,
+                    CIMultiDict(headers),
+                    send_body,
+                    sent,
+                    json_mode,
+                    rt.record.bodies.response if rt.record.enabled else None,
+                )
+            )
+            self._tasks.add(task)
+            task.add_done_callback(self._done)
+
+    def _done(self, task: asyncio.Task[None]) -> None:
+        self._tasks.discard(task)
+        if not task.cancelled() and task.exception() is not None:
+            log.error("shadow task failed", exc_info=task.exception())
+
+    async def _run(
+        self,
+        role: Role,
+        up: UpstreamClient,
+        rid: str,
+        method: str,
+        tail: str,
+        query: str,
+        headers: CIMultiDict[str],
+        body: bytes,
+        model_sent: str | None,
+        json_mode: bool,
+        policy: Any,
+    ) -> None:
+        meter = Meter(role, up.name, model_sent, json_mode)
+        up.enter()
+        try:
+            await self._exchange(up, meter, method, tail, query, headers, body)
+        except asyncio.CancelledError:
+            meter.fail("timeout", "the sidecar stopped before the shadow answer was complete")
+            raise
+        finally:
+            up.leave()
+            self.in_flight -= 1
+            meter.done()
+            if meter.error_kind is not None:
+                self.stats.shadow_failed += 1
+            if self.recorder is not None and policy is not None:
+                self.recorder.response(meter.record(rid, policy))
+
+    async def _exchange(
+        self,
+        up: UpstreamClient,
+        meter: Meter,
+        method: str,
+        tail: str,
+        query: str,
+        headers: CIMultiDict[str],
+        body: bytes,
+    ) -> None:
+        loop = asyncio.get_running_loop()
+        try:
+            async with asyncio.timeout(up.first_byte) as deadline:
+                upr = await up.send(method, tail, query, headers, body)
+                try:
+                    is_sse = upr.headers.get("content-type", "").startswith("text/event-stream")
+                    meter.headers(upr.status, is_sse)
+                    tally = meter.tally
+                    if not is_sse or tally is None:
+                        meter.body = await upr.read()
+                        meter.bytes = len(meter.body)
+                        return
+                    decoder = SSEDecoder()
+                    content = upr.content
+                    while True:
+                        deadline.reschedule(loop.time() + up.idle)
+                        chunk = await content.readany()
+                        if not chunk:
+                            break
+                        meter.bytes += len(chunk)
+                        for ev in decoder.feed(chunk):
+                            meter.event(tally.add(ev))
+                    for ev in decoder.flush():
+                        tally.add(ev)
+                finally:
+                    upr.release()
+        except TimeoutError:
+            meter.fail("timeout", f"shadow upstream {up.name!r} timed out")
+        except UpstreamUnreachable as e:
+            meter.fail("connection", e.message)
+        except UpstreamTimeout as e:
+            meter.fail("timeout", e.message)
+        except aiohttp.ClientError as e:
+            meter.fail(
+                "broken_stream" if meter.tally is not None else "connection",
+                f"shadow upstream {up.name!r} broke off: {type(e).__name__}",
+            )
+
+    async def close(self, grace: float) -> None:
+        """Let copies in flight finish for `grace` seconds, then cancel the rest (and record them)."""
+        self._closed = True
+        if self._tasks:
+            _, pending = await asyncio.wait(set(self._tasks), timeout=grace)
+            for task in pending:
+                task.cancel()
+            if pending:
+                await asyncio.gather(*pending, return_exceptions=True)

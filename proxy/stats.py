@@ -1,0 +1,44 @@
+"""Counters since start, served at `GET /_proxy/stats`."""
+
+from __future__ import annotations
+
+import time
+from collections import Counter
+from typing import Any
+
+
+class Stats:
+    __slots__ = (
+        "errors",
+        "proxy_errors",
+        "requests",
+        "shadow_failed",
+        "shadow_sent",
+        "shadow_skipped_cap",
+        "shadow_skipped_same",
+        "started_at",
+    )
+
+    def __init__(self) -> None:
+        self.started_at = time.time()
+        self.requests: Counter[str] = Counter()  # served, per upstream
+        self.errors: Counter[str] = Counter()  # non-2xx or failed, per upstream
+        self.proxy_errors = 0  # answered by the sidecar itself before any upstream
+        self.shadow_sent = 0
+        self.shadow_failed = 0
+        self.shadow_skipped_cap = 0
+        self.shadow_skipped_same = 0
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "uptime_s": round(time.time() - self.started_at, 3),
+            "requests": dict(self.requests),
+            "errors": dict(self.errors),
+            "proxy_errors": self.proxy_errors,
+            "shadow": {
+                "sent": self.shadow_sent,
+                "failed": self.shadow_failed,
+                "skipped_in_flight_cap": self.shadow_skipped_cap,
+                "skipped_same_upstream": self.shadow_skipped_same,
+            },
+        }

@@ -1,0 +1,159 @@
+"""One pooled client session per upstream, with its URL, auth and headers built once."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Mapping
+from urllib.parse import urlsplit
+
+import aiohttp
+from multidict import CIMultiDict
+from yarl import URL
+
+from .config import UpstreamConfig
+from .errors import UpstreamTimeout, UpstreamUnreachable
+
+# RFC 9110 7.6.1 hop-by-hop headers, plus what the sidecar sets itself on the way out.
+HOP_BY_HOP = frozenset(
+    (
+        "connection",
+        "keep-alive",
+        "proxy-authenticate",
+        "proxy-authorization",
+        "proxy-connection",
+        "te",
+        "trailer",
+        "trailers",
+        "transfer-encoding",
+        "upgrade",
+    )
+)
+# The client's credentials never travel on; aiohttp sets host and length; the sidecar
+# decompresses upstream bodies itself, so it asks for its own encodings.
+REQUEST_DROP = HOP_BY_HOP | {
+    "host",
+    "content-length",
+    "authorization",
+    "api-key",
+    "x-api-key",
+    "accept-encoding",
+    "x-shadow",
+}
+# The body reaches the app decompressed and re-framed, so its length and encoding change.
+RESPONSE_DROP = HOP_BY_HOP | {"content-length", "content-encoding"}
+
+
+def forward_headers(headers: Mapping[str, str], drop: frozenset[str]) -> CIMultiDict[str]:
+    """Copy minus `drop` (lower-case names) and whatever `Connection` names as hop-by-hop."""
+    out: CIMultiDict[str] = CIMultiDict()
+    listed = headers.get("connection")
+    if listed:
+        drop = drop | {h.strip().lower() for h in listed.split(",")}
+    for k, v in headers.items():
+        if k.lower() not in drop:
+            out.add(k, v)
+    return out
+
+
+class UpstreamClient:
+    """Lives as long as its settings do: a reload that leaves them alone keeps the pool."""
+
+    def __init__(self, name: str, cfg: UpstreamConfig) -> None:
+        self.name = name
+        self.cfg = cfg
+        self.base = cfg.base_url
+        self.host = urlsplit(cfg.base_url).netloc
+        self.models = cfg.models
+        self.inject_usage = cfg.inject_usage
+        self.first_byte = cfg.timeouts.first_byte
+        self.idle = cfg.timeouts.idle
+        headers = dict(cfg.headers)
+        if cfg.api_key is not None:
+            key = cfg.api_key.get_secret_value()
+            headers[cfg.auth_header] = (
+                f"Bearer {key}" if cfg.auth_header == "authorization" else key
+            )
+        self.headers = headers
+        self.in_flight = 0
+        self._session: aiohttp.ClientSession | None = None
+        self._idle = asyncio.Event()
+        self._idle.set()
+
+    @property
+    def session(self) -> aiohttp.ClientSession:
+        # Created on first use so it binds to the running loop.
+        if self._session is None:
+            self._session = aiohttp.ClientSession(
+                connector=aiohttp.TCPConnector(
+                    limit=self.cfg.pool.size,
+                    keepalive_timeout=self.cfg.pool.keepalive,
+                    ttl_dns_cache=300,
+                ),
+                timeout=aiohttp.ClientTimeout(
+                    total=None, connect=None, sock_connect=self.cfg.timeouts.connect
+                ),
+                auto_decompress=True,
+                trust_env=False,
+                skip_auto_headers=("User-Agent",),
+            )
+        return self._session
+
+    def url(self, tail: str, query: str) -> URL:
+        # encoded=True keeps the app's own percent-encoding byte for byte.
+        return URL(f"{self.base}{tail}?{query}" if query else f"{self.base}{tail}", encoded=True)
+
+    def map_model(self, model: str) -> str:
+        return self.models.get(model, model)
+
+    async def send(
+        self, method: str, tail: str, query: str, headers: CIMultiDict[str], body: bytes
+    ) -> aiohttp.ClientResponse:
+        """Send and wait for the response headers; connection failures become `UpstreamUnreachable`.
+
+        The caller owns the first-byte deadline (it covers this call).
+        """
+        headers.update(self.headers)
+        try:
+            return await self.session.request(
+                method,
+                self.url(tail, query),
+                headers=headers,
+                data=body if body else None,
+                allow_redirects=False,
+            )
+        except aiohttp.ServerTimeoutError as e:
+            raise UpstreamTimeout(f"upstream {self.name!r} ({self.host}): connect timed out") from e
+        except aiohttp.ClientConnectorError as e:
+            raise UpstreamUnreachable(
+                f"upstream {self.name!r} ({self.host}) is unreachable: {e.os_error.strerror or e.os_error}"
+            ) from e
+        except (aiohttp.ClientOSError, aiohttp.ServerDisconnectedError) as e:
+            raise UpstreamUnreachable(
+                f"upstream {self.name!r} ({self.host}) closed the connection before answering: "
+                f"{type(e).__name__}"
+            ) from e
+        except aiohttp.ClientResponseError as e:
+            raise UpstreamUnreachable(
+                f"upstream {self.name!r} ({self.host}) sent a malformed response: {e.message}"
+            ) from e
+
+    def enter(self) -> None:
+        self.in_flight += 1
+        self._idle.clear()
+
+    def leave(self) -> None:
+        self.in_flight -= 1
+        if self.in_flight == 0:
+            self._idle.set()
+
+    async def close(self, grace: float = 0.0) -> None:
+        """Close once in-flight requests ended, or after `grace` seconds, whichever is first."""
+        if grace > 0 and self.in_flight:
+            try:
+                async with asyncio.timeout(grace):
+                    await self._idle.wait()
+            except TimeoutError:
+                pass
+        if self._session is not None:
+            await self._session.close()
+            self._session = None

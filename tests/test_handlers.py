@@ -1,0 +1,347 @@
+"""End to end through the sidecar with the official SDK: passthrough, streams, mapping, errors."""
+
+from __future__ import annotations
+
+import asyncio
+import gzip
+from collections import Counter
+from typing import Any
+
+import aiohttp
+import openai
+import pytest
+
+from proxy.fakes import Behaviour, FakeProvider
+
+from .conftest import CLIENT_KEY, NEW_KEY, OLD_KEY, base_config
+
+TOOLS: list[Any] = [
+    {
+        "type": "function",
+        "function": {
+            "name": "get_weather",
+            "parameters": {
+                "type": "object",
+                "properties": {"city": {"type": "string"}, "days": {"type": "integer"}},
+                "required": ["city", "days"],
+            },
+        },
+    }
+]
+MESSAGES: list[Any] = [{"role": "user", "content": "Say hello to the sidecar"}]
+
+
+def direct(fake: FakeProvider, key: str) -> openai.AsyncOpenAI:
+    return openai.AsyncOpenAI(base_url=fake.url, api_key=key, max_retries=0)
+
+
+async def test_chat_completion_passes_through_unchanged(old, new, make_sidecar, sdk) -> None:
+    sc = await make_sidecar(base_config(old, new))
+    via = await sdk(sc).chat.completions.create(model="gpt-4o-mini", messages=MESSAGES)
+    async with direct(old, OLD_KEY) as d:
+        ref = await d.chat.completions.create(model="gpt-4o-mini", messages=MESSAGES)
+    assert via.choices[0].message.content == ref.choices[0].message.content
+    assert via.usage is not None and via.usage.total_tokens == ref.usage.total_tokens  # type: ignore[union-attr]
+
+
+async def test_streamed_content_arrives_complete_and_in_order(old, new, make_sidecar, sdk) -> None:
+    sc = await make_sidecar(base_config(old, new))
+    stream = await sdk(sc).chat.completions.create(
+        model="gpt-4o-mini", messages=MESSAGES, stream=True
+    )
+    pieces = [c.choices[0].delta.content or "" async for c in stream if c.choices]
+    async with direct(old, OLD_KEY) as d:
+        ref = await d.chat.completions.create(model="gpt-4o-mini", messages=MESSAGES)
+    assert len(pieces) > 3
+    assert "".join(pieces) == ref.choices[0].message.content
+
+
+async def test_stream_without_usage_request_gets_no_usage_chunk(
+    old, new, make_sidecar, sdk
+) -> None:
+    sc = await make_sidecar(base_config(old, new))
+    stream = await sdk(sc).chat.completions.create(
+        model="gpt-4o-mini", messages=MESSAGES, stream=True
+    )
+    chunks = [c async for c in stream]
+    assert all(c.choices for c in chunks)
+    assert all(c.usage is None for c in chunks)
+    # ...although the sidecar asked the upstream for it, to count tokens.
+    assert old.received[-1].json["stream_options"] == {"include_usage": True}
+
+
+async def test_stream_with_usage_request_keeps_usage_chunk(old, new, make_sidecar, sdk) -> None:
+    sc = await make_sidecar(base_config(old, new))
+    stream = await sdk(sc).chat.completions.create(
+        model="gpt-4o-mini", messages=MESSAGES, stream=True, stream_options={"include_usage": True}
+    )
+    chunks = [c async for c in stream]
+    assert chunks[-1].choices == [] and chunks[-1].usage is not None
+    assert chunks[-1].usage.completion_tokens > 0
+
+
+async def test_embeddings_models_tools_and_json_mode_pass_intact(
+    old, new, make_sidecar, sdk
+) -> None:
+    sc = await make_sidecar(base_config(old, new))
+    client = sdk(sc)
+    emb = await client.embeddings.create(model="text-embedding-3-small", input=["a", "b"])
+    assert len(emb.data) == 2 and len(emb.data[0].embedding) > 0
+    models = await client.models.list()
+    assert "gpt-4o-mini" in [m.id for m in models.data]
+    tool = await client.chat.completions.create(model="gpt-4o-mini", messages=MESSAGES, tools=TOOLS)
+    call = tool.choices[0].message.tool_calls[0]  # type: ignore[index]
+    assert tool.choices[0].finish_reason == "tool_calls"
+    assert call.function.name == "get_weather"  # type: ignore[union-attr]
+    import json
+
+    assert set(json.loads(call.function.arguments)) == {"city", "days"}  # type: ignore[union-attr]
+    js = await client.chat.completions.create(
+        model="gpt-4o-mini", messages=MESSAGES, response_format={"type": "json_object"}
+    )
+    assert isinstance(json.loads(js.choices[0].message.content or ""), dict)
+
+
+async def test_responses_api_streams_through(old, new, make_sidecar, sdk) -> None:
+    sc = await make_sidecar(base_config(old, new))
+    client = sdk(sc)
+    plain = await client.responses.create(model="gpt-4o-mini", input="hello there")
+    stream = await client.responses.create(model="gpt-4o-mini", input="hello there", stream=True)
+    deltas = [e.delta async for e in stream if e.type == "response.output_text.delta"]
+    assert "".join(deltas) == plain.output_text
+
+
+async def test_model_is_mapped_and_keys_are_swapped(old, new, make_sidecar, sdk) -> None:
+    sc = await make_sidecar(base_config(old, new, split={"old": 0, "new": 100}))
+    await sdk(sc).chat.completions.create(model="gpt-4o-mini", messages=MESSAGES)
+    got = new.received[-1]
+    assert got.json["model"] == "prov/gpt-4o-mini"
+    assert got.headers["authorization"] == f"Bearer {NEW_KEY}"
+    assert CLIENT_KEY not in str(dict(got.headers)) and CLIENT_KEY.encode() not in got.body
+    assert old.received == []
+
+
+async def test_model_in_path_is_mapped(old, new, make_sidecar) -> None:
+    sc = await make_sidecar(base_config(old, new, split={"new": 1}))
+    async with (
+        aiohttp.ClientSession() as s,
+        s.post(f"{sc.url}/models/flux/run", json={"prompt": "a cat"}) as r,
+    ):
+        assert r.status == 200
+        assert (await r.json())["model"] == "black-forest/flux"
+    assert new.received[-1].path == "/v1/models/black-forest/flux/run"
+
+
+async def test_non_json_body_is_forwarded_byte_for_byte(old, new, make_sidecar) -> None:
+    sc = await make_sidecar(base_config(old, new))
+    payload = bytes(range(256)) * 40
+    async with (
+        aiohttp.ClientSession() as s,
+        s.post(
+            f"{sc.url}/files?purpose=batch&x=%2F",
+            data=payload,
+            headers={"content-type": "application/octet-stream"},
+        ) as r,
+    ):
+        await r.read()
+    got = old.received[-1]
+    assert got.body == payload
+    assert got.query == "purpose=batch&x=%2F"
+
+
+async def test_weighted_split_matches_weights(old, new, make_sidecar) -> None:
+    sc = await make_sidecar(base_config(old, new, split={"old": 90, "new": 10}))
+    served: Counter[str] = Counter()
+    sem = asyncio.Semaphore(32)
+
+    async def one(s: aiohttp.ClientSession) -> None:
+        async with sem, s.get(f"{sc.url}/models") as r:
+            await r.read()
+            served[r.headers["x-sidecar-upstream"]] += 1
+
+    async with aiohttp.ClientSession() as s:
+        await asyncio.gather(*(one(s) for _ in range(2000)))
+    # Binomial(2000, 0.1): sd 13.4; 5 sd either side is a false alarm once in ~3 million runs.
+    assert 200 - 67 <= served["new"] <= 200 + 67
+    assert served["old"] + served["new"] == 2000
+
+
+async def test_zero_weight_sends_nothing(old, new, make_sidecar) -> None:
+    sc = await make_sidecar(base_config(old, new, split={"old": 1, "new": 0}))
+    async with aiohttp.ClientSession() as s:
+        for _ in range(200):
+            async with s.get(f"{sc.url}/models") as r:
+                await r.read()
+    assert new.received == []
+
+
+async def test_sticky_key_always_lands_on_the_same_upstream(old, new, make_sidecar, sdk) -> None:
+    cfg = base_config(
+        old, new, split={"old": 50, "new": 50}, sticky={"header": "x-user-id", "body_field": "user"}
+    )
+    sc = await make_sidecar(cfg)
+    client = sdk(sc)
+    seen: dict[str, set[str]] = {}
+    for user in ("alice", "bob", "carol", "dave", "erin", "frank"):
+        for _ in range(8):
+            raw = await client.chat.completions.with_raw_response.create(
+                model="gpt-4o-mini", messages=MESSAGES, user=user
+            )
+            seen.setdefault(user, set()).add(raw.headers["x-sidecar-upstream"])
+    assert all(len(v) == 1 for v in seen.values())
+    assert {next(iter(v)) for v in seen.values()} == {"old", "new"}  # 6 users, 50/50: both used
+
+
+async def test_responses_carry_request_id_and_upstream(old, new, make_sidecar, sdk) -> None:
+    sc = await make_sidecar(base_config(old, new))
+    raw = await sdk(sc).chat.completions.with_raw_response.create(
+        model="gpt-4o-mini", messages=MESSAGES
+    )
+    assert raw.headers["x-request-id"].startswith("req_")
+    assert raw.headers["x-sidecar-upstream"] == "old"
+
+
+async def test_gzip_answer_reaches_the_app_decoded(old, new, make_sidecar, sdk) -> None:
+    old.behaviour = Behaviour(gzip=True)
+    sc = await make_sidecar(base_config(old, new))
+    async with (
+        aiohttp.ClientSession(auto_decompress=False) as s,
+        s.post(
+            f"{sc.url}/chat/completions",
+            json={"model": "gpt-4o-mini", "messages": MESSAGES},
+            headers={"accept-encoding": "gzip"},
+        ) as r,
+    ):
+        body = await r.read()
+        encoding = r.headers.get("content-encoding")
+    # Either relayed compressed with its header, or decoded without it; never a mix.
+    text = gzip.decompress(body) if encoding == "gzip" else body
+    assert b"chat.completion" in text
+    via = await sdk(sc).chat.completions.create(model="gpt-4o-mini", messages=MESSAGES)
+    assert via.choices[0].message.content
+
+
+async def test_unreachable_upstream_is_a_502_naming_it(old, new, make_sidecar, sdk) -> None:
+    cfg = base_config(old, new)
+    cfg["upstreams"]["old"]["base_url"] = "http://127.0.0.1:9/v1"  # discard port: nothing listens
+    sc = await make_sidecar(cfg)
+    with pytest.raises(openai.InternalServerError) as e:
+        await sdk(sc).chat.completions.create(model="gpt-4o-mini", messages=MESSAGES)
+    assert e.value.status_code == 502
+    body: Any = e.value.body
+    assert "'old'" in body["message"] and body["code"] == "upstream_unreachable"
+    assert OLD_KEY not in str(body)
+
+
+async def test_slow_upstream_is_a_504(old, new, make_sidecar, sdk) -> None:
+    old.behaviour = Behaviour(fail="hang")
+    cfg = base_config(old, new)
+    cfg["upstreams"]["old"]["timeouts"] = {"first_byte": 0.3}
+    sc = await make_sidecar(cfg)
+    with pytest.raises(openai.APIStatusError) as e:
+        await sdk(sc).chat.completions.create(model="gpt-4o-mini", messages=MESSAGES)
+    assert e.value.status_code == 504
+    assert e.value.body["code"] == "upstream_timeout"  # type: ignore[index]
+
+
+async def test_body_over_limit_is_a_413(old, new, make_sidecar, sdk) -> None:
+    sc = await make_sidecar(base_config(old, new, limits={"max_body_bytes": 1000}))
+    with pytest.raises(openai.APIStatusError) as e:
+        await sdk(sc).chat.completions.create(
+            model="gpt-4o-mini", messages=[{"role": "user", "content": "x" * 2000}]
+        )
+    assert e.value.status_code == 413
+    assert e.value.body["type"] == "invalid_request_error"  # type: ignore[index]
+    assert old.received == []
+
+
+async def test_chunked_body_over_limit_is_a_413(old, new, make_sidecar) -> None:
+    sc = await make_sidecar(base_config(old, new, limits={"max_body_bytes": 1000}))
+
+    async def gen():  # type: ignore[no-untyped-def]
+        for _ in range(10):
+            yield b"x" * 500
+
+    async with aiohttp.ClientSession() as s, s.post(f"{sc.url}/chat/completions", data=gen()) as r:
+        assert r.status == 413
+        assert (await r.json())["error"]["code"] == "request_too_large"
+
+
+async def test_paths_outside_v1_are_a_404_in_openai_shape(old, new, make_sidecar) -> None:
+    sc = await make_sidecar(base_config(old, new))
+    root = sc.url.removesuffix("/v1")
+    async with aiohttp.ClientSession() as s:
+        for path in ("/chat/completions", "/", "/_proxy/nope"):
+            async with s.get(root + path) as r:
+                assert r.status == 404
+                assert set((await r.json())["error"]) >= {"message", "type", "code"}
+
+
+async def test_upstream_errors_pass_through_unchanged(old, new, make_sidecar, sdk) -> None:
+    old.behaviour = Behaviour(fail="429")
+    sc = await make_sidecar(base_config(old, new))
+    with pytest.raises(openai.RateLimitError):
+        await sdk(sc).chat.completions.create(model="gpt-4o-mini", messages=MESSAGES)
+
+
+async def test_client_disconnect_mid_stream_cancels_upstream(old, new, make_sidecar, sdk) -> None:
+    old.behaviour = Behaviour(chunk_delay=0.05, chunks=200)
+    sc = await make_sidecar(base_config(old, new))
+    client = sdk(sc)
+    stream = await client.chat.completions.create(
+        model="gpt-4o-mini", messages=MESSAGES, stream=True
+    )
+    n = 0
+    async for _ in stream:
+        n += 1
+        if n == 3:
+            break
+    await stream.close()
+    await asyncio.wait_for(old.cancelled.wait(), timeout=5)
+    for _ in range(100):  # the upstream connection is released
+        if sc.live.current.upstreams["old"].in_flight == 0:
+            break
+        await asyncio.sleep(0.02)
+    assert sc.live.current.upstreams["old"].in_flight == 0
+
+
+async def test_upstream_dying_mid_stream_ends_with_an_error_event(
+    old, new, make_sidecar, sdk
+) -> None:
+    old.behaviour = Behaviour(fail="die_mid_stream")
+    sc = await make_sidecar(base_config(old, new))
+    stream = await sdk(sc).chat.completions.create(
+        model="gpt-4o-mini", messages=MESSAGES, stream=True
+    )
+    with pytest.raises(openai.APIError) as e:
+        async for _ in stream:
+            pass
+    assert "broke off" in e.value.message
+
+
+async def test_idle_stream_times_out_with_an_error_event(old, new, make_sidecar) -> None:
+    old.behaviour = Behaviour(chunk_delay=2.0, chunks=5)
+    cfg = base_config(old, new)
+    cfg["upstreams"]["old"]["timeouts"] = {"idle": 0.3}
+    sc = await make_sidecar(cfg)
+    async with (
+        aiohttp.ClientSession() as s,
+        s.post(
+            f"{sc.url}/chat/completions",
+            json={"model": "gpt-4o-mini", "messages": MESSAGES, "stream": True},
+        ) as r,
+    ):
+        body = await asyncio.wait_for(r.read(), timeout=10)
+    assert b"upstream_timeout" in body
+
+
+async def test_health_shows_revision_and_split(old, new, make_sidecar) -> None:
+    sc = await make_sidecar(base_config(old, new, split={"old": 3, "new": 1}))
+    async with (
+        aiohttp.ClientSession() as s,
+        s.get(sc.url.removesuffix("/v1") + "/_proxy/health") as r,
+    ):
+        health = await r.json()
+    assert health["status"] == "ok"
+    assert health["split"] == {"old": 0.75, "new": 0.25}
+    assert health["revision"].startswith("1-")
