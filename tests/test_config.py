@@ -1,0 +1,108 @@
+"""Config validation: every refusal names the file, the key path and the reason."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from proxy import config as config_mod
+from proxy.errors import ConfigError
+
+GOOD = """
+upstreams:
+  a: {base_url: "http://127.0.0.1:1/v1", api_key: "${KEY_A}"}
+  b: {base_url: "https://gw.example/v1/", models: {gpt-4o: p/gpt-4o}}
+primary: a
+split: {a: 90, b: 10}
+"""
+
+
+def refused(text: str, env: dict[str, str] | None = None) -> list[tuple[str, str]]:
+    with pytest.raises(ConfigError) as e:
+        config_mod.parse(text.encode(), "cfg.yaml", env={"KEY_A": "sk-a"} if env is None else env)
+    assert str(e.value).startswith("cfg.yaml: ")
+    return e.value.problems
+
+
+def test_a_good_config_loads_with_env_interpolated() -> None:
+    cfg = config_mod.parse(GOOD.encode(), "cfg.yaml", env={"KEY_A": "sk-a"})
+    assert cfg.upstreams["a"].api_key is not None
+    assert cfg.upstreams["a"].api_key.get_secret_value() == "sk-a"
+    assert cfg.upstreams["b"].base_url == "https://gw.example/v1"
+    assert cfg.default_split() == {"a": 90, "b": 10}
+
+
+def test_missing_env_var_is_named() -> None:
+    assert refused(GOOD, env={}) == [
+        ("upstreams.a.api_key", "environment variable KEY_A is not set")
+    ]
+
+
+def test_env_default_is_used_when_unset() -> None:
+    cfg = config_mod.parse(GOOD.replace("${KEY_A}", "${KEY_A:-fallback}").encode(), "c", env={})
+    assert cfg.upstreams["a"].api_key is not None
+    assert cfg.upstreams["a"].api_key.get_secret_value() == "fallback"
+
+
+@pytest.mark.parametrize(
+    ("edit", "key", "reason"),
+    [
+        (("primary: a", "primary: z"), "primary", "is not one of upstreams"),
+        (("{a: 90, b: 10}", "{a: 90, c: 10}"), "split.c", "not one of upstreams"),
+        (("{a: 90, b: 10}", "{a: -1, b: 10}"), "split.a", "greater than or equal to 0"),
+        (("{a: 90, b: 10}", "{a: 0, b: 0}"), "split", "add up to 0"),
+        (("https://gw.example/v1/", "gw.example"), "upstreams.b.base_url", "http:// or https://"),
+        (("primary: a", "primary: a\nspilt: {a: 1}"), "spilt", "unknown key"),
+        (("models:", "modles:"), "upstreams.b.modles", "unknown key"),
+    ],
+)
+def test_each_problem_names_key_and_reason(edit: tuple[str, str], key: str, reason: str) -> None:
+    problems = refused(GOOD.replace(*edit))
+    assert any(k == key and reason in r for k, r in problems), problems
+
+
+def test_missing_primary_is_refused() -> None:
+    problems = refused(GOOD.replace("primary: a\n", ""))
+    assert ("primary", "Field required") in problems
+
+
+def test_keys_never_appear_in_errors() -> None:
+    text = GOOD.replace("split: {a: 90, b: 10}", "split: {a: '${KEY_A}'}")
+    problems = refused(text, env={"KEY_A": "sk-secret-123"})
+    assert "sk-secret-123" not in str(problems)
+
+
+def test_invalid_yaml_says_where() -> None:
+    problems = refused("upstreams: [\n  a: 1")
+    assert problems[0][1].startswith("invalid YAML: line")
+
+
+def test_unreadable_file_is_refused(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError) as e:
+        config_mod.load(str(tmp_path / "nope.yaml"))
+    assert "cannot read" in str(e.value)
+
+
+def test_example_config_is_valid() -> None:
+    root = Path(__file__).resolve().parent.parent
+    cfg, _ = config_mod.load(str(root / "config.example.yaml"))
+    assert cfg.primary in cfg.upstreams
+
+
+@given(
+    st.recursive(
+        st.none() | st.booleans() | st.integers() | st.text(max_size=5),
+        lambda c: st.lists(c, max_size=3) | st.dictionaries(st.text(max_size=5), c, max_size=3),
+        max_leaves=10,
+    )
+)
+def test_arbitrary_yaml_is_refused_cleanly_or_accepted(doc: object) -> None:
+    import yaml
+
+    try:
+        config_mod.parse(yaml.safe_dump(doc).encode(), "fuzz.yaml", env={})
+    except ConfigError as e:
+        assert str(e).startswith("fuzz.yaml")
