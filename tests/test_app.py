@@ -1,0 +1,106 @@
+"""The sidecar as a process: signals, graceful shutdown, nothing recorded lost."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import sqlite3
+import sys
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import yaml
+
+from proxy.fakes import Behaviour
+
+from .conftest import base_config
+
+MESSAGES: list[Any] = [{"role": "user", "content": "count slowly"}]
+
+
+async def start_process(
+    cfg: dict[str, Any], tmp_path: Path
+) -> tuple[asyncio.subprocess.Process, str]:
+    path = tmp_path / "config.yaml"
+    path.write_text(yaml.safe_dump(cfg))
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "proxy", "serve", "--config", str(path),
+        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+    )  # fmt: skip
+    assert proc.stdout is not None
+    line = await asyncio.wait_for(proc.stdout.readline(), timeout=30)
+    url = line.decode().split()[3]
+    assert url.startswith("http://127.0.0.1:"), line
+    return proc, url
+
+
+async def test_sigterm_finishes_in_flight_streams_and_flushes_records(old, new, tmp_path) -> None:
+    old.behaviour = Behaviour(chunk_delay=0.05, chunks=20)
+    db = tmp_path / "rec.db"
+    cfg = base_config(
+        old, new, record={"enabled": True, "path": str(db)}, listen={"host": "127.0.0.1", "port": 0}
+    )
+    proc, url = await start_process(cfg, tmp_path)
+    try:
+        async with aiohttp.ClientSession() as s:
+
+            async def stream() -> bytes:
+                body = {"model": "gpt-4o-mini", "messages": MESSAGES, "stream": True}
+                async with s.post(f"{url}/chat/completions", json=body) as r:
+                    return await r.read()
+
+            tasks = [asyncio.create_task(stream()) for _ in range(5)]
+            while old.active < 5:
+                await asyncio.sleep(0.01)
+            proc.send_signal(signal.SIGTERM)
+            bodies = await asyncio.wait_for(asyncio.gather(*tasks), timeout=20)
+        assert all(b.rstrip().endswith(b"data: [DONE]") for b in bodies)
+        assert await asyncio.wait_for(proc.wait(), timeout=20) == 0
+    finally:
+        if proc.returncode is None:
+            proc.kill()
+            await proc.wait()
+    con = sqlite3.connect(db)
+    try:
+        assert con.execute("SELECT count(*) FROM exchanges").fetchone()[0] == 5
+        done = con.execute(
+            "SELECT count(*) FROM responses WHERE stream_done = 1 AND error_kind IS NULL"
+        )
+        assert done.fetchone()[0] == 5
+    finally:
+        con.close()
+
+
+async def test_sighup_reloads_the_config(old, new, tmp_path) -> None:
+    cfg = base_config(old, new, split={"old": 1}, listen={"host": "127.0.0.1", "port": 0})
+    proc, url = await start_process(cfg, tmp_path)
+    try:
+        async with aiohttp.ClientSession() as s:
+            (tmp_path / "config.yaml").write_text(yaml.safe_dump({**cfg, "split": {"new": 1}}))
+            os.kill(proc.pid, signal.SIGHUP)
+            for _ in range(200):
+                async with s.get(f"{url}/models") as r:
+                    if r.headers["x-sidecar-upstream"] == "new":
+                        break
+                await asyncio.sleep(0.02)
+            assert r.headers["x-sidecar-upstream"] == "new"
+        proc.send_signal(signal.SIGINT)
+        assert await asyncio.wait_for(proc.wait(), timeout=20) == 0
+    finally:
+        if proc.returncode is None:
+            proc.kill()
+            await proc.wait()
+
+
+async def test_broken_config_at_startup_exits_non_zero_with_reason(tmp_path) -> None:
+    path = tmp_path / "config.yaml"
+    path.write_text("upstreams: {a: {base_url: 'nope'}}\nprimary: a\n")
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "proxy", "serve", "--config", str(path),
+        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+    )  # fmt: skip
+    _, err = await asyncio.wait_for(proc.communicate(), timeout=30)
+    assert proc.returncode == 2
+    assert f"{path}: upstreams.a.base_url:" in err.decode()
