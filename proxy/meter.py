@@ -101,15 +101,7 @@ class Meter:
             json_ok = measure.json_ok(text, self.json_mode)
             text_sha = measure.text_sha256(text) if text or not tally.tool_calls else None
             if policy != "none":
-                body = orjson.dumps(
-                    {
-                        "text": text,
-                        "tool_calls": [
-                            {"name": c.name, "arguments": c.arguments} for c in tally.tool_calls
-                        ],
-                        "finish_reason": finish,
-                    }
-                )
+                body = measure.stream_body(tally)
         elif body:
             parsed: Any = _loads(body)
             if parsed is not None:

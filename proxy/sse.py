@@ -1,0 +1,426 @@
+"""Server-Sent Events: cut a byte stream into events without changing a byte, and tally
+what an OpenAI-style stream said (text, tool calls, usage, its end) for the record.
+
+Pure: no I/O, no clock. The relay writes each `Event.raw` through as it arrives and hands
+the same event to a `StreamTally`; the caller timestamps what `StreamTally.add` reports.
+"""
+
+from __future__ import annotations
+
+import enum
+import re
+from dataclasses import dataclass
+from typing import Any
+
+import orjson
+
+_BOM = b"\xef\xbb\xbf"
+_EOL = re.compile(rb"[\r\n]")
+# Leftmost alternation takes "\r\n" as one line ending before trying a lone "\r".
+_LINE_SPLIT = re.compile(rb"\r\n|\r|\n")
+_MAX_ERROR = 300  # characters of an error message kept for the record
+
+
+@dataclass(frozen=True, slots=True)
+class Event:
+    """One SSE event. `raw` ends with its blank line, so joining every `raw` rebuilds the stream."""
+
+    raw: bytes
+    data: bytes | None  # data lines joined with b"\n"; None when the event had no data line
+    event: str | None  # the `event:` field, if any
+
+
+def _event_of(raw: bytes, lines: list[bytes]) -> Event:
+    data: list[bytes] | None = None
+    name: str | None = None
+    for line in lines:
+        if not line or line[0] == 0x3A:  # blank, or a ":" comment
+            continue
+        field, colon, value = line.partition(b":")
+        if colon and value[:1] == b" ":
+            value = value[1:]
+        if field == b"data":
+            if data is None:
+                data = [value]
+            else:
+                data.append(value)
+        elif field == b"event":
+            name = value.decode("utf-8", "replace")
+    return Event(raw, None if data is None else b"\n".join(data), name)
+
+
+class SSEDecoder:
+    """Incremental SSE framing: `feed` returns whole events only and keeps the partial tail.
+
+    Blank lines that end no event (extra separators, keep-alive newlines) and a leading
+    byte-order mark come back as events of their own with no fields, so that the
+    concatenated `raw` of everything returned is exactly the input.
+    """
+
+    __slots__ = ("_resume", "_started", "_tail")
+
+    def __init__(self) -> None:
+        self._tail = b""
+        # Where the separator search may restart in the tail: the tail holds no complete
+        # event, so only its last few bytes can begin a separator.
+        self._resume = 0
+        self._started = False
+
+    def feed(self, chunk: bytes) -> list[Event]:
+        buf = self._tail + chunk if self._tail else chunk
+        if not self._started:
+            if len(buf) < 3 and _BOM.startswith(buf):
+                self._tail = buf  # perhaps the start of a byte-order mark: wait for more
+                return []
+            self._started = True
+            if buf.startswith(_BOM):
+                self._tail = b""
+                self._resume = 0
+                return [Event(_BOM, None, None), *self.feed(buf[3:])]
+        if b"\r" not in buf:
+            return self._split(buf, b"\n", b"\n\n")
+        # Pure CRLF (as sse-starlette writes by default) is a fast path too; a buffer that
+        # ends in "\r" fails this test, since its "\n" may still be on the way.
+        n_cr = buf.count(b"\r")
+        if n_cr == buf.count(b"\n") == buf.count(b"\r\n"):
+            return self._split(buf, b"\r\n", b"\r\n\r\n")
+        return self._split_mixed(buf)
+
+    def flush(self) -> list[Event]:
+        """At end of stream: whatever is left, as one event (it was never terminated)."""
+        tail, self._tail, self._resume = self._tail, b"", 0
+        if not tail:
+            return []
+        return [_event_of(tail, _LINE_SPLIT.split(tail))]
+
+    def _split(self, buf: bytes, eol: bytes, sep: bytes) -> list[Event]:
+        # One line-ending style throughout. The end of an event's first line is one memchr;
+        # when the blank line follows at once (the usual single `data:` line) the event is
+        # sliced out there, else the separator is searched for from that line on.
+        out: list[Event] = []
+        find = buf.find
+        mark = eol[0]
+        width = len(eol)
+        step = len(sep)
+        size = len(buf)
+        pos = 0
+        search = self._resume
+        while pos < size:
+            end = find(mark, pos)
+            if end < 0:
+                break
+            if end == pos:  # a blank line ending no event
+                nxt = pos + width
+                out.append(Event(buf[pos:nxt], None, None))
+            elif buf.startswith(sep, end):
+                nxt = end + step
+                if buf.startswith(b"data:", pos):
+                    start = pos + 5
+                    if start < end and buf[start] == 0x20:
+                        start += 1
+                    out.append(Event(buf[pos:nxt], buf[start:end], None))
+                else:
+                    out.append(_event_of(buf[pos:nxt], [buf[pos:end]]))
+            else:
+                end = find(sep, max(end, search))
+                if end < 0:
+                    break
+                nxt = end + step
+                out.append(_event_of(buf[pos:nxt], buf[pos:end].split(eol)))
+            pos = search = nxt
+        self._keep(buf, pos)
+        return out
+
+    def _split_mixed(self, buf: bytes) -> list[Event]:
+        # Any mix of "\n", "\r\n" and "\r": walk line by line. Rare, so the tail is simply
+        # rescanned from its start on the next feed.
+        out: list[Event] = []
+        search = _EOL.search
+        size = len(buf)
+        pos = line = 0
+        while (m := search(buf, line)) is not None:
+            end = m.start()
+            if buf[end] == 0x0D:
+                if end + 1 == size:
+                    break  # a "\r" at the very end: its "\n" may be in the next chunk
+                nxt = end + 2 if buf[end + 1] == 0x0A else end + 1
+            else:
+                nxt = end + 1
+            if end == line:  # a blank line ends the event
+                out.append(_event_of(buf[pos:nxt], _LINE_SPLIT.split(buf[pos:end])))
+                pos = nxt
+            line = nxt
+        self._keep(buf, pos)
+        return out
+
+    def _keep(self, buf: bytes, pos: int) -> None:
+        self._tail = tail = buf[pos:] if pos else buf
+        # A separator is at most 4 bytes ("\r\n\r\n"), so it can start at most 3 back.
+        self._resume = max(0, len(tail) - 3)
+
+
+class Kind(enum.IntEnum):
+    """What one event meant to the stream, for the relay's timing and filtering."""
+
+    OTHER = 0
+    CONTENT = 1  # carried text or a tool-call delta: the first one is time to first token
+    USAGE_ONLY = 2  # the extra usage chunk of stream_options.include_usage (no choices)
+    DONE = 3  # `data: [DONE]`, or a Responses API `response.completed`
+    ERROR = 4
+
+
+@dataclass(frozen=True, slots=True)
+class ToolCall:
+    name: str
+    arguments: str  # as the model wrote it: usually, but not always, a JSON object
+
+
+class _ToolDraft:
+    __slots__ = ("arguments", "name")
+
+    def __init__(self) -> None:
+        self.name = ""
+        self.arguments: list[str] = []
+
+
+def _int_or_none(value: object) -> int | None:
+    return value if isinstance(value, int) and not isinstance(value, bool) else None
+
+
+def usage_tokens(usage: object) -> tuple[int | None, int | None, int | None]:
+    """(prompt, completion, total) from a `usage` object of any OpenAI API; None where absent."""
+    if not isinstance(usage, dict):
+        return None, None, None
+    prompt = usage.get("prompt_tokens")
+    if prompt is None:
+        prompt = usage.get("input_tokens")
+    completion = usage.get("completion_tokens")
+    if completion is None:
+        completion = usage.get("output_tokens")
+    return _int_or_none(prompt), _int_or_none(completion), _int_or_none(usage.get("total_tokens"))
+
+
+def _message_of(error: object) -> str:
+    if isinstance(error, dict):
+        message = error.get("message")
+        if isinstance(message, str) and message:
+            return message[:_MAX_ERROR]
+    if isinstance(error, str):
+        return error[:_MAX_ERROR]
+    return orjson.dumps(error, default=str).decode()[:_MAX_ERROR]
+
+
+class StreamTally:
+    """Accumulates what a stream said, for recording. One per stream.
+
+    Reads three dialects: Chat Completions chunks (and legacy Completions), the `[DONE]`
+    sentinel, and Responses API events. Only choice 0 is reassembled; `events` counts the
+    events that carried data.
+    """
+
+    __slots__ = (
+        "_completion",
+        "_done",
+        "_error",
+        "_events",
+        "_finish",
+        "_prompt",
+        "_text",
+        "_tools",
+        "_total",
+    )
+
+    def __init__(self) -> None:
+        self._text: list[str] = []
+        self._tools: dict[int, _ToolDraft] = {}
+        self._finish: str | None = None
+        self._prompt: int | None = None
+        self._completion: int | None = None
+        self._total: int | None = None
+        self._done = False
+        self._error: str | None = None
+        self._events = 0
+
+    @property
+    def text(self) -> str:
+        pieces = self._text
+        if len(pieces) > 1:
+            pieces[:] = ["".join(pieces)]
+        return pieces[0] if pieces else ""
+
+    @property
+    def tool_calls(self) -> list[ToolCall]:
+        return [
+            ToolCall(draft.name, "".join(draft.arguments))
+            for _, draft in sorted(self._tools.items())
+        ]
+
+    @property
+    def finish_reason(self) -> str | None:
+        return self._finish
+
+    @property
+    def prompt_tokens(self) -> int | None:
+        return self._prompt
+
+    @property
+    def completion_tokens(self) -> int | None:
+        return self._completion
+
+    @property
+    def total_tokens(self) -> int | None:
+        return self._total
+
+    @property
+    def done(self) -> bool:
+        return self._done
+
+    @property
+    def error(self) -> str | None:
+        return self._error
+
+    @property
+    def events(self) -> int:
+        return self._events
+
+    def add(self, ev: Event) -> Kind:
+        data = ev.data
+        if data is None:
+            return Kind.OTHER
+        self._events += 1
+        if data == b"[DONE]":
+            self._done = True
+            return Kind.DONE
+        try:
+            obj = orjson.loads(data)
+        except orjson.JSONDecodeError:
+            if data.strip() == b"[DONE]":
+                self._done = True
+                return Kind.DONE
+            if ev.event == "error":
+                return self._fail(data.decode("utf-8", "replace"))
+            return Kind.OTHER
+        if not isinstance(obj, dict):
+            return Kind.OTHER
+        # Some providers write `"error": null` into healthy chunks; only a value is an error.
+        error = obj.get("error")
+        if error is not None:
+            return self._fail(_message_of(error))
+        kind = obj.get("type", ev.event)
+        if isinstance(kind, str) and (kind.startswith("response.") or kind == "error"):
+            return self._add_response_event(kind, obj)
+        choices = obj.get("choices")
+        if isinstance(choices, list):
+            return self._add_chunk(choices, obj.get("usage"))
+        return Kind.OTHER
+
+    def _fail(self, message: str) -> Kind:
+        if self._error is None:  # the first error is the cause; later ones are fallout
+            self._error = message
+        return Kind.ERROR
+
+    def _set_usage(self, usage: object) -> None:
+        if isinstance(usage, dict):
+            self._prompt, self._completion, self._total = usage_tokens(usage)
+
+    def _add_chunk(self, choices: list[Any], usage: object) -> Kind:
+        self._set_usage(usage)
+        if not choices:
+            return Kind.USAGE_ONLY if isinstance(usage, dict) else Kind.OTHER
+        content = False
+        for choice in choices:
+            if not isinstance(choice, dict):
+                continue
+            first = choice.get("index", 0) == 0
+            delta = choice.get("delta")
+            if isinstance(delta, dict):
+                piece = delta.get("content")
+                calls = delta.get("tool_calls")
+                if calls and isinstance(calls, list):
+                    content = True
+                    if first:
+                        self._merge_tool_calls(calls)
+            else:
+                piece = choice.get("text")  # legacy Completions
+            if piece and isinstance(piece, str):
+                content = True
+                if first:
+                    self._text.append(piece)
+            if first:
+                finish = choice.get("finish_reason")
+                if isinstance(finish, str):
+                    self._finish = finish
+        return Kind.CONTENT if content else Kind.OTHER
+
+    def _draft(self, index: object, new: bool) -> _ToolDraft:
+        if not isinstance(index, int):
+            # No index (some compatible servers): a call with an id starts a new one,
+            # anything else continues the last.
+            index = max(self._tools) + (1 if new else 0) if self._tools else 0
+        draft = self._tools.get(index)
+        if draft is None:
+            draft = self._tools[index] = _ToolDraft()
+        return draft
+
+    def _merge_tool_calls(self, calls: list[Any]) -> None:
+        for call in calls:
+            if not isinstance(call, dict):
+                continue
+            draft = self._draft(call.get("index"), bool(call.get("id")))
+            function = call.get("function")
+            if not isinstance(function, dict):
+                continue
+            name = function.get("name")
+            if name and isinstance(name, str) and not draft.name:
+                draft.name = name
+            arguments = function.get("arguments")
+            if isinstance(arguments, str):
+                draft.arguments.append(arguments)
+            elif isinstance(arguments, dict):  # an object instead of a string: seen in the wild
+                draft.arguments.append(orjson.dumps(arguments).decode())
+
+    def _add_response_event(self, kind: str, obj: dict[str, Any]) -> Kind:
+        if kind == "response.output_text.delta":
+            delta = obj.get("delta")
+            if delta and isinstance(delta, str):
+                self._text.append(delta)
+                return Kind.CONTENT
+            return Kind.OTHER
+        if kind == "response.function_call_arguments.delta":
+            delta = obj.get("delta")
+            if isinstance(delta, str):
+                self._draft(obj.get("output_index"), False).arguments.append(delta)
+            return Kind.CONTENT
+        if kind in ("response.output_item.added", "response.output_item.done"):
+            item = obj.get("item")
+            if isinstance(item, dict) and item.get("type") == "function_call":
+                draft = self._draft(obj.get("output_index"), kind.endswith("added"))
+                name = item.get("name")
+                if name and isinstance(name, str):
+                    draft.name = name
+                arguments = item.get("arguments")
+                # The finished item states the whole arguments; they replace the deltas.
+                if kind.endswith("done") and isinstance(arguments, str):
+                    draft.arguments[:] = [arguments]
+            return Kind.OTHER
+        if kind in ("response.completed", "response.incomplete"):
+            # "incomplete" (e.g. max_output_tokens) is still a well-formed end of stream;
+            # its status lands in finish_reason, as "length" does for chat.
+            self._finish_response(obj.get("response"))
+            self._done = True
+            return Kind.DONE
+        if kind == "response.failed":
+            response = obj.get("response")
+            self._finish_response(response)
+            error = response.get("error") if isinstance(response, dict) else None
+            return self._fail(_message_of(error) if error is not None else "response.failed")
+        if kind == "error":
+            return self._fail(_message_of(obj))
+        return Kind.OTHER
+
+    def _finish_response(self, response: object) -> None:
+        if isinstance(response, dict):
+            self._set_usage(response.get("usage"))
+            status = response.get("status")
+            if isinstance(status, str):
+                self._finish = status

@@ -1,0 +1,611 @@
+from __future__ import annotations
+
+import string
+
+from hypothesis import given
+from hypothesis import strategies as st
+
+from proxy.sse import Event, Kind, SSEDecoder, StreamTally, ToolCall
+
+
+def decode(*chunks: bytes) -> list[Event]:
+    decoder = SSEDecoder()
+    events = [ev for chunk in chunks for ev in decoder.feed(chunk)]
+    return events + decoder.flush()
+
+
+def tally_of(stream: bytes) -> tuple[StreamTally, list[Kind]]:
+    tally = StreamTally()
+    kinds = [tally.add(ev) for ev in decode(stream)]
+    return tally, kinds
+
+
+# --- framing -------------------------------------------------------------------------------
+
+
+def test_single_data_line_event_keeps_its_raw_bytes() -> None:
+    assert decode(b'data: {"a":1}\n\n') == [Event(b'data: {"a":1}\n\n', b'{"a":1}', None)]
+
+
+def test_one_leading_space_is_stripped_from_a_value_and_only_one() -> None:
+    events = decode(b"data:x\n\ndata:  y\n\n")
+    assert [ev.data for ev in events] == [b"x", b" y"]
+
+
+def test_data_lines_are_joined_with_newlines() -> None:
+    (event,) = decode(b"data: a\ndata:\ndata: b\n\n")
+    assert event.data == b"a\n\nb"
+
+
+def test_a_bare_data_line_gives_empty_data() -> None:
+    assert decode(b"data\n\n")[0].data == b""
+
+
+def test_event_name_and_data_are_both_read() -> None:
+    (event,) = decode(b'event: response.created\ndata: {"type":"response.created"}\n\n')
+    assert event.event == "response.created"
+    assert event.data == b'{"type":"response.created"}'
+
+
+def test_comment_only_block_is_an_event_without_data() -> None:
+    assert decode(b": keep-alive\n\n") == [Event(b": keep-alive\n\n", None, None)]
+
+
+def test_comments_inside_an_event_are_not_data() -> None:
+    (event,) = decode(b": hi\ndata: x\n: there\n\n")
+    assert event.data == b"x"
+    assert event.raw == b": hi\ndata: x\n: there\n\n"
+
+
+def test_other_fields_are_kept_in_raw_but_ignored() -> None:
+    (event,) = decode(b"id: 7\nretry: 1000\ndata: x\n\n")
+    assert (event.data, event.event) == (b"x", None)
+
+
+def test_crlf_line_endings() -> None:
+    events = decode(b"event: e\r\ndata: a\r\n\r\ndata: b\r\n\r\n")
+    assert [(ev.raw, ev.data, ev.event) for ev in events] == [
+        (b"event: e\r\ndata: a\r\n\r\n", b"a", "e"),
+        (b"data: b\r\n\r\n", b"b", None),
+    ]
+
+
+def test_lone_cr_line_endings() -> None:
+    assert decode(b"data: a\rdata: b\r\rdata: c\r\r") == [
+        Event(b"data: a\rdata: b\r\r", b"a\nb", None),
+        Event(b"data: c\r\r", b"c", None),
+    ]
+
+
+def test_mixed_line_endings_in_one_stream() -> None:
+    events = decode(b"data: a\r\n\ndata: b\n\r\ndata: c\r\n")
+    assert [ev.data for ev in events] == [b"a", b"b", b"c"]
+    assert b"".join(ev.raw for ev in events) == b"data: a\r\n\ndata: b\n\r\ndata: c\r\n"
+
+
+def test_crlf_split_across_chunks_waits_for_the_next_byte() -> None:
+    decoder = SSEDecoder()
+    assert decoder.feed(b"data: a\r\n\r") == []
+    assert decoder.feed(b"\ndata: b\r\n\r\n") == [
+        Event(b"data: a\r\n\r\n", b"a", None),
+        Event(b"data: b\r\n\r\n", b"b", None),
+    ]
+
+
+def test_cr_at_chunk_end_is_a_line_end_when_no_newline_follows() -> None:
+    decoder = SSEDecoder()
+    assert decoder.feed(b"data: a\r\r") == []
+    assert decoder.feed(b"data: b\r\r") == [Event(b"data: a\r\r", b"a", None)]
+    assert decoder.flush() == [Event(b"data: b\r\r", b"b", None)]
+
+
+def test_an_event_split_over_many_chunks_is_returned_once_complete() -> None:
+    decoder = SSEDecoder()
+    body = b'data: {"choices":[]}\n\n'
+    out = [ev for i in range(len(body)) for ev in decoder.feed(body[i : i + 1])]
+    assert out == [Event(body, b'{"choices":[]}', None)]
+
+
+def test_stray_blank_lines_come_back_as_empty_events() -> None:
+    events = decode(b"data: a\n\n\ndata: b\n\n")
+    assert events == [
+        Event(b"data: a\n\n", b"a", None),
+        Event(b"\n", None, None),
+        Event(b"data: b\n\n", b"b", None),
+    ]
+
+
+def test_flush_returns_the_unterminated_remainder() -> None:
+    decoder = SSEDecoder()
+    assert decoder.feed(b"data: a\n\ndata: partial") == [Event(b"data: a\n\n", b"a", None)]
+    assert decoder.flush() == [Event(b"data: partial", b"partial", None)]
+    assert decoder.flush() == []
+
+
+def test_flush_of_a_cleanly_ended_stream_is_empty() -> None:
+    decoder = SSEDecoder()
+    decoder.feed(b"data: [DONE]\n\n")
+    assert decoder.flush() == []
+
+
+def test_leading_byte_order_mark_is_its_own_event() -> None:
+    decoder = SSEDecoder()
+    assert decoder.feed(b"\xef\xbb") == []
+    assert decoder.feed(b"\xbfdata: a\n\n") == [
+        Event(b"\xef\xbb\xbf", None, None),
+        Event(b"data: a\n\n", b"a", None),
+    ]
+
+
+def test_a_bom_later_in_the_stream_is_left_alone() -> None:
+    events = decode(b"data: a\n\n\xef\xbb\xbfdata: b\n\n")
+    assert [ev.data for ev in events] == [b"a", None]
+
+
+# --- framing properties --------------------------------------------------------------------
+
+_EOLS = (b"\n", b"\r\n", b"\r")
+_values = st.text(
+    alphabet=st.characters(codec="utf-8", exclude_characters="\r\n"),
+    max_size=12,
+).map(str.encode)
+_names = st.text(alphabet=string.ascii_letters + "._", min_size=1, max_size=12)
+
+
+@st.composite
+def _block(draw: st.DrawFn, min_lines: int = 0) -> tuple[list[bytes], bytes | None, str | None]:
+    """Field lines of one event with the data and event name a reader must find in them."""
+    lines: list[bytes] = []
+    data: list[bytes] = []
+    name: str | None = None
+    for _ in range(draw(st.integers(min_lines, 4))):
+        kind = draw(st.sampled_from(["data", "data:", "data-bare", "comment", "event", "id"]))
+        value = draw(_values)
+        if kind == "data":
+            lines.append(b"data: " + value)
+            data.append(value)
+        elif kind == "data:":
+            lines.append(b"data:" + value)
+            data.append(value[1:] if value.startswith(b" ") else value)
+        elif kind == "data-bare":
+            lines.append(b"data")
+            data.append(b"")
+        elif kind == "comment":
+            lines.append(b":" + value)
+        elif kind == "event":
+            name = draw(_names)
+            lines.append(b"event: " + name.encode())
+        else:
+            lines.append(b"id: " + value)
+    return lines, (b"\n".join(data) if data else None), name
+
+
+@st.composite
+def _stream(draw: st.DrawFn) -> tuple[bytes, list[Event]]:
+    """A serialised stream, with the events it holds, line endings drawn per line."""
+    out = bytearray()
+    expected: list[Event] = []
+
+    def line(content: bytes, eol: bytes) -> None:
+        # "\r" then an empty "\n" line would read as one "\r\n": make that blank line "\r".
+        if not content and eol == b"\n" and out.endswith(b"\r"):
+            eol = b"\r"
+        out.extend(content + eol)
+
+    for lines, data, name in draw(st.lists(_block(), max_size=6)):
+        start = len(out)
+        for content in lines:
+            line(content, draw(st.sampled_from(_EOLS)))
+        line(b"", draw(st.sampled_from(_EOLS)))
+        expected.append(Event(bytes(out[start:]), data, name))
+    if draw(st.booleans()):  # an unterminated last event, which flush must return
+        lines, data, name = draw(_block(min_lines=1))
+        start = len(out)
+        for content in lines[:-1]:
+            line(content, draw(st.sampled_from(_EOLS)))
+        out.extend(lines[-1] + draw(st.sampled_from((b"", *_EOLS))))
+        expected.append(Event(bytes(out[start:]), data, name))
+    return bytes(out), expected
+
+
+@given(_stream(), st.data())
+def test_any_chunking_yields_the_same_events_and_bytes(
+    stream: tuple[bytes, list[Event]], data: st.DataObject
+) -> None:
+    body, expected = stream
+    cuts = sorted(data.draw(st.lists(st.integers(0, len(body)), max_size=12)))
+    chunks = [body[a:b] for a, b in zip([0, *cuts], [*cuts, len(body)], strict=True)]
+    whole = decode(body)
+    pieces = decode(*chunks)
+    assert whole == expected
+    assert pieces == expected
+    assert b"".join(ev.raw for ev in pieces) == body
+
+
+@given(st.binary(max_size=200), st.data())
+def test_arbitrary_bytes_are_relayed_unchanged(body: bytes, data: st.DataObject) -> None:
+    cuts = sorted(data.draw(st.lists(st.integers(0, len(body)), max_size=12)))
+    chunks = [body[a:b] for a, b in zip([0, *cuts], [*cuts, len(body)], strict=True)]
+    pieces = decode(*chunks)
+    assert b"".join(ev.raw for ev in pieces) == body
+    assert pieces == decode(body)
+
+
+# --- Chat Completions streams (chunks as api.openai.com sends them) ------------------------
+
+_HEAD = (
+    b'{"id":"chatcmpl-AmQ1","object":"chat.completion.chunk","created":1736500000,'
+    b'"model":"gpt-4o-mini-2024-07-18","service_tier":"default",'
+    b'"system_fingerprint":"fp_0aa8d3e20b","choices":'
+)
+
+CHAT_TEXT = (
+    b"data: " + _HEAD + b'[{"index":0,"delta":{"role":"assistant","content":"","refusal":null},'
+    b'"logprobs":null,"finish_reason":null}],"usage":null}\n\n'
+    b"data: " + _HEAD + b'[{"index":0,"delta":{"content":"Hello"},"logprobs":null,'
+    b'"finish_reason":null}],"usage":null}\n\n'
+    b"data: " + _HEAD + b'[{"index":0,"delta":{"content":" there!"},"logprobs":null,'
+    b'"finish_reason":null}],"usage":null}\n\n'
+    b"data: " + _HEAD + b'[{"index":0,"delta":{},"logprobs":null,"finish_reason":"stop"}],'
+    b'"usage":null}\n\n'
+    b"data: " + _HEAD + b'[],"usage":{"prompt_tokens":19,"completion_tokens":3,'
+    b'"total_tokens":22,"prompt_tokens_details":{"cached_tokens":0,"audio_tokens":0},'
+    b'"completion_tokens_details":{"reasoning_tokens":0,"audio_tokens":0,'
+    b'"accepted_prediction_tokens":0,"rejected_prediction_tokens":0}}}\n\n'
+    b"data: [DONE]\n\n"
+)
+
+
+def _tool_delta(body: bytes) -> bytes:
+    return (
+        b"data: " + _HEAD + b'[{"index":0,"delta":{"tool_calls":[' + body + b"]},"
+        b'"logprobs":null,"finish_reason":null}]}\n\n'
+    )
+
+
+CHAT_TOOLS = (
+    b"data: " + _HEAD + b'[{"index":0,"delta":{"role":"assistant","content":null,"tool_calls":'
+    b'[{"index":0,"id":"call_Wq1","type":"function","function":{"name":"get_weather",'
+    b'"arguments":""}}],"refusal":null},"logprobs":null,"finish_reason":null}]}\n\n'
+    + _tool_delta(b'{"index":0,"function":{"arguments":"{\\"ci"}}')
+    + _tool_delta(
+        b'{"index":1,"id":"call_Xz2","type":"function","function":{"name":"get_time",'
+        b'"arguments":""}}'
+    )
+    + _tool_delta(b'{"index":0,"function":{"arguments":"ty\\": \\"Paris\\"}"}}')
+    + _tool_delta(b'{"index":1,"function":{"arguments":"{\\"tz\\": \\"CET\\"}"}}')
+    + b"data: "
+    + _HEAD
+    + b'[{"index":0,"delta":{},"logprobs":null,"finish_reason":"tool_calls"}]}\n\n'
+    b"data: [DONE]\n\n"
+)
+
+
+def test_chat_text_stream_is_reassembled() -> None:
+    tally, _ = tally_of(CHAT_TEXT)
+    assert tally.text == "Hello there!"
+    assert tally.finish_reason == "stop"
+    assert (tally.prompt_tokens, tally.completion_tokens, tally.total_tokens) == (19, 3, 22)
+    assert tally.done
+    assert tally.error is None
+    assert tally.events == 6
+    assert tally.tool_calls == []
+
+
+def test_chat_kinds_mark_content_usage_chunk_and_done() -> None:
+    _, kinds = tally_of(CHAT_TEXT)
+    assert kinds == [
+        Kind.OTHER,  # role only, empty content: no token yet
+        Kind.CONTENT,
+        Kind.CONTENT,
+        Kind.OTHER,
+        Kind.USAGE_ONLY,
+        Kind.DONE,
+    ]
+
+
+def test_missing_usage_leaves_token_counts_none() -> None:
+    without_usage = CHAT_TEXT.replace(CHAT_TEXT.split(b"\n\n")[4] + b"\n\n", b"")
+    tally, kinds = tally_of(without_usage)
+    assert Kind.USAGE_ONLY not in kinds
+    assert (tally.prompt_tokens, tally.completion_tokens, tally.total_tokens) == (None, None, None)
+
+
+def test_empty_choices_without_usage_is_not_usage_only() -> None:
+    tally, kinds = tally_of(b"data: " + _HEAD + b'[],"usage":null}\n\n')
+    assert kinds == [Kind.OTHER]
+    assert tally.total_tokens is None
+
+
+def test_usage_on_a_content_chunk_is_recorded_and_still_content() -> None:
+    chunk = (
+        b'data: {"choices":[{"index":0,"delta":{"content":"hi"},"finish_reason":"stop"}],'
+        b'"usage":{"prompt_tokens":5,"completion_tokens":1,"total_tokens":6}}\n\n'
+    )
+    tally, kinds = tally_of(chunk)
+    assert kinds == [Kind.CONTENT]
+    assert tally.total_tokens == 6
+
+
+def test_tool_calls_are_merged_by_index_across_chunks() -> None:
+    tally, kinds = tally_of(CHAT_TOOLS)
+    assert tally.tool_calls == [
+        ToolCall("get_weather", '{"city": "Paris"}'),
+        ToolCall("get_time", '{"tz": "CET"}'),
+    ]
+    assert tally.finish_reason == "tool_calls"
+    assert tally.text == ""
+    assert kinds[:5] == [Kind.CONTENT] * 5
+
+
+def test_tool_call_name_is_set_once() -> None:
+    stream = _tool_delta(b'{"index":0,"function":{"name":"a","arguments":"{"}}') + _tool_delta(
+        b'{"index":0,"function":{"name":"a","arguments":"}"}}'
+    )
+    tally, _ = tally_of(stream)
+    assert tally.tool_calls == [ToolCall("a", "{}")]
+
+
+def test_tool_calls_without_index_start_a_new_call_at_each_id() -> None:
+    stream = (
+        _tool_delta(b'{"id":"c1","function":{"name":"a","arguments":"{\\"x\\""}}')
+        + _tool_delta(b'{"function":{"arguments":":1}"}}')
+        + _tool_delta(b'{"id":"c2","function":{"name":"b","arguments":"{}"}}')
+    )
+    tally, _ = tally_of(stream)
+    assert tally.tool_calls == [ToolCall("a", '{"x":1}'), ToolCall("b", "{}")]
+
+
+def test_only_choice_zero_is_reassembled_but_any_choice_counts_as_content() -> None:
+    chunk = b'data: {"choices":[{"index":1,"delta":{"content":"other"}}]}\n\n'
+    tally, kinds = tally_of(chunk)
+    assert kinds == [Kind.CONTENT]
+    assert tally.text == ""
+
+
+def test_legacy_completions_text() -> None:
+    stream = (
+        b'data: {"id":"cmpl-1","object":"text_completion","created":1,"model":"gpt-3.5-turbo-'
+        b'instruct","choices":[{"text":"Hi","index":0,"logprobs":null,"finish_reason":null}]}\n\n'
+        b'data: {"id":"cmpl-1","object":"text_completion","created":1,"model":"gpt-3.5-turbo-'
+        b'instruct","choices":[{"text":"!","index":0,"logprobs":null,"finish_reason":"length"}]}'
+        b"\n\ndata: [DONE]\n\n"
+    )
+    tally, kinds = tally_of(stream)
+    assert (tally.text, tally.finish_reason, tally.done) == ("Hi!", "length", True)
+    assert kinds == [Kind.CONTENT, Kind.CONTENT, Kind.DONE]
+
+
+def test_text_read_midway_keeps_accumulating() -> None:
+    tally = StreamTally()
+    tally.add(Event(b"", b'{"choices":[{"index":0,"delta":{"content":"a"}}]}', None))
+    tally.add(Event(b"", b'{"choices":[{"index":0,"delta":{"content":"b"}}]}', None))
+    assert tally.text == "ab"
+    tally.add(Event(b"", b'{"choices":[{"index":0,"delta":{"content":"c"}}]}', None))
+    assert tally.text == "abc"
+
+
+def test_stream_without_done_is_not_done() -> None:
+    tally, _ = tally_of(CHAT_TEXT.replace(b"data: [DONE]\n\n", b""))
+    assert not tally.done
+
+
+# --- errors and junk -----------------------------------------------------------------------
+
+
+def test_error_object_in_a_chat_stream_is_an_error() -> None:
+    stream = (
+        b'data: {"error":{"message":"The server had an error while processing your request. '
+        b'Sorry about that!","type":"server_error","param":null,"code":null}}\n\n'
+    )
+    tally, kinds = tally_of(stream)
+    assert kinds == [Kind.ERROR]
+    assert tally.error is not None
+    assert tally.error.startswith("The server had an error")
+
+
+def test_error_string_is_kept_as_the_message() -> None:
+    tally, kinds = tally_of(b'data: {"error":"overloaded"}\n\n')
+    assert (kinds, tally.error) == ([Kind.ERROR], "overloaded")
+
+
+def test_null_error_field_is_not_an_error() -> None:
+    tally, kinds = tally_of(
+        b'data: {"error":null,"choices":[{"index":0,"delta":{"content":"x"}}]}\n\n'
+    )
+    assert kinds == [Kind.CONTENT]
+    assert tally.error is None
+
+
+def test_the_first_error_is_kept() -> None:
+    tally, _ = tally_of(b'data: {"error":"first"}\n\ndata: {"error":"second"}\n\n')
+    assert tally.error == "first"
+
+
+def test_long_error_messages_are_cut() -> None:
+    tally, _ = tally_of(b'data: {"error":"' + b"x" * 5000 + b'"}\n\n')
+    assert tally.error is not None
+    assert len(tally.error) <= 300
+
+
+def test_unparseable_or_non_object_data_is_other_and_never_raises() -> None:
+    stream = b"data: {not json\n\ndata: hello\n\ndata: [1,2]\n\ndata: \xff\xfe\n\ndata:\n\n"
+    tally, kinds = tally_of(stream)
+    assert kinds == [Kind.OTHER] * 5
+    assert tally.events == 5
+    assert (tally.text, tally.error, tally.done) == ("", None, False)
+
+
+def test_events_without_data_are_other_and_not_counted() -> None:
+    tally, kinds = tally_of(b": ping\n\n\nevent: x\n\n")
+    assert kinds == [Kind.OTHER] * 3
+    assert tally.events == 0
+
+
+def test_non_json_data_on_an_error_event_is_an_error() -> None:
+    tally, kinds = tally_of(b"event: error\ndata: upstream timed out\n\n")
+    assert kinds == [Kind.ERROR]
+    assert tally.error == "upstream timed out"
+
+
+def test_done_with_stray_whitespace_still_ends_the_stream() -> None:
+    tally, kinds = tally_of(b"data:  [DONE] \n\n")
+    assert kinds == [Kind.DONE]
+    assert tally.done
+
+
+# --- Responses API streams -----------------------------------------------------------------
+
+
+def _ev(kind: str, body: str) -> bytes:
+    return f'event: {kind}\ndata: {{"type":"{kind}",{body}}}\n\n'.encode()
+
+
+_RESPONSE = (
+    '"id":"resp_67c9fdcecf","object":"response","created_at":1741290958,"status":"{status}",'
+    '"error":null,"incomplete_details":null,"model":"gpt-4.1-2025-04-14","output":[],'
+    '"parallel_tool_calls":true,"temperature":1.0,"text":{{"format":{{"type":"text"}}}},'
+    '"tool_choice":"auto","tools":[],"top_p":1.0,"truncation":"disabled","usage":{usage},'
+    '"metadata":{{}}'
+)
+_USAGE = (
+    '{"input_tokens":37,"input_tokens_details":{"cached_tokens":0},"output_tokens":11,'
+    '"output_tokens_details":{"reasoning_tokens":0},"total_tokens":48}'
+)
+
+
+def _response(status: str, usage: str = "null") -> str:
+    return '"response":{' + _RESPONSE.format(status=status, usage=usage) + "}"
+
+
+RESPONSES_TEXT = (
+    _ev("response.created", '"sequence_number":0,' + _response("in_progress"))
+    + _ev("response.in_progress", '"sequence_number":1,' + _response("in_progress"))
+    + _ev(
+        "response.output_item.added",
+        '"sequence_number":2,"output_index":0,"item":{"id":"msg_67c9fdcf","type":"message",'
+        '"status":"in_progress","role":"assistant","content":[]}',
+    )
+    + _ev(
+        "response.content_part.added",
+        '"sequence_number":3,"item_id":"msg_67c9fdcf","output_index":0,"content_index":0,'
+        '"part":{"type":"output_text","text":"","annotations":[]}',
+    )
+    + _ev(
+        "response.output_text.delta",
+        '"sequence_number":4,"item_id":"msg_67c9fdcf","output_index":0,"content_index":0,'
+        '"delta":"Hi"',
+    )
+    + _ev(
+        "response.output_text.delta",
+        '"sequence_number":5,"item_id":"msg_67c9fdcf","output_index":0,"content_index":0,'
+        '"delta":" there"',
+    )
+    + _ev(
+        "response.output_text.done",
+        '"sequence_number":6,"item_id":"msg_67c9fdcf","output_index":0,"content_index":0,'
+        '"text":"Hi there"',
+    )
+    + _ev("response.completed", '"sequence_number":7,' + _response("completed", _USAGE))
+)
+
+RESPONSES_TOOL = (
+    _ev("response.created", '"sequence_number":0,' + _response("in_progress"))
+    + _ev(
+        "response.output_item.added",
+        '"sequence_number":1,"output_index":0,"item":{"id":"fc_12345","type":"function_call",'
+        '"status":"in_progress","arguments":"","call_id":"call_12345","name":"get_weather"}',
+    )
+    + _ev(
+        "response.function_call_arguments.delta",
+        '"sequence_number":2,"item_id":"fc_12345","output_index":0,"delta":"{\\"location\\":"',
+    )
+    + _ev(
+        "response.function_call_arguments.delta",
+        '"sequence_number":3,"item_id":"fc_12345","output_index":0,"delta":"\\"Paris\\"}"',
+    )
+    + _ev(
+        "response.function_call_arguments.done",
+        '"sequence_number":4,"item_id":"fc_12345","output_index":0,'
+        '"arguments":"{\\"location\\":\\"Paris\\"}"',
+    )
+    + _ev(
+        "response.output_item.done",
+        '"sequence_number":5,"output_index":0,"item":{"id":"fc_12345","type":"function_call",'
+        '"status":"completed","arguments":"{\\"location\\":\\"Paris\\"}","call_id":"call_12345",'
+        '"name":"get_weather"}',
+    )
+    + _ev("response.completed", '"sequence_number":6,' + _response("completed", _USAGE))
+)
+
+
+def test_responses_text_stream_is_reassembled() -> None:
+    tally, kinds = tally_of(RESPONSES_TEXT)
+    assert tally.text == "Hi there"
+    assert (tally.prompt_tokens, tally.completion_tokens, tally.total_tokens) == (37, 11, 48)
+    assert tally.finish_reason == "completed"
+    assert tally.done
+    assert kinds == [Kind.OTHER] * 4 + [Kind.CONTENT] * 2 + [Kind.OTHER, Kind.DONE]
+
+
+def test_responses_function_call_from_deltas_and_done_item() -> None:
+    tally, kinds = tally_of(RESPONSES_TOOL)
+    assert tally.tool_calls == [ToolCall("get_weather", '{"location":"Paris"}')]
+    assert kinds[2:4] == [Kind.CONTENT, Kind.CONTENT]
+    assert tally.done
+
+
+def test_responses_function_call_cut_short_keeps_partial_arguments() -> None:
+    cut = RESPONSES_TOOL[: RESPONSES_TOOL.index(b"event: response.function_call_arguments.done")]
+    tally, _ = tally_of(cut)
+    assert tally.tool_calls == [ToolCall("get_weather", '{"location":"Paris"}')]
+    assert not tally.done
+    assert tally.total_tokens is None
+
+
+def test_responses_done_item_replaces_the_deltas() -> None:
+    stream = _ev(
+        "response.function_call_arguments.delta", '"output_index":0,"delta":"{\\"garbled"'
+    ) + _ev(
+        "response.output_item.done",
+        '"output_index":0,"item":{"type":"function_call","name":"f","arguments":"{}"}',
+    )
+    tally, _ = tally_of(stream)
+    assert tally.tool_calls == [ToolCall("f", "{}")]
+
+
+def test_responses_error_event_is_an_error() -> None:
+    stream = _ev(
+        "error",
+        '"code":"ERR_SOMETHING","message":"Something went wrong","param":null,"sequence_number":1',
+    )
+    tally, kinds = tally_of(stream)
+    assert kinds == [Kind.ERROR]
+    assert tally.error == "Something went wrong"
+    assert not tally.done
+
+
+def test_responses_failed_is_an_error_with_its_message() -> None:
+    stream = _ev(
+        "response.failed",
+        '"sequence_number":3,"response":{"id":"resp_1","object":"response","status":"failed",'
+        '"error":{"code":"server_error","message":"The model failed to generate a response."},'
+        '"output":[],"usage":null}',
+    )
+    tally, kinds = tally_of(stream)
+    assert kinds == [Kind.ERROR]
+    assert tally.error == "The model failed to generate a response."
+    assert tally.finish_reason == "failed"
+    assert not tally.done
+
+
+def test_responses_incomplete_ends_the_stream_with_its_status() -> None:
+    tally, kinds = tally_of(_ev("response.incomplete", _response("incomplete", _USAGE)))
+    assert kinds == [Kind.DONE]
+    assert (tally.done, tally.finish_reason, tally.total_tokens) == (True, "incomplete", 48)
+
+
+def test_responses_type_from_the_event_line_when_data_has_none() -> None:
+    stream = b'event: response.output_text.delta\ndata: {"delta":"x"}\n\n'
+    tally, kinds = tally_of(stream)
+    assert (kinds, tally.text) == ([Kind.CONTENT], "x")
