@@ -96,7 +96,12 @@ class Sidecar:
                 return await self._admin(request)
             except ProxyError as e:
                 return e.response()
-        return await self.proxy.handle(request)
+        try:
+            return await self.proxy.handle(request)
+        except Exception:
+            # A bug must still answer in the shape the app's SDK understands.
+            log.exception("unhandled error", path=request.path)
+            return ProxyError("the sidecar failed on this request; see its log").response()
 
     async def _admin(self, request: web.BaseRequest) -> web.StreamResponse:
         path, method = request.path, request.method

@@ -154,6 +154,16 @@ def parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    # These pass their own options through; argparse's REMAINDER drops a leading "--flag".
+    if argv and argv[0] == "fake":
+        from . import fakes
+
+        return fakes.main(argv[1:])
+    if argv and argv[0] == "demo":
+        from . import demo
+
+        return demo.main(argv[1:])
     args = parser().parse_args(argv)
     code: int = args.func(args)
     return code

@@ -38,6 +38,7 @@ REQUEST_DROP = HOP_BY_HOP | {
     "x-api-key",
     "accept-encoding",
     "x-shadow",
+    "expect",  # 100-continue is answered by the sidecar itself, not passed on
 }
 # The body reaches the app decompressed and re-framed, so its length and encoding change.
 RESPONSE_DROP = HOP_BY_HOP | {"content-length", "content-encoding"}

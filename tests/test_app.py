@@ -104,3 +104,33 @@ async def test_broken_config_at_startup_exits_non_zero_with_reason(tmp_path) -> 
     _, err = await asyncio.wait_for(proc.communicate(), timeout=30)
     assert proc.returncode == 2
     assert f"{path}: upstreams.a.base_url:" in err.decode()
+
+
+async def test_one_json_log_line_per_request_and_no_key(old, new, tmp_path) -> None:
+    import orjson
+
+    from .conftest import CLIENT_KEY, NEW_KEY, OLD_KEY
+
+    cfg = base_config(old, new, listen={"host": "127.0.0.1", "port": 0}, log={"requests": True})
+    proc, url = await start_process(cfg, tmp_path)
+    try:
+        async with aiohttp.ClientSession() as s:
+            for _ in range(3):
+                body = {"model": "gpt-4o-mini", "messages": MESSAGES}
+                headers = {"authorization": f"Bearer {CLIENT_KEY}"}
+                async with s.post(f"{url}/chat/completions", json=body, headers=headers) as r:
+                    assert r.status == 200
+        proc.send_signal(signal.SIGTERM)
+        _, err = await asyncio.wait_for(proc.communicate(), timeout=20)
+    finally:
+        if proc.returncode is None:
+            proc.kill()
+            await proc.wait()
+    lines = [orjson.loads(line) for line in err.splitlines() if line.startswith(b"{")]
+    requests = [line for line in lines if line["event"] == "request"]
+    assert len(requests) == 3
+    for line in requests:
+        assert {"request_id", "route", "upstream", "model", "status", "ms"} <= set(line)
+        assert line["status"] == 200 and line["upstream"] == "old"
+    for key in (CLIENT_KEY, OLD_KEY, NEW_KEY):
+        assert key.encode() not in err
