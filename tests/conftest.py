@@ -94,7 +94,12 @@ async def sdk() -> AsyncIterator[Callable[[Sidecar], openai.AsyncOpenAI]]:
 
     def make(sidecar: Sidecar) -> openai.AsyncOpenAI:
         client = openai.AsyncOpenAI(
-            base_url=sidecar.url, api_key=CLIENT_KEY, max_retries=0, timeout=20
+            base_url=sidecar.url,
+            api_key=CLIENT_KEY,
+            max_retries=0,
+            timeout=20,
+            # Plain http to 127.0.0.1: skipping the TLS context saves 0.1 s per client.
+            http_client=openai.DefaultAsyncHttpxClient(verify=False),
         )
         clients.append(client)
         return client

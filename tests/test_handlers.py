@@ -10,6 +10,7 @@ from typing import Any
 import aiohttp
 import openai
 import pytest
+from yarl import URL
 
 from proxy.fakes import Behaviour, FakeProvider
 
@@ -138,7 +139,7 @@ async def test_non_json_body_is_forwarded_byte_for_byte(old, new, make_sidecar) 
     async with (
         aiohttp.ClientSession() as s,
         s.post(
-            f"{sc.url}/files?purpose=batch&x=%2F",
+            URL(f"{sc.url}/files?purpose=batch&x=%2F", encoded=True),
             data=payload,
             headers={"content-type": "application/octet-stream"},
         ) as r,
