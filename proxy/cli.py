@@ -25,6 +25,7 @@ def run(coro: Coroutine[Any, Any, int]) -> int:
 
 def _serve(args: argparse.Namespace) -> int:
     from . import app, logs
+    from .store import StoreError
 
     try:
         cfg, _ = config_mod.load(args.config)
@@ -36,6 +37,9 @@ def _serve(args: argparse.Namespace) -> int:
         return run(app.serve(args.config))
     except ConfigError as e:
         print(f"error: config refused\n{e}", file=sys.stderr)
+        return 2
+    except StoreError as e:
+        print(f"error: cannot record: {e}", file=sys.stderr)
         return 2
     except OSError as e:
         print(
@@ -61,6 +65,7 @@ def _check(args: argparse.Namespace) -> int:
 
 def _report(args: argparse.Namespace) -> int:
     from . import report, report_html
+    from .store import StoreError
     from .thresholds import ReportSettings
 
     settings = ReportSettings()
@@ -84,7 +89,7 @@ def _report(args: argparse.Namespace) -> int:
         return 2
     try:
         rep = report.build_report(args.db, flt, settings)
-    except report.ReportError as e:
+    except StoreError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
     if args.json:

@@ -1,0 +1,589 @@
+"""The SQLite recorder: requests only enqueue records; one writer task batches them into the db.
+
+Nothing here runs on the request path except `Recorder.exchange/response/revision`, which
+never block and never raise. Every database failure ends as a counted, logged drop.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import operator
+import os
+import sqlite3
+import time
+from dataclasses import dataclass, fields
+from pathlib import Path
+from typing import Any, Final
+
+import aiosqlite
+import structlog
+
+from proxy.records import Exchange, Response, Revision
+
+log = structlog.get_logger(__name__)
+
+_Record = Exchange | Response | Revision
+
+
+class StoreError(Exception):
+    """The recorder database can't be used: it won't open, or its schema is newer than ours."""
+
+
+# MIGRATIONS[i] takes a database from `PRAGMA user_version` i to i + 1. Append, never edit.
+MIGRATIONS: Final[tuple[tuple[str, ...], ...]] = (
+    (
+        """CREATE TABLE exchanges (
+            id TEXT PRIMARY KEY,
+            ts REAL NOT NULL,
+            route TEXT NOT NULL,
+            method TEXT NOT NULL,
+            path TEXT NOT NULL,
+            model TEXT,
+            stream INTEGER NOT NULL,
+            revision TEXT NOT NULL,
+            sticky_key TEXT,
+            request_body BLOB,
+            request_sha256 TEXT
+        )""",
+        "CREATE INDEX exchanges_ts ON exchanges(ts)",
+        "CREATE INDEX exchanges_revision ON exchanges(revision)",
+        "CREATE INDEX exchanges_route_model ON exchanges(route, model)",
+        """CREATE TABLE responses (
+            exchange_id TEXT NOT NULL,
+            role TEXT NOT NULL,
+            upstream TEXT NOT NULL,
+            model_sent TEXT,
+            ts REAL NOT NULL,
+            status INTEGER,
+            error_kind TEXT,
+            error TEXT,
+            ttfb_ms REAL, ttft_ms REAL, total_ms REAL,
+            bytes INTEGER NOT NULL,
+            prompt_tokens INTEGER, completion_tokens INTEGER, total_tokens INTEGER,
+            finish_reason TEXT,
+            stream_done INTEGER,
+            shape TEXT,
+            tool_calls TEXT,
+            json_ok INTEGER,
+            text_sha256 TEXT,
+            response_body BLOB,
+            response_sha256 TEXT,
+            PRIMARY KEY (exchange_id, role)
+        )""",
+        "CREATE INDEX responses_upstream_role ON responses(upstream, role)",
+        "CREATE INDEX responses_ts ON responses(ts)",
+        """CREATE TABLE revisions (
+            revision TEXT PRIMARY KEY,
+            ts REAL NOT NULL,
+            rollback INTEGER NOT NULL,
+            split TEXT NOT NULL,
+            path TEXT NOT NULL
+        )""",
+    ),
+)
+SCHEMA_VERSION: Final = len(MIGRATIONS)
+
+
+def _insert(verb: str, table: str, record: type[Any]) -> tuple[str, operator.attrgetter[Any]]:
+    # Columns are the record's fields in order (CONVENTIONS: 1:1), read with one C-level
+    # attrgetter per row: several times cheaper than dataclasses.astuple. Bools bind as 0/1.
+    names = [f.name for f in fields(record)]
+    sql = f"{verb} INTO {table} ({', '.join(names)}) VALUES ({', '.join('?' * len(names))})"
+    return sql, operator.attrgetter(*names)
+
+
+_INSERT_EXCHANGE, _exchange_row = _insert("INSERT OR IGNORE", "exchanges", Exchange)
+_INSERT_RESPONSE, _response_row = _insert("INSERT OR REPLACE", "responses", Response)
+_INSERT_REVISION, _revision_row = _insert("INSERT OR REPLACE", "revisions", Revision)
+
+# A failed batch is tried this many times in all, `retry_interval` apart, then dropped.
+_ATTEMPTS: Final = 3
+# Retention deletes at most this many exchanges per transaction, so the writer never waits long.
+_RETENTION_CHUNK: Final = 500
+_DELETE_RESPONSES_OF = "DELETE FROM responses WHERE exchange_id = ?"
+_DELETE_EXCHANGE = "DELETE FROM exchanges WHERE id = ?"
+_OLDER_THAN = "SELECT id FROM exchanges WHERE ts < ? ORDER BY ts LIMIT ?"
+_OLDEST = "SELECT id FROM exchanges ORDER BY ts LIMIT ?"
+# Responses whose exchange never made it (dropped, or deleted first) would otherwise stay forever.
+_DELETE_ORPHANS = """DELETE FROM responses WHERE rowid IN (
+    SELECT r.rowid FROM responses r WHERE r.ts < ?
+    AND NOT EXISTS (SELECT 1 FROM exchanges e WHERE e.id = r.exchange_id) LIMIT ?)"""
+# These leave the connection usable: wait and try again. Anything else (read-only, I/O error,
+# file replaced, "no such table") gets a fresh connection, which also re-creates a deleted db.
+_TRANSIENT: Final = frozenset({sqlite3.SQLITE_BUSY, sqlite3.SQLITE_LOCKED, sqlite3.SQLITE_FULL})
+# aiosqlite raises ValueError once its connection is closed; StoreError comes from a reopen
+# that found a newer schema.
+_DB_ERRORS: Final = (sqlite3.Error, ValueError, OSError, StoreError)
+
+
+@dataclass(frozen=True, slots=True)
+class RecorderStats:
+    written: int  # records committed
+    dropped: int  # records lost: queue full, after close, failed batches, close timeout
+    queue_depth: int
+    batches: int  # transactions committed
+    errors: int  # failed database attempts (a batch retried three times counts three)
+    last_error: str | None
+
+
+class _Throttled:
+    """A warning logged at most once per `every` seconds, carrying the count it swallowed."""
+
+    __slots__ = ("_event", "_every", "_next", "_pending")
+
+    def __init__(self, event: str, every: float = 5.0) -> None:
+        self._event = event
+        self._every = every
+        self._next = 0.0
+        self._pending = 0
+
+    def __call__(self, n: int, **context: object) -> None:
+        self._pending += n
+        now = time.monotonic()
+        if now >= self._next:
+            self._next = now + self._every
+            self.flush(**context)
+
+    def flush(self, **context: object) -> None:
+        if self._pending:
+            log.warning(self._event, count=self._pending, **context)
+            self._pending = 0
+
+
+class Recorder:
+    """Writes exchanges, responses and revisions to SQLite off the request path.
+
+    `start()` raises `StoreError` if the database can't be opened or is from a newer
+    version; after that, no database problem reaches the caller: it shows in `stats()`.
+    """
+
+    def __init__(
+        self,
+        path: str,
+        *,
+        queue_size: int = 10_000,
+        batch_size: int = 256,
+        max_age_days: float | None = None,
+        max_rows: int | None = None,
+        retention_interval: float = 60.0,
+        retry_interval: float = 1.0,
+        busy_timeout: float = 1.0,
+        linger: float = 0.25,
+    ) -> None:
+        if queue_size < 1 or batch_size < 1:
+            raise ValueError("queue_size and batch_size must be at least 1")
+        if max_age_days is not None and max_age_days <= 0:
+            raise ValueError("max_age_days must be positive")
+        if max_rows is not None and max_rows < 1:
+            raise ValueError("max_rows must be at least 1")
+        if retention_interval <= 0 or retry_interval < 0 or busy_timeout < 0 or linger < 0:
+            raise ValueError("intervals and timeouts must not be negative")
+        self._path = path
+        self._batch_size = batch_size
+        self._max_age_days = max_age_days
+        self._max_rows = max_rows
+        self._retention_interval = retention_interval
+        self._retry_interval = retry_interval
+        self._busy_timeout = busy_timeout
+        self._linger = linger
+        # Set when a full batch is queued (or on close): ends the writer's linger early.
+        self._wake = asyncio.Event()
+        self._full_batch = batch_size - 1  # queued behind the item the writer holds
+
+        self._queue: asyncio.Queue[_Record] = asyncio.Queue(queue_size)
+        self._accepting = True
+        self._closed = asyncio.Event()
+        self._deadline: float | None = None  # set by close(): retries stop before it
+        # The writer and retention share one connection; the lock keeps their
+        # transactions (and reconnects) from interleaving.
+        self._lock = asyncio.Lock()
+        self._db: aiosqlite.Connection | None = None
+        self._file: tuple[int, int] | None = None  # (st_dev, st_ino) of the file we opened
+        self._reopen = False
+        self._writer: asyncio.Task[None] | None = None
+        self._retention: asyncio.Task[None] | None = None
+        self._batch: list[_Record] = []  # taken off the queue, not yet written or dropped
+
+        self._written = 0
+        self._dropped = 0
+        self._batches = 0
+        self._errors = 0
+        self._last_error: str | None = None
+        self._failing = False
+        self._drop_log = _Throttled("recorder dropped records")
+        self._error_log = _Throttled("recorder database error")
+
+    # -- request path -------------------------------------------------------------------
+
+    def exchange(self, e: Exchange) -> None:
+        self._submit(e)
+
+    def response(self, r: Response) -> None:
+        self._submit(r)
+
+    def revision(self, r: Revision) -> None:
+        self._submit(r)
+
+    def _submit(self, record: _Record) -> None:
+        if not self._accepting:
+            self._drop(1, "recorder closed")
+            return
+        try:
+            self._queue.put_nowait(record)
+        except asyncio.QueueFull:
+            self._drop(1, "queue full")
+            return
+        if self._queue.qsize() >= self._full_batch:
+            self._wake.set()
+
+    def _drop(self, n: int, reason: str) -> None:
+        self._dropped += n
+        self._drop_log(n, reason=reason, dropped_total=self._dropped)
+
+    def stats(self) -> RecorderStats:
+        return RecorderStats(
+            written=self._written,
+            dropped=self._dropped,
+            queue_depth=self._queue.qsize(),
+            batches=self._batches,
+            errors=self._errors,
+            last_error=self._last_error,
+        )
+
+    # -- lifecycle ------------------------------------------------------------------------
+
+    async def start(self) -> None:
+        if self._writer is not None or not self._accepting:
+            raise RuntimeError(f"recorder for {self._path} was already started or closed")
+        try:
+            async with self._lock:
+                self._db = await self._open()
+        except (sqlite3.Error, ValueError, OSError) as exc:
+            raise StoreError(f"cannot open the recorder database {self._path}: {exc}") from exc
+        self._writer = asyncio.create_task(self._write_loop(), name="recorder-writer")
+        if self._max_age_days is not None or self._max_rows is not None:
+            self._retention = asyncio.create_task(self._retention_loop(), name="recorder-retention")
+
+    # The bound is part of the contract: shutdown code calls close() with its own budget,
+    # and close() must cancel its tasks and close the db when that budget runs out.
+    async def close(self, timeout: float = 5.0) -> None:  # noqa: ASYNC109
+        """Flush what was queued before the call, for up to `timeout` seconds, then close.
+
+        A SQLite call already waiting on a lock can't be interrupted, so against a hung
+        database close may overrun `timeout` by up to one `busy_timeout`.
+        """
+        if not self._accepting:
+            await self._closed.wait()
+            return
+        self._accepting = False
+        self._wake.set()
+        self._deadline = asyncio.get_running_loop().time() + timeout
+        try:
+            if self._writer is not None and not self._writer.done():
+                try:
+                    async with asyncio.timeout(timeout):
+                        await self._queue.join()
+                except TimeoutError:
+                    log.warning("recorder close timed out", timeout=timeout, path=self._path)
+        finally:
+            await self._shutdown()
+
+    async def _shutdown(self) -> None:
+        tasks = [t for t in (self._writer, self._retention) if t is not None]
+        for task in tasks:
+            task.cancel()
+        for task, result in zip(
+            tasks, await asyncio.gather(*tasks, return_exceptions=True), strict=True
+        ):
+            if isinstance(result, Exception):
+                log.error("recorder task failed", task=task.get_name(), error=repr(result))
+        lost = len(self._batch) + self._queue.qsize()
+        self._batch = []
+        while not self._queue.empty():
+            self._queue.get_nowait()
+        if lost:
+            self._drop(lost, "not flushed before close")
+        await self._disconnect()
+        self._drop_log.flush(reason="closing", dropped_total=self._dropped)
+        self._error_log.flush(errors_total=self._errors, last_error=self._last_error)
+        self._closed.set()
+
+    # -- connection -----------------------------------------------------------------------
+
+    async def _open(self) -> aiosqlite.Connection:
+        # The file is opened in a worker thread and only then handed to aiosqlite: when
+        # aiosqlite.connect() itself fails, its thread stops on its own time and may call
+        # into the loop after the loop has closed (aiosqlite issue #241).
+        raw = await asyncio.to_thread(self._connect)
+        db = await aiosqlite.Connection(lambda: raw, 64)
+        try:
+            async with db.execute("PRAGMA journal_mode=WAL") as cursor:
+                row = await cursor.fetchone()
+            mode = None if row is None else str(row[0]).lower()
+            if mode != "wal":  # e.g. a network filesystem: still works, readers may block
+                log.warning("recorder database is not in WAL mode", path=self._path, mode=mode)
+            await db.execute("PRAGMA synchronous=NORMAL")
+            await _migrate(db, self._path)
+            stat = os.stat(self._path)
+        except BaseException:
+            await _close_quietly(db)
+            raise
+        self._file = (stat.st_dev, stat.st_ino)
+        self._reopen = False
+        return db
+
+    def _connect(self) -> sqlite3.Connection:
+        # `timeout` is SQLite's busy_timeout: a short lock held by another process (the
+        # report, a backup) is waited out inside SQLite. "IMMEDIATE" makes the implicit
+        # BEGIN before our first INSERT/DELETE take the write lock at once, so a batch
+        # never fails half-way for a lock, and costs one thread hop per statement.
+        return sqlite3.connect(
+            self._path,
+            timeout=self._busy_timeout,
+            isolation_level="IMMEDIATE",
+            check_same_thread=False,  # opened here, used only on aiosqlite's thread
+        )
+
+    def _same_file(self) -> bool:
+        # A deleted or replaced db file keeps taking writes through the open descriptor, into
+        # nothing; only a stat of the path notices. One stat per batch is cheap.
+        try:
+            stat = os.stat(self._path)
+        except OSError:
+            return False
+        return (stat.st_dev, stat.st_ino) == self._file
+
+    async def _connection(self) -> aiosqlite.Connection:
+        if self._db is not None and not self._reopen and self._same_file():
+            return self._db
+        await self._disconnect()
+        self._db = await self._open()
+        log.info("recorder database reopened", path=self._path)
+        return self._db
+
+    async def _disconnect(self) -> None:
+        if self._db is not None:
+            db, self._db = self._db, None
+            await _close_quietly(db)
+
+    async def _failed(self, exc: BaseException) -> None:
+        self._errors += 1
+        self._last_error = f"{type(exc).__name__}: {exc}"
+        self._failing = True
+        self._error_log(1, error=self._last_error, errors_total=self._errors, path=self._path)
+        code = getattr(exc, "sqlite_errorcode", None)
+        if self._db is not None and code is not None and (code & 0xFF) in _TRANSIENT:
+            try:
+                await self._db.rollback()
+                return
+            except _DB_ERRORS:
+                pass
+        self._reopen = True
+
+    # -- writer ---------------------------------------------------------------------------
+
+    async def _write_loop(self) -> None:
+        queue = self._queue
+        while True:
+            self._batch = batch = [await queue.get()]
+            # A batch costs a fixed ~1-2 ms of CPU (a thread hop and wake-up per SQLite
+            # call, a commit); lingering while the batch isn't full bounds that cost to
+            # a few batches a second at any request rate.
+            if self._linger and self._accepting and queue.qsize() < self._full_batch:
+                self._wake.clear()
+                with contextlib.suppress(TimeoutError):
+                    async with asyncio.timeout(self._linger):
+                        await self._wake.wait()
+            for _ in range(min(queue.qsize(), self._full_batch)):
+                batch.append(queue.get_nowait())
+            try:
+                await self._write(batch)
+            except Exception:
+                # A bug here must not end recording for the life of the process.
+                log.exception("recorder batch failed", records=len(batch))
+                self._drop(len(batch), "recorder bug")
+            self._batch = []
+            for _ in batch:
+                queue.task_done()
+
+    async def _write(self, batch: list[_Record]) -> None:
+        exchanges: list[Exchange] = []
+        responses: list[Response] = []
+        revisions: list[Revision] = []
+        for record in batch:
+            if isinstance(record, Response):
+                responses.append(record)
+            elif isinstance(record, Exchange):
+                exchanges.append(record)
+            else:
+                revisions.append(record)
+        loop = asyncio.get_running_loop()
+        for attempt in range(1, _ATTEMPTS + 1):
+            async with self._lock:
+                try:
+                    db = await self._connection()
+                    if exchanges:
+                        await db.executemany(_INSERT_EXCHANGE, map(_exchange_row, exchanges))
+                    if responses:
+                        await db.executemany(_INSERT_RESPONSE, map(_response_row, responses))
+                    if revisions:
+                        await db.executemany(_INSERT_REVISION, map(_revision_row, revisions))
+                    await db.commit()
+                except _DB_ERRORS as exc:
+                    await self._failed(exc)
+                else:
+                    self._written += len(batch)
+                    self._batches += 1
+                    if self._failing:
+                        self._failing = False
+                        log.info("recorder writing again", path=self._path)
+                    return
+            if attempt == _ATTEMPTS or (
+                self._deadline is not None and loop.time() + self._retry_interval >= self._deadline
+            ):
+                break
+            await asyncio.sleep(self._retry_interval)
+        self._drop(len(batch), "database error")
+
+    # -- retention ------------------------------------------------------------------------
+
+    async def _retention_loop(self) -> None:
+        while True:
+            try:
+                await self._apply_retention()
+            except _DB_ERRORS:
+                pass  # counted and logged by _failed; the next round tries again
+            except Exception:
+                log.exception("recorder retention failed")
+            await asyncio.sleep(self._retention_interval)
+
+    async def _apply_retention(self) -> None:
+        deleted = 0
+        if self._max_age_days is not None:
+            cutoff = time.time() - self._max_age_days * 86_400
+            while n := await self._delete_exchanges(_OLDER_THAN, (cutoff, _RETENTION_CHUNK)):
+                deleted += n
+            while n := await self._delete_orphans(cutoff):
+                deleted += n
+        if self._max_rows is not None:
+            while True:
+                excess = await self._scalar("SELECT count(*) FROM exchanges") - self._max_rows
+                if excess <= 0:
+                    break
+                deleted += await self._delete_exchanges(_OLDEST, (min(excess, _RETENTION_CHUNK),))
+            oldest = await self._scalar("SELECT min(ts) FROM exchanges")
+            if oldest is not None:
+                while n := await self._delete_orphans(oldest):
+                    deleted += n
+        if deleted:
+            log.info("recorder retention deleted rows", rows=deleted, path=self._path)
+
+    async def _scalar(self, sql: str) -> Any:
+        async with self._lock:
+            try:
+                db = await self._connection()
+                async with db.execute(sql) as cursor:
+                    row = await cursor.fetchone()
+            except _DB_ERRORS as exc:
+                await self._failed(exc)
+                raise
+        return None if row is None else row[0]
+
+    async def _delete_exchanges(self, select: str, params: tuple[Any, ...]) -> int:
+        """Deletes one chunk of exchanges with their responses, in one short transaction."""
+        async with self._lock:
+            try:
+                db = await self._connection()
+                ids = [(row[0],) for row in await db.execute_fetchall(select, params)]
+                if ids:
+                    await db.executemany(_DELETE_RESPONSES_OF, ids)
+                    await db.executemany(_DELETE_EXCHANGE, ids)
+                    await db.commit()
+            except _DB_ERRORS as exc:
+                await self._failed(exc)
+                raise
+        return len(ids)
+
+    async def _delete_orphans(self, before: float) -> int:
+        async with self._lock:
+            try:
+                db = await self._connection()
+                async with db.execute(_DELETE_ORPHANS, (before, _RETENTION_CHUNK)) as cursor:
+                    n = cursor.rowcount
+                await db.commit()
+            except _DB_ERRORS as exc:
+                await self._failed(exc)
+                raise
+        return max(n, 0)
+
+
+async def _user_version(db: aiosqlite.Connection) -> int:
+    async with db.execute("PRAGMA user_version") as cursor:
+        row = await cursor.fetchone()
+    return 0 if row is None else int(row[0])
+
+
+def _newer(path: str, version: int) -> StoreError:
+    return StoreError(
+        f"{path} has schema version {version}, newer than this sidecar's {SCHEMA_VERSION}: "
+        "upgrade the sidecar or record to another file"
+    )
+
+
+async def _migrate(db: aiosqlite.Connection, path: str) -> None:
+    version = await _user_version(db)
+    if version > SCHEMA_VERSION:
+        raise _newer(path, version)
+    if version == SCHEMA_VERSION:
+        return
+    await db.execute("BEGIN IMMEDIATE")
+    try:
+        # Another process may have migrated between our read and the lock.
+        version = await _user_version(db)
+        if version > SCHEMA_VERSION:
+            raise _newer(path, version)
+        for migration in MIGRATIONS[version:]:
+            for statement in migration:
+                await db.execute(statement)
+        await db.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
+        await db.commit()
+    except BaseException:
+        with contextlib.suppress(*_DB_ERRORS):
+            await db.rollback()
+        raise
+    if version != SCHEMA_VERSION:
+        log.info("recorder database migrated", path=path, old=version, new=SCHEMA_VERSION)
+
+
+async def _close_quietly(db: aiosqlite.Connection) -> None:
+    try:
+        await db.close()
+    except _DB_ERRORS as exc:
+        log.warning("recorder database close failed", error=repr(exc))
+
+
+def open_readonly(path: str) -> sqlite3.Connection:
+    """A read-only connection for the report; safe while the sidecar writes (WAL).
+
+    Raises `StoreError` if the file is missing, not a recording, or of another schema version.
+    """
+    uri = Path(path).absolute().as_uri() + "?mode=ro"
+    try:
+        conn = sqlite3.connect(uri, uri=True)
+    except sqlite3.Error as exc:
+        raise StoreError(f"cannot open the recording {path}: {exc}") from exc
+    try:
+        version = int(conn.execute("PRAGMA user_version").fetchone()[0])
+    except sqlite3.Error as exc:
+        conn.close()
+        raise StoreError(f"cannot read the recording {path}: {exc}") from exc
+    if version != SCHEMA_VERSION:
+        conn.close()
+        if version > SCHEMA_VERSION:
+            raise _newer(path, version)
+        raise StoreError(
+            f"{path} has schema version {version}, not {SCHEMA_VERSION}: "
+            + ("not a recording" if version == 0 else "start the sidecar once to migrate it")
+        )
+    return conn
