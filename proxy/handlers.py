@@ -94,11 +94,7 @@ class Proxy:
         tail = raw_path[3:]  # keeps the app's percent-encoding; "/v1" is 3 characters
         query = request.rel_url.raw_query_string
         obj: dict[str, Any] | None = None
-        if (
-            body
-            and request.content_type.endswith("json")
-            and "content-encoding" not in request.headers
-        ):
+        if body and _looks_like_json(request, body):
             try:
                 parsed = orjson.loads(body)
             except orjson.JSONDecodeError:
@@ -378,11 +374,23 @@ def response_headers(upr: aiohttp.ClientResponse, rid: str, upstream: str) -> CI
     return headers
 
 
+def _looks_like_json(request: web.BaseRequest, body: bytes) -> bool:
+    if "content-encoding" in request.headers:
+        return False
+    ctype = request.content_type
+    # `curl -d '{...}'` labels JSON as a form; providers parse it as JSON all the same.
+    return ctype.endswith("json") or (
+        ctype in ("application/x-www-form-urlencoded", "text/plain", "application/octet-stream")
+        and body[:1] == b"{"
+    )
+
+
 def _bufferable(upr: aiohttp.ClientResponse, ctype: str) -> bool:
     length = upr.content_length
     if length is not None:
         return length <= BUFFER_LIMIT
-    return "json" in ctype
+    # Chunked JSON is one document; chunked anything else (ndjson, audio) may be a stream.
+    return ctype.startswith("application/json")
 
 
 async def _write(resp: web.StreamResponse, data: bytes) -> None:

@@ -346,3 +346,54 @@ async def test_health_shows_revision_and_split(old, new, make_sidecar) -> None:
     assert health["status"] == "ok"
     assert health["split"] == {"old": 0.75, "new": 0.25}
     assert health["revision"].startswith("1-")
+
+
+async def test_json_labelled_as_a_form_is_still_mapped(old, new, make_sidecar) -> None:
+    # What `curl -d '{...}'` sends: JSON under application/x-www-form-urlencoded.
+    sc = await make_sidecar(base_config(old, new, split={"new": 1}))
+    body = b'{"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "hi"}]}'
+    async with (
+        aiohttp.ClientSession() as s,
+        s.post(
+            f"{sc.url}/chat/completions",
+            data=body,
+            headers={"content-type": "application/x-www-form-urlencoded"},
+        ) as r,
+    ):
+        assert r.status == 200
+    assert new.received[-1].json["model"] == "prov/gpt-4o-mini"
+
+
+async def test_ndjson_stream_is_piped_not_buffered(make_sidecar, old, new) -> None:
+    from aiohttp import web
+
+    release = asyncio.Event()
+
+    async def ndjson(request: web.Request) -> web.StreamResponse:
+        resp = web.StreamResponse(headers={"content-type": "application/x-ndjson"})
+        await resp.prepare(request)
+        await resp.write(b'{"n": 1}\n')
+        await release.wait()
+        await resp.write(b'{"n": 2}\n')
+        await resp.write_eof()
+        return resp
+
+    app = web.Application()
+    app.router.add_post("/v1/stream", ndjson)
+    runner = web.AppRunner(app)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    port = runner.addresses[0][1]
+    try:
+        cfg = base_config(old, new)
+        cfg["upstreams"]["old"]["base_url"] = f"http://127.0.0.1:{port}/v1"
+        sc = await make_sidecar(cfg)
+        async with aiohttp.ClientSession() as s, s.post(f"{sc.url}/stream") as r:
+            first = await asyncio.wait_for(r.content.readline(), timeout=5)
+            assert first == b'{"n": 1}\n'  # arrived before the upstream finished
+            release.set()
+            assert await r.content.readline() == b'{"n": 2}\n'
+    finally:
+        release.set()
+        await runner.cleanup()
