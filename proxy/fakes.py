@@ -473,7 +473,7 @@ class FakeProvider:
         )
         await runner.setup()
         try:
-            await web.TCPSite(runner, host, port).start()
+            await web.TCPSite(runner, host, port, backlog=1024).start()
         except BaseException:
             await runner.cleanup()
             raise

@@ -54,12 +54,13 @@ class Meter:
     def elapsed_ms(self) -> float:
         return (time.perf_counter() - self._t0) * 1000.0
 
-    def headers(self, status: int, stream: bool) -> None:
+    def headers(self, status: int, stream: bool, tally: bool = True) -> None:
+        """`tally=False`: nobody will read the stream's contents, so it is not parsed."""
         self.ttfb_ms = self.elapsed_ms()
         self.status = status
         self.error_kind = measure.error_kind_for_status(status)
         self.stream = stream
-        if stream:
+        if stream and tally:
             self.tally = StreamTally()
 
     def event(self, kind: Kind) -> None:
