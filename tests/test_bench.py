@@ -1,0 +1,62 @@
+"""scripts/bench.py end to end in --quick mode: it runs, stops what it started, and writes
+a complete result file. Figures are not asserted: they depend on the machine."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import orjson
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+CONFIGS = ("direct", "sidecar", "sidecar+log", "record", "record+shadow", "split")
+
+
+@pytest.mark.timeout(180)
+def test_quick_bench_measures_every_configuration_without_errors(tmp_path: Path) -> None:
+    out = tmp_path / "r.json"
+    proc = subprocess.run(
+        [sys.executable, "scripts/bench.py", "--quick", "--no-install", "--out", str(out)],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=150,
+        check=False,
+    )
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    result = orjson.loads(out.read_bytes())
+
+    rows = result["summary"]["requests"]["16"]
+    assert set(rows) == set(CONFIGS)
+    for name, row in rows.items():
+        assert row["requests"] > 0, name
+        assert row["errors"] == 0, (name, row["error_samples"])
+        assert row["upstream_cpu_us"] is not None, name
+        assert (row["sidecar_cpu_us"] is None) == (name == "direct"), name
+        assert (row["cpu_ratio"] is None) == (name == "direct"), name
+    assert rows["record+shadow"]["shadow_sent"] > 0
+    assert rows["record+shadow"]["shadow_cpu_us"] is not None
+    assert rows["record"]["records_written"] > 0
+    assert rows["split"]["served"]["a"] > 0 and rows["split"]["served"]["b"] > 0
+
+    streams = result["summary"]["streams"]
+    assert set(streams) == {"direct", "sidecar", "record"}
+    for name, row in streams.items():
+        assert row["verified"] > 0, name
+        assert row["errors"] == 0, (name, row["error_samples"])
+        assert row["ttfc_p50_ms"] is not None, name
+        assert row["upstream_cpu_us"] is not None, name
+
+    assert set(result["summary"]["fixed_rate"]) == {"direct", "sidecar", "record", "record+shadow"}
+    assert all(row["errors"] == 0 for row in result["summary"]["fixed_rate"].values())
+
+    many = result["open_streams"]
+    assert many["verified"] == many["streams"] == 100
+    assert many["errors"] == 0
+    assert many["peak_rss_mb"] > 0
+
+    assert result["targets"] and all(isinstance(t["passed"], bool) for t in result["targets"])
+    assert all(p["peak_rss_mb"] for p in result["processes"].values())
+    assert "Targets (informational)" in proc.stdout
