@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import base64
+import collections
 import functools
 import gzip
 import hashlib
@@ -420,13 +421,16 @@ class FakeProvider:
         models: Sequence[str] = ("gpt-4o-mini", "text-embedding-3-small"),
         behaviour: Behaviour = Behaviour(),  # frozen, so one shared default is safe
         seed: int = 0,
+        keep: int = 1000,
     ) -> None:
         if not name:
             raise ValueError("a fake provider needs a name")
         self.name = name
         self.models = tuple(models)
         self.behaviour = behaviour
-        self.received: list[Received] = []
+        # The newest `keep` requests, for tests to assert on; bounded so a long-running fake
+        # (the CLI keeps none) does not grow, nor stall on collecting them.
+        self.received: collections.deque[Received] = collections.deque(maxlen=keep)
         self.cancelled = asyncio.Event()
         self.active = 0
         self.app = web.Application(client_max_size=64 * 1024 * 1024)
@@ -1012,7 +1016,12 @@ def main(argv: list[str] | None = None) -> int:
         )
         models = [m.strip() for m in args.models.split(",") if m.strip()]
         provider = FakeProvider(
-            name=args.name, api_key=args.api_key, models=models, behaviour=behaviour, seed=args.seed
+            name=args.name,
+            api_key=args.api_key,
+            models=models,
+            behaviour=behaviour,
+            seed=args.seed,
+            keep=0,  # nobody reads `received` from the command line
         )
     except ValueError as exc:
         print(f"fake: {exc}", file=sys.stderr)

@@ -733,30 +733,6 @@ async def _serve_load() -> None:
         sys.stdout.buffer.flush()
 
 
-class _Forgetful(list):  # type: ignore[type-arg]
-    def append(self, item: object) -> None:
-        pass
-
-
-def fake_main(argv: list[str]) -> int:
-    """`python -m proxy fake`, minus its memory of every request it received.
-
-    FakeProvider keeps each request for tests to assert on. Over a bench run that is 100,000
-    objects: a full garbage collection then stalls the fake for about 180 ms, which lands in
-    every configuration's p99, and its RSS grows past 300 MB.
-    """
-    from proxy import fakes
-
-    init = fakes.FakeProvider.__init__
-
-    def forgetful_init(self: fakes.FakeProvider, *args: Any, **kwargs: Any) -> None:
-        init(self, *args, **kwargs)
-        self.received = _Forgetful()
-
-    setattr(fakes.FakeProvider, "__init__", forgetful_init)  # noqa: B010 (mypy: method assign)
-    return fakes.main(argv)
-
-
 def loader_main() -> int:
     try:
         import uvloop  # the same event loop the sidecar runs on, when installed
@@ -786,7 +762,7 @@ class Bench:
     # processes
 
     def start(self) -> None:
-        fake = [PY, str(Path(__file__).resolve()), "_fake", "--port", "0", "--chunks", str(CHUNKS)]
+        fake = [PY, "-m", "proxy", "fake", "--port", "0", "--chunks", str(CHUNKS)]
         fakes = {
             "upstream-a": [
                 *fake, "--name", "a", "--api-key", KEY_A, "--models", MODEL,
@@ -1536,8 +1512,6 @@ def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     if argv[:1] == ["_load"]:
         return loader_main()
-    if argv[:1] == ["_fake"]:
-        return fake_main(argv[1:])
     p = argparse.ArgumentParser(prog="scripts/bench", description=__doc__.split("\n\n")[0])
     p.add_argument("--quick", action="store_true", help="one short round, for the test")
     p.add_argument("--out", help="result JSON (default bench-results/bench-<timestamp>.json)")
