@@ -136,8 +136,9 @@ class Proxy:
         want_usage = stream and tail in USAGE_OPT_IN_PATHS
         json_mode = obj is not None and measure.wants_json(obj)
         shadow = route.shadow
+        paired = False
         if shadow is not None and request.headers.get("x-shadow") != "off":
-            self.shadower.offer(
+            paired = self.shadower.offer(
                 rt,
                 shadow,
                 name,
@@ -198,7 +199,7 @@ class Proxy:
                         else None,
                     )
                 )
-                rec.response(meter.record(rid, policy.response))
+                rec.response(meter.record(rid, policy.response, paired))
 
     async def _read_body(self, request: web.BaseRequest, limit: int) -> bytes:
         length = request.content_length

@@ -81,8 +81,13 @@ class Meter:
             self.error_kind = "broken_stream"
             self.error = tally.error or "stream ended without [DONE]"
 
-    def record(self, exchange_id: str, policy: BodyPolicy) -> Response:
-        """Everything the report needs; runs after the app has its answer."""
+    def record(self, exchange_id: str, policy: BodyPolicy, paired: bool = True) -> Response:
+        """Everything the report needs; runs after the app has its answer.
+
+        `paired`: a shadow or noise copy exists to compare this answer with. Shape, tool calls
+        and the text hash only serve that comparison, and the shape walk is the dearest part
+        of a record (~30 us), so an answer with nothing to compare against skips them.
+        """
         prompt = completion = total = None
         finish = shape = tool_calls = text_sha = None
         json_ok = done = None
@@ -96,23 +101,25 @@ class Meter:
             )
             finish = tally.finish_reason
             done = tally.done
-            shape = measure.stream_shape(tally)
-            tool_calls = measure.tool_calls_json(tally.tool_calls)
             text = tally.text
             json_ok = measure.json_ok(text, self.json_mode)
-            text_sha = measure.text_sha256(text) if text or not tally.tool_calls else None
+            if paired:
+                shape = measure.stream_shape(tally)
+                tool_calls = measure.tool_calls_json(tally.tool_calls)
+                text_sha = measure.text_sha256(text) if text or not tally.tool_calls else None
             if policy != "none":
                 body = measure.stream_body(tally)
         elif body:
             parsed: Any = _loads(body)
             if parsed is not None:
                 prompt, completion, total = measure.usage_of(parsed)
-                shape = measure.shape_of(parsed)
                 answer = measure.answer_of(parsed)
                 finish = answer.finish_reason
-                tool_calls = measure.tool_calls_json(answer.tool_calls)
                 json_ok = measure.json_ok(answer.text, self.json_mode)
-                text_sha = measure.text_sha256(answer.text)
+                if paired:
+                    shape = measure.shape_of(parsed)
+                    tool_calls = measure.tool_calls_json(answer.tool_calls)
+                    text_sha = measure.text_sha256(answer.text)
         return Response(
             exchange_id=exchange_id,
             role=self.role,

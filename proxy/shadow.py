@@ -53,9 +53,10 @@ class Shadower:
         stream: bool,
         want_usage: bool,
         json_mode: bool,
-    ) -> None:
+    ) -> bool:
+        """Start the copies this request gets; True when at least one was sent."""
         if self._closed or (stream and not cfg.streams):
-            return
+            return False
         targets: list[tuple[Role, str]] = []
         if cfg.sample >= 1.0 or random.random() < cfg.sample:
             if cfg.upstream == serving:
@@ -64,6 +65,7 @@ class Shadower:
                 targets.append(("shadow", cfg.upstream))
         if cfg.noise_sample and random.random() < cfg.noise_sample:
             targets.append(("noise", serving))
+        started = False
         for role, name in targets:
             if self.in_flight >= cfg.max_in_flight:
                 self.stats.shadow_skipped_cap += 1
@@ -91,6 +93,8 @@ class Shadower:
             )
             self._tasks.add(task)
             task.add_done_callback(self._done)
+            started = True
+        return started
 
     def _done(self, task: asyncio.Task[None]) -> None:
         self._tasks.discard(task)

@@ -78,6 +78,7 @@ async def test_shadowed_call_records_both_sides(old, new, make_sidecar, sdk, tmp
     assert s["model_sent"] == "prov/gpt-4o-mini"
     assert p["status"] == s["status"] == 200
     assert reply.usage is not None and p["total_tokens"] == reply.usage.total_tokens
+    assert p["shape"] is not None and p["shape"] == s["shape"]  # same structure, other words
     shadow_body = orjson.loads(s["response_body"])
     assert s["total_tokens"] == shadow_body["usage"]["total_tokens"]
     assert (
@@ -330,3 +331,15 @@ async def test_recorded_error_kinds(old, new, make_sidecar, sdk, tmp_path) -> No
     await settled(sc, db, 2, 2)
     kinds = [r[0] for r in rows(db, "SELECT error_kind FROM responses ORDER BY ts")]
     assert kinds == ["rate_limit", "broken_stream"]
+
+
+async def test_unpaired_answers_skip_the_comparison_fields(
+    old, new, make_sidecar, sdk, tmp_path
+) -> None:
+    sc = await make_sidecar(base_config(old, new, record=recording(tmp_path)))
+    await sdk(sc).chat.completions.create(model="gpt-4o-mini", messages=MESSAGES)
+    db = str(tmp_path / "rec.db")
+    await settled(sc, db, 1, 1)
+    row = rows(db, "SELECT shape, text_sha256, total_tokens, finish_reason FROM responses")[0]
+    assert row["shape"] is None and row["text_sha256"] is None  # nothing to compare with
+    assert row["total_tokens"] and row["finish_reason"] == "stop"
