@@ -1,11 +1,17 @@
-"""Command line: serve, check, report, fake, demo."""
+"""Command line: serve, check, report, fake, demo.
+
+Each subcommand imports what it needs when it runs: `check` should not pay for aiohttp,
+plotly or the SDK. No import here is deferred to dodge a cycle.
+"""
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
+import os
 import sys
-from collections.abc import Coroutine
+from collections.abc import Coroutine, Iterator
 from typing import Any
 
 from . import __version__
@@ -64,7 +70,7 @@ def _check(args: argparse.Namespace) -> int:
 
 
 def _report(args: argparse.Namespace) -> int:
-    from . import report, report_html
+    from . import report, report_html, report_text
     from .store import StoreError
     from .thresholds import ReportSettings
 
@@ -92,14 +98,30 @@ def _report(args: argparse.Namespace) -> int:
     except StoreError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
-    if args.json:
-        sys.stdout.buffer.write(report.render_json(rep) + b"\n")
-    else:
-        print(report.render_text(rep))
+    with _reader_may_leave():
+        if args.json:
+            sys.stdout.buffer.write(report_text.render_json(rep) + b"\n")
+        else:
+            print(report_text.render_text(rep))
     if args.html:
         report_html.write_html(rep, args.html)
-        print(f"HTML report: {args.html}", file=sys.stderr if args.json else sys.stdout)
+        with _reader_may_leave():
+            print(f"HTML report: {args.html}", file=sys.stderr if args.json else sys.stdout)
     return 0
+
+
+@contextlib.contextmanager
+def _reader_may_leave() -> Iterator[None]:
+    """Output piped to a reader that stops early (`| head`) ends quietly, not in a traceback."""
+    try:
+        yield
+        sys.stdout.flush()  # here, so a broken pipe raises inside the try and not at exit
+    except BrokenPipeError:
+        # As the `signal` docs advise for SIGPIPE: point stdout at devnull, so the flush
+        # at exit has nowhere to fail.
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        os.close(devnull)
 
 
 def _fake(args: argparse.Namespace) -> int:

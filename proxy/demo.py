@@ -34,8 +34,9 @@ from openai.types.chat import (
 
 from . import config as config_mod
 from .errors import ConfigError
-from .report import ReportFilter, build_report, render_text
+from .report import ReportFilter, build_report
 from .report_html import write_html
+from .report_text import render_text
 from .store import StoreError
 
 T = TypeVar("T")

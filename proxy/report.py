@@ -1,259 +1,65 @@
-"""The migration report: is the new gateway safe to take my traffic, and what will it cost?
-
-`build_report` reads a recording through one read-only snapshot (safe while the sidecar
-writes) and leaves the aggregation to SQLite; `render_text` and `render_json` present it.
-"""
+"""The migration report, built from a recording (`build_report`) or its saved JSON (`load_json`)."""
 
 from __future__ import annotations
 
 import math
 import re
 import sqlite3
-import textwrap
 import time
 import types
 from collections import Counter
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass, fields, is_dataclass
+from dataclasses import fields, is_dataclass
 from datetime import UTC, datetime
-from functools import cache, lru_cache
-from typing import Any, Final, Literal, get_args, get_origin, get_type_hints
+from functools import cache
+from typing import Any, Final, get_args, get_origin, get_type_hints
 
 import orjson
 
 from proxy.measure import answer_of, similarity
 from proxy.records import ErrorKind
+from proxy.report_data import (
+    Agreement,
+    Count,
+    Example,
+    PairStats,
+    Percentiles,
+    Reason,
+    Report,
+    ReportFilter,
+    RevisionSeen,
+    Series,
+    Share,
+    Side,
+    Similarity,
+    Timeline,
+    Traffic,
+    UpstreamStats,
+    ratio,
+)
+from proxy.report_sql import (
+    PAIR_ROWS,
+    pair_sql,
+    price_sql,
+    since_clause,
+    tool_signature,
+    tool_valid,
+    upstream_sql,
+    where_clause,
+)
+from proxy.report_verdict import judge, worst
 from proxy.store import open_readonly
-from proxy.thresholds import Band, Price, ReportSettings
+from proxy.thresholds import ReportSettings
 
-Status = Literal["pass", "warn", "fail", "n/a"]
-Unit = Literal["ratio", "share", "difference"]
-Reason = Literal["status", "shape", "tool_calls", "similarity"]
+__all__ = ["Report", "ReportFilter", "build_report", "load_json", "parse_time"]
 
 ERROR_KINDS: Final[tuple[str, ...]] = get_args(ErrorKind)
-# The app leaving and the sidecar refusing are nobody's upstream's doing: they are shown,
-# but left out of error rates and of every shadow-vs-primary comparison.
-NOT_UPSTREAM: Final = ("client_disconnect", "proxy")
 SIMILARITY_SAMPLE: Final = 2_000  # pairs: similarity runs in Python, ~1 ms a pair
 EXAMPLES_PER_REASON: Final = 5
 EXAMPLE_CHARS: Final = 1_500
 SKETCH_POINTS: Final = 400  # evenly ranked values kept per latency distribution, for charts
 MAX_BUCKETS: Final = 100
 _BUCKET_SECONDS: Final = (60, 300, 900, 1800, 3600, 3 * 3600, 6 * 3600, 12 * 3600, 86_400)
-_ORDER: Final[dict[str, int]] = {"n/a": 0, "pass": 1, "warn": 2, "fail": 3}
-
-
-# --- the report ----------------------------------------------------------------------------
-
-
-@dataclass(frozen=True, slots=True)
-class ReportFilter:
-    since: float | None = None  # unix seconds, inclusive, on the exchange's arrival
-    until: float | None = None  # exclusive
-    route: str | None = None
-    model: str | None = None  # the requested model
-    revision: str | None = None
-
-
-@dataclass(frozen=True, slots=True)
-class Percentiles:
-    """Nearest rank: pN is the smallest value with at least N% of the values at or below it."""
-
-    n: int
-    p50: float | None
-    p90: float | None
-    p99: float | None
-
-
-@dataclass(frozen=True, slots=True)
-class Count:
-    name: str | None  # None: the requests named no model
-    count: int
-    share: float
-
-
-@dataclass(frozen=True, slots=True)
-class Share:
-    upstream: str
-    weight: float
-
-
-@dataclass(frozen=True, slots=True)
-class RevisionSeen:
-    revision: str
-    started: float | None  # when it came into force (None: not in the revisions table)
-    rollback: bool
-    split: tuple[Share, ...]  # the configured default split
-    first_seen: float | None  # first and last exchange under it, in the window
-    last_seen: float | None
-    requests: int
-    served: tuple[Share, ...]  # share of primary answers per upstream under it
-
-
-@dataclass(frozen=True, slots=True)
-class Traffic:
-    exchanges: int
-    streams: int
-    first_ts: float | None
-    last_ts: float | None
-    by_upstream: tuple[Count, ...]  # primary answers: the canary share actually served
-    by_route: tuple[Count, ...]
-    by_model: tuple[Count, ...]
-    revisions: tuple[RevisionSeen, ...]
-
-
-@dataclass(frozen=True, slots=True)
-class UpstreamStats:
-    """Everything about one upstream in one role (routed `primary`, `shadow` or `noise`)."""
-
-    upstream: str
-    role: str
-    responses: int
-    succeeded: int  # no error of any kind
-    upstream_errors: int  # errors other than the app leaving or the sidecar refusing
-    error_rate: float  # upstream_errors / responses
-    errors: tuple[Count, ...]  # by kind, share of responses
-    ttfb_ms: Percentiles  # latencies of successful responses
-    ttft_ms: Percentiles
-    total_ms: Percentiles
-    ttft_sketch: tuple[float, ...]
-    total_sketch: tuple[float, ...]
-    with_usage: int
-    no_usage: int
-    prompt_tokens: int
-    completion_tokens: int
-    total_tokens: int
-    priced: int  # responses with usage and a price
-    cost: float | None  # US dollars over the priced responses
-    cost_per_1k: float | None
-    streams: int  # streams that got a 2xx answer
-    streams_ok: int  # ... and ended with [DONE] and usage
-    json_answers: int  # successful answers in JSON mode
-    json_ok: int
-
-
-@dataclass(frozen=True, slots=True)
-class Agreement:
-    agree: int
-    compared: int
-    rate: float | None
-
-
-@dataclass(frozen=True, slots=True)
-class Similarity:
-    sampled: int
-    mean: float | None
-    p10: float | None
-
-
-@dataclass(frozen=True, slots=True)
-class PairStats:
-    """One upstream's copies (`shadow`, or pooled `noise`) against the primary answers."""
-
-    role: str
-    upstream: str
-    pairs: int  # both sides recorded, neither ended by the app or refused by the sidecar
-    primary_error_rate: float | None
-    other_error_rate: float | None
-    status: Agreement  # same status class (2xx/4xx/5xx/none)
-    status_shape: Agreement  # same status class and same response shape
-    tool_calls: Agreement  # pairs with tool calls: same names and argument keys, args valid
-    text: Agreement  # normalised answer text identical
-    similarity: Similarity
-    ttfb_diff_ms: Percentiles  # other minus primary, per exchange
-    ttft_diff_ms: Percentiles
-    total_diff_ms: Percentiles
-    primary_ttft_ms: Percentiles  # streams answered by both
-    other_ttft_ms: Percentiles
-    primary_total_ms: Percentiles  # non-streams answered by both
-    other_total_ms: Percentiles
-    usage_pairs: int  # both sides reported usage
-    primary_tokens: tuple[int, int, int]  # prompt, completion, total over usage_pairs
-    other_tokens: tuple[int, int, int]
-    priced_pairs: int
-    primary_cost: float | None
-    other_cost: float | None
-
-
-@dataclass(frozen=True, slots=True)
-class Check:
-    name: str
-    status: Status
-    value: float | None  # the figure compared with the band
-    unit: Unit
-    warn: float
-    fail: float
-    n: int  # pairs or answers behind the figure
-    evidence: str
-    note: str | None
-
-
-@dataclass(frozen=True, slots=True)
-class Verdict:
-    upstream: str  # the shadowed upstream being judged
-    status: Status
-    checks: tuple[Check, ...]
-
-
-@dataclass(frozen=True, slots=True)
-class Side:
-    upstream: str
-    status: int | None
-    error_kind: str | None
-    error: str | None
-    finish_reason: str | None
-    total_ms: float | None
-    text: str | None  # truncated; None when no body was recorded
-
-
-@dataclass(frozen=True, slots=True)
-class Example:
-    reason: Reason
-    exchange_id: str
-    ts: float
-    route: str
-    model: str | None
-    stream: bool
-    similarity: float | None
-    primary: Side
-    other: Side
-
-
-@dataclass(frozen=True, slots=True)
-class Series:
-    upstream: str
-    role: str
-    requests: tuple[int, ...]  # per bucket
-    errors: tuple[int, ...]  # upstream errors per bucket
-
-
-@dataclass(frozen=True, slots=True)
-class Timeline:
-    start: float
-    bucket_seconds: float
-    series: tuple[Series, ...]
-
-
-@dataclass(frozen=True, slots=True)
-class Report:
-    db_path: str
-    generated_at: float
-    filter: ReportFilter
-    min_pairs: int
-    traffic: Traffic
-    upstreams: tuple[UpstreamStats, ...]
-    pairs: tuple[PairStats, ...]  # one per shadowed upstream, then the pooled noise floor
-    verdicts: tuple[Verdict, ...]
-    verdict: Status  # the worst check of all
-    examples: tuple[Example, ...]
-    timeline: Timeline
-    notes: tuple[str, ...]
-
-    def stats(self, upstream: str, role: str) -> UpstreamStats | None:
-        return next((s for s in self.upstreams if (s.upstream, s.role) == (upstream, role)), None)
-
-    def noise(self) -> PairStats | None:
-        return next((p for p in self.pairs if p.role == "noise"), None)
 
 
 # --- times ---------------------------------------------------------------------------------
@@ -283,219 +89,6 @@ def parse_time(s: str, *, now: float | None = None) -> float:
             "2024-05-01T12:00Z), unix seconds, or an age such as 15m, 2h or 3d"
         ) from None
     return (moment if moment.tzinfo else moment.replace(tzinfo=UTC)).timestamp()
-
-
-def when(ts: float | None) -> str:
-    if ts is None:
-        return "-"
-    return datetime.fromtimestamp(ts, UTC).strftime("%Y-%m-%d %H:%M:%SZ")
-
-
-# --- SQL pieces ----------------------------------------------------------------------------
-
-
-def _usage(a: str) -> str:
-    """The token count of a response row, NULL when it reported no usage at all."""
-    return (
-        f"coalesce({a}.total_tokens, {a}.prompt_tokens + {a}.completion_tokens, "
-        f"{a}.prompt_tokens, {a}.completion_tokens)"
-    )
-
-
-def _cost(a: str, price: tuple[str, str]) -> str:
-    """Dollars times a million; NULL without a price or prompt tokens."""
-    return f"({a}.prompt_tokens * {price[0]} + coalesce({a}.completion_tokens, 0) * {price[1]})"
-
-
-def _us(expr: str) -> str:
-    # Integer microseconds print and parse several times faster than REAL through group_concat.
-    return f"CAST(round(({expr}) * 1000) AS INTEGER)"
-
-
-def _by_app(a: str) -> str:
-    kinds = ", ".join(f"'{k}'" for k in NOT_UPSTREAM)
-    return f"coalesce({a}.error_kind, '') IN ({kinds})"
-
-
-def _where(flt: ReportFilter) -> tuple[str, dict[str, Any]]:
-    clauses = []
-    params: dict[str, Any] = {}
-    for name, clause in (
-        ("since", "e.ts >= :since"),
-        ("until", "e.ts < :until"),
-        ("route", "e.route = :route"),
-        ("model", "e.model = :model"),
-        ("revision", "e.revision = :revision"),
-    ):
-        value = getattr(flt, name)
-        if value is not None:
-            clauses.append(clause)
-            params[name] = value
-    return "".join(f" AND {c}" for c in clauses), params
-
-
-def _since(flt: ReportFilter, a: str) -> str:
-    # Implied by e.ts >= since (an upstream is asked after the request arrived); it lets a
-    # short window read responses through their ts index instead of scanning them all.
-    return "" if flt.since is None else f" AND {a}.ts >= :since"
-
-
-def _price_sql(
-    pricing: dict[str, dict[str, Price]], a: str, upstream: str | None, params: dict[str, Any]
-) -> tuple[str, str]:
-    """SQL for the input and output price per million tokens of response row `a`, NULL when
-    unpriced; with `upstream` known, only that upstream's table is consulted."""
-    tables = {upstream: pricing.get(upstream, {})} if upstream is not None else pricing
-    sql: list[list[str]] = [[], []]
-    for i, (name, models) in enumerate(tables.items()):
-        cases: list[list[str]] = [[], []]
-        wild: list[str | None] = [None, None]
-        for j, (model, price) in enumerate(models.items()):
-            for k, value in enumerate((price.input, price.output)):
-                key = f"{a}{i}_{j}_{k}"
-                params[key] = value
-                if model == "*":
-                    wild[k] = f":{key}"
-                else:
-                    params[f"{a}{i}_{j}m"] = model
-                    cases[k].append(f"WHEN :{a}{i}_{j}m THEN :{key}")
-        for k in (0, 1):
-            # The exact model wins over "*", whatever order the config lists them in.
-            by_model = (
-                f"CASE e.model {' '.join(cases[k])} ELSE {wild[k] or 'NULL'} END"
-                if cases[k]
-                else wild[k] or "NULL"
-            )
-            if upstream is not None:
-                sql[k].append(by_model)
-            else:
-                params[f"{a}{i}u"] = name
-                sql[k].append(f"WHEN :{a}{i}u THEN {by_model}")
-    if upstream is not None:
-        return (sql[0][0], sql[1][0]) if sql[0] else ("NULL", "NULL")
-    if not sql[0]:
-        return "NULL", "NULL"
-    return tuple(f"(CASE {a}.upstream {' '.join(x)} END)" for x in sql)  # type: ignore[return-value]
-
-
-def _upstream_sql(role: str, where: str, price: tuple[str, str]) -> str:
-    ok = "r.error_kind IS NULL"
-    stream = f"e.stream AND r.status / 100 = 2 AND NOT {_by_app('r')}"
-    upstream_error = f"r.error_kind IS NOT NULL AND NOT {_by_app('r')}"
-    bucket = "CAST((e.ts - :t0) / :width AS INTEGER)"
-    # Only primaries are served under a revision's split.
-    revisions = "group_concat(e.revision, char(31))" if role == "primary" else "NULL"
-    return f"""
-SELECT count(*), sum({ok}), sum({upstream_error}), group_concat(r.error_kind),
-  count({_usage("r")}), sum(r.prompt_tokens), sum(r.completion_tokens), sum({_usage("r")}),
-  count({_cost("r", price)}), sum({_cost("r", price)}) / 1e6,
-  sum({stream}), sum({stream} AND r.stream_done = 1 AND {_usage("r")} IS NOT NULL),
-  count(CASE WHEN {ok} THEN r.json_ok END), total(CASE WHEN {ok} THEN r.json_ok END),
-  group_concat(CASE WHEN {ok} THEN {_us("r.ttfb_ms")} END),
-  group_concat(CASE WHEN {ok} THEN {_us("r.ttft_ms")} END),
-  group_concat(CASE WHEN {ok} THEN {_us("r.total_ms")} END),
-  group_concat({bucket}),
-  group_concat(CASE WHEN {upstream_error} THEN {bucket} END),
-  {revisions}
-FROM responses r CROSS JOIN exchanges e ON e.id = r.exchange_id
-WHERE +r.upstream = :upstream AND +r.role = :role{where}"""
-
-
-def _pair_sql(where: str, p_price: tuple[str, str], s_price: tuple[str, str]) -> str:
-    ok = "p.error_kind IS NULL AND s.error_kind IS NULL"
-    same_class = "p.status / 100 IS s.status / 100"
-    usage = f"{_usage('p')} IS NOT NULL AND {_usage('s')} IS NOT NULL"
-    p_cost, s_cost = _cost("p", p_price), _cost("s", s_price)
-    priced = f"{p_cost} IS NOT NULL AND {s_cost} IS NOT NULL"
-    tools = f"{ok} AND (p.tool_calls IS NOT NULL OR s.tool_calls IS NOT NULL)"
-    tools_same = "(tool_sig(p.tool_calls) IS tool_sig(s.tool_calls) AND tool_valid(s.tool_calls))"
-    text = f"{ok} AND p.text_sha256 IS NOT NULL AND s.text_sha256 IS NOT NULL"
-    bodies = "length(p.response_body) > 0 AND length(s.response_body) > 0"
-
-    def both(column: str, value: str, cond: str = "") -> str:
-        return (
-            f"group_concat(CASE WHEN {ok}{cond} AND p.{column} IS NOT NULL "
-            f"AND s.{column} IS NOT NULL THEN {_us(value)} END)"
-        )
-
-    return f"""
-SELECT count(*), sum(p.error_kind IS NOT NULL), sum(s.error_kind IS NOT NULL),
-  sum({same_class}), sum({same_class} AND p.shape IS s.shape),
-  sum({tools}), sum({tools} AND {tools_same}),
-  sum({text}), sum({text} AND p.text_sha256 = s.text_sha256),
-  sum({usage}),
-  sum(CASE WHEN {usage} THEN coalesce(p.prompt_tokens, 0) END),
-  sum(CASE WHEN {usage} THEN coalesce(p.completion_tokens, 0) END),
-  sum(CASE WHEN {usage} THEN {_usage("p")} END),
-  sum(CASE WHEN {usage} THEN coalesce(s.prompt_tokens, 0) END),
-  sum(CASE WHEN {usage} THEN coalesce(s.completion_tokens, 0) END),
-  sum(CASE WHEN {usage} THEN {_usage("s")} END),
-  sum({priced}),
-  sum(CASE WHEN {priced} THEN {p_cost} END) / 1e6,
-  sum(CASE WHEN {priced} THEN {s_cost} END) / 1e6,
-  {both("ttfb_ms", "s.ttfb_ms - p.ttfb_ms")},
-  {both("ttft_ms", "s.ttft_ms - p.ttft_ms")},
-  {both("total_ms", "s.total_ms - p.total_ms")},
-  {both("ttft_ms", "p.ttft_ms", " AND e.stream")},
-  {both("ttft_ms", "s.ttft_ms", " AND e.stream")},
-  {both("total_ms", "p.total_ms", " AND NOT e.stream")},
-  {both("total_ms", "s.total_ms", " AND NOT e.stream")},
-  group_concat(CASE WHEN NOT {same_class} THEN s.rowid END),
-  group_concat(CASE WHEN {same_class} AND p.shape IS NOT s.shape THEN s.rowid END),
-  group_concat(CASE WHEN {tools} AND NOT {tools_same} THEN s.rowid END),
-  group_concat(CASE WHEN {text} AND {bodies} THEN s.rowid END)
-FROM responses s
-  CROSS JOIN responses p ON p.exchange_id = s.exchange_id AND p.role = 'primary'
-  CROSS JOIN exchanges e ON e.id = s.exchange_id
-WHERE +s.upstream = :upstream AND +s.role = :role{where}
-  AND NOT {_by_app("p")} AND NOT {_by_app("s")}"""
-
-
-_PAIR_ROWS = """
-SELECT s.rowid, e.id, e.ts, e.route, e.model, e.stream, p.text_sha256 IS s.text_sha256,
-  p.upstream, p.status, p.error_kind, p.error, p.finish_reason, p.total_ms, p.response_body,
-  s.upstream, s.status, s.error_kind, s.error, s.finish_reason, s.total_ms, s.response_body
-FROM responses s
-  CROSS JOIN responses p ON p.exchange_id = s.exchange_id AND p.role = 'primary'
-  CROSS JOIN exchanges e ON e.id = s.exchange_id
-WHERE s.rowid IN (SELECT value FROM json_each(:rowids))"""
-
-
-@lru_cache(maxsize=4096)
-def _tool_signature(calls_json: str | bytes | None) -> str | None:
-    """Tool names with their argument keys, order of the calls ignored."""
-    if calls_json is None:
-        return None
-    try:
-        calls = orjson.loads(calls_json)
-    except orjson.JSONDecodeError:
-        return "?"
-    if not isinstance(calls, list):
-        return "?"
-    signatures = []
-    for call in calls:
-        if not isinstance(call, dict):
-            signatures.append(b"?")
-            continue
-        keys = call.get("keys")
-        if isinstance(keys, list):
-            keys = sorted(str(k) for k in keys)
-        signatures.append(orjson.dumps([call.get("name"), keys]))
-    return b"\n".join(sorted(signatures)).decode() if signatures else None
-
-
-@lru_cache(maxsize=4096)
-def _tool_valid(calls_json: str | bytes | None) -> int:
-    if calls_json is None:
-        return 1
-    try:
-        calls = orjson.loads(calls_json)
-    except orjson.JSONDecodeError:
-        return 0
-    return int(
-        isinstance(calls, list)
-        and all(isinstance(c, dict) and c.get("valid") is True for c in calls)
-    )
 
 
 # --- numbers -------------------------------------------------------------------------------
@@ -532,12 +125,8 @@ def _sketch(us_sorted: Sequence[int]) -> tuple[float, ...]:
     return tuple(us_sorted[i * (n - 1) // last] / 1000 for i in range(SKETCH_POINTS))
 
 
-def _rate(part: int, whole: int) -> float | None:
-    return part / whole if whole else None
-
-
 def _agreement(agree: int, compared: int) -> Agreement:
-    return Agreement(agree, compared, _rate(agree, compared))
+    return Agreement(agree, compared, ratio(agree, compared))
 
 
 def _n(row: Sequence[Any], i: int) -> int:
@@ -556,8 +145,8 @@ def build_report(db_path: str, flt: ReportFilter, settings: ReportSettings) -> R
         # less CPU on a million exchanges). Mapping is safe here: the recorder never shrinks
         # the file, and no checkpoint truncates it under our open read transaction.
         con.execute("PRAGMA mmap_size = 4294967296")
-        con.create_function("tool_sig", 1, _tool_signature, deterministic=True)
-        con.create_function("tool_valid", 1, _tool_valid, deterministic=True)
+        con.create_function("tool_sig", 1, tool_signature, deterministic=True)
+        con.create_function("tool_valid", 1, tool_valid, deterministic=True)
         # One read transaction: every figure comes from the same snapshot of a live db.
         con.execute("BEGIN")
         return _Reader(con, db_path, flt, settings).report()
@@ -598,7 +187,7 @@ class _Reader:
         self.db_path = db_path
         self.flt = flt
         self.settings = settings
-        self.where, self.params = _where(flt)
+        self.where, self.params = where_clause(flt)
         self.notes: list[str] = []
 
     def rows(self, sql: str, params: dict[str, Any] | None = None) -> list[Any]:
@@ -625,8 +214,8 @@ class _Reader:
         served: dict[str, Counter[str]] = {}  # revision -> primary upstream -> answers
         for upstream, role in groups:
             params: dict[str, Any] = {"upstream": upstream, "role": role, "t0": t0, "width": width}
-            price = _price_sql(self.settings.pricing, "r", upstream, params)
-            sql = _upstream_sql(role, self.where + _since(self.flt, "r"), price)
+            price = price_sql(self.settings.pricing, "r", upstream, params)
+            sql = upstream_sql(role, self.where + since_clause(self.flt, "r"), price)
             row = self.rows(sql, params)[0]
             if not row[0]:
                 continue
@@ -666,7 +255,7 @@ class _Reader:
         noise_stats = next((p for p in pairs if p.role == "noise"), None)
 
         verdicts = tuple(
-            _verdict(p, _find(upstreams, p.upstream, "shadow"), noise_stats, self.settings)
+            judge(p, _find(upstreams, p.upstream, "shadow"), noise_stats, self.settings)
             for p in pairs
             if p.role == "shadow"
         )
@@ -683,7 +272,7 @@ class _Reader:
             upstreams=tuple(upstreams),
             pairs=pairs,
             verdicts=verdicts,
-            verdict=_worst(v.status for v in verdicts),
+            verdict=worst(v.status for v in verdicts),
             examples=examples,
             timeline=Timeline(t0, width, tuple(series)),
             notes=tuple(self.notes),
@@ -747,15 +336,15 @@ class _Reader:
         raw = _PairRaw(role, "+".join(u for u, _ in groups))
         for upstream, _ in groups:
             params: dict[str, Any] = {"upstream": upstream, "role": role}
-            p_price = _price_sql(self.settings.pricing, "p", None, params)
-            s_price = _price_sql(self.settings.pricing, "s", upstream, params)
-            sql = _pair_sql(self.where + _since(self.flt, "s"), p_price, s_price)
+            p_price = price_sql(self.settings.pricing, "p", None, params)
+            s_price = price_sql(self.settings.pricing, "s", upstream, params)
+            sql = pair_sql(self.where + since_clause(self.flt, "s"), p_price, s_price)
             raw.add(self.rows(sql, params)[0])
         return raw
 
     def pair_rows(self, rowids: Iterable[int]) -> list[Any]:
         return self.con.execute(
-            _PAIR_ROWS, {"rowids": orjson.dumps(list(rowids)).decode()}
+            PAIR_ROWS, {"rowids": orjson.dumps(list(rowids)).decode()}
         ).fetchall()
 
     def similarities(self, raw: _PairRaw) -> list[tuple[float, int]]:
@@ -889,8 +478,8 @@ def _pair_stats(raw: _PairRaw, scores: list[tuple[float, int]]) -> PairStats:
         role=raw.role,
         upstream=raw.upstream,
         pairs=pairs,
-        primary_error_rate=_rate(c[1], pairs),
-        other_error_rate=_rate(c[2], pairs),
+        primary_error_rate=ratio(c[1], pairs),
+        other_error_rate=ratio(c[2], pairs),
         status=_agreement(c[3], pairs),
         status_shape=_agreement(c[4], pairs),
         tool_calls=_agreement(c[6], c[5]),
@@ -969,576 +558,11 @@ def _find(stats: list[UpstreamStats], upstream: str, role: str) -> UpstreamStats
     return next((s for s in stats if (s.upstream, s.role) == (upstream, role)), None)
 
 
-def _worst(statuses: Iterable[Status]) -> Status:
-    return max(statuses, key=_ORDER.__getitem__, default="n/a")
-
-
-# --- the verdict ---------------------------------------------------------------------------
-
-
-def _grade(
-    name: str,
-    value: float | None,
-    n: int,
-    band: Band,
-    unit: Unit,
-    evidence: str,
-    min_n: int,
-    what: str = "pairs",
-    note: str | None = None,
-) -> Check:
-    """Smaller is better: pass below `warn`, warn below `fail`, fail from `fail` on."""
-    if value is None or n == 0:
-        return Check(name, "n/a", None, unit, band.warn, band.fail, n, evidence, note)
-    status: Status = "pass" if value < band.warn else "warn" if value < band.fail else "fail"
-    if n < min_n:
-        # Too few to tell either way: never a pass, never a fail.
-        alone = f"; the figure alone would {status}" if status != "warn" else ""
-        few = f"not enough {what} ({n:,} < min_pairs {min_n}){alone}"
-        note = f"{few}; {note}" if note else few
-        status = "warn"
-    return Check(name, status, value, unit, band.warn, band.fail, n, evidence, note)
-
-
-def _shortfall(a: Agreement) -> float | None:
-    # (compared - agree) / compared, not 1 - rate: a band edge like 0.05 must compare exactly.
-    return (a.compared - a.agree) / a.compared if a.compared else None
-
-
-def _ratio(a: float | None, b: float | None) -> float | None:
-    return a / b if a is not None and b else None
-
-
-def _verdict(
-    pair: PairStats, shadow: UpstreamStats | None, noise: PairStats | None, settings: ReportSettings
-) -> Verdict:
-    t = settings.thresholds
-    m = t.min_pairs
-    n = pair.pairs
-    checks = []
-
-    err = None
-    if pair.other_error_rate is not None and pair.primary_error_rate is not None:
-        err = pair.other_error_rate - pair.primary_error_rate
-    checks.append(
-        _grade(
-            "errors",
-            err,
-            n,
-            t.errors,
-            "difference",
-            f"shadow {pct(pair.other_error_rate, 2)} vs primary {pct(pair.primary_error_rate, 2)} "
-            f"upstream errors over {n:,} pairs",
-            m,
-        )
-    )
-
-    ratios = []
-    parts = []
-    for label, prim, other in (
-        ("ttft", pair.primary_ttft_ms, pair.other_ttft_ms),
-        ("total", pair.primary_total_ms, pair.other_total_ms),
-    ):
-        for p in ("p50", "p90"):
-            r = _ratio(getattr(other, p), getattr(prim, p))
-            if r is not None:
-                ratios.append(r)
-                parts.append(
-                    f"{label} {p} {ms(getattr(other, p))} vs {ms(getattr(prim, p))} ({times(r)})"
-                )
-    latency_n = pair.primary_ttft_ms.n + pair.primary_total_ms.n
-    checks.append(
-        _grade(
-            "latency",
-            max(ratios, default=None),
-            latency_n,
-            t.latency_ratio,
-            "ratio",
-            ("; ".join(parts) + " - ttft for streams, total for the rest")
-            if parts
-            else "no pairs where both answered",
-            m,
-        )
-    )
-
-    p_tok, o_tok = pair.primary_tokens, pair.other_tokens
-    token_ratio = _ratio(o_tok[2], p_tok[2])
-    checks.append(
-        _grade(
-            "tokens",
-            token_ratio,
-            pair.usage_pairs,
-            t.token_ratio,
-            "ratio",
-            f"shadow/primary: prompt {times(_ratio(o_tok[0], p_tok[0]))}, completion "
-            f"{times(_ratio(o_tok[1], p_tok[1]))}, total {times(token_ratio)} over "
-            f"{pair.usage_pairs:,} pairs with usage on both sides",
-            m,
-        )
-    )
-
-    cost_ratio = _ratio(pair.other_cost, pair.primary_cost)
-    k = pair.priced_pairs
-    checks.append(
-        _grade(
-            "cost",
-            cost_ratio,
-            k,
-            t.cost_ratio,
-            "ratio",
-            f"per 1,000 requests {money(_per_1k(pair.other_cost, k))} vs "
-            f"{money(_per_1k(pair.primary_cost, k))} over {k:,} priced pairs"
-            if k
-            else "no pair priced on both sides: add both upstreams to report.pricing",
-            m,
-        )
-    )
-
-    mismatch = _shortfall(pair.status_shape)
-    note = None
-    evidence = f"{pct(pair.status_shape.rate)} of {n:,} pairs have the same status class and shape"
-    if mismatch is not None and noise is not None and noise.status_shape.rate is not None:
-        floor = (noise.pairs - noise.status_shape.agree) / noise.pairs
-        if noise.pairs >= m:
-            note = (
-                f"noise floor {pct(floor)} subtracted: the primary disagrees with itself "
-                f"that often over {noise.pairs:,} noise pairs"
-            )
-            evidence += f" ({pct(mismatch)} differ, minus the noise floor {pct(floor)})"
-            mismatch = max(mismatch - floor, 0.0)
-        else:
-            note = f"noise floor {pct(floor)} not subtracted: only {noise.pairs} noise pairs"
-    checks.append(
-        _grade("output shape", mismatch, n, t.shape_mismatch, "share", evidence, m, note=note)
-    )
-
-    streams = shadow.streams if shadow else 0
-    ok = shadow.streams_ok if shadow else 0
-    checks.append(
-        _grade(
-            "streaming",
-            (streams - ok) / streams if streams else None,
-            streams,
-            t.stream_broken,
-            "share",
-            f"{ok:,} of {streams:,} shadow streams ended with [DONE] and usage"
-            if streams
-            else "no shadow streams",
-            m,
-            what="streams",
-        )
-    )
-
-    tools = pair.tool_calls
-    checks.append(
-        _grade(
-            "tool calls",
-            _shortfall(tools),
-            tools.compared,
-            t.tool_call_mismatch,
-            "share",
-            f"{tools.agree:,} of {tools.compared:,} pairs with tool calls agree on names and "
-            "argument keys, with valid arguments"
-            if tools.compared
-            else "no tool calls in the pairs",
-            m,
-        )
-    )
-
-    answers = shadow.json_answers if shadow else 0
-    parsed = shadow.json_ok if shadow else 0
-    checks.append(
-        _grade(
-            "JSON output",
-            (answers - parsed) / answers if answers else None,
-            answers,
-            t.json_invalid,
-            "share",
-            f"{parsed:,} of {answers:,} shadow JSON-mode answers parse"
-            if answers
-            else "no JSON-mode answers from the shadow",
-            m,
-            what="answers",
-        )
-    )
-    return Verdict(pair.upstream, _worst(c.status for c in checks), tuple(checks))
-
-
-# --- presenting ----------------------------------------------------------------------------
-# Shared by the terminal and the HTML report, so both always say the same thing.
-
-
-def pct(x: float | None, digits: int = 1) -> str:
-    return "-" if x is None else f"{x * 100:.{digits}f}%"
-
-
-def ms(x: float | None) -> str:
-    if x is None:
-        return "-"
-    return f"{x:,.0f} ms" if abs(x) >= 10 else f"{x:.1f} ms"
-
-
-def times(x: float | None) -> str:
-    return "-" if x is None else f"x{x:.2f}"
-
-
-def money(x: float | None) -> str:
-    if x is None:
-        return "-"
-    return f"${x:,.2f}" if abs(x) >= 1 else f"${x:.4f}"
-
-
-def _per_1k(cost: float | None, n: int) -> float | None:
-    return cost / n * 1000 if cost is not None and n else None
-
-
-def value_text(check: Check) -> str:
-    v = check.value
-    if v is None:
-        return "-"
-    if check.unit == "ratio":
-        return times(v)
-    if check.unit == "difference":
-        return f"{v * 100:+.2f} pts"
-    return pct(v, 2)
-
-
-def band_text(check: Check) -> str:
-    if check.unit == "ratio":
-        return f"warn from x{check.warn:g}, fail from x{check.fail:g}"
-    unit = " pts" if check.unit == "difference" else "%"
-    return f"warn from {check.warn * 100:g}{unit}, fail from {check.fail * 100:g}{unit}"
-
-
-VERDICT_HELP: Final = (
-    "Every check reads smaller-is-better against report.thresholds: pass below `warn`, warn "
-    "below `fail`, fail from `fail` on. A check over fewer than min_pairs ({min_pairs}) pairs "
-    "or answers is at most a warn, and never a pass. The overall verdict is the worst check."
-)
-NOISE_HELP: Final = (
-    "Noise pairs send the same request to the primary upstream twice: how often the primary "
-    "disagrees with itself is a floor no new gateway can beat. The output-shape check "
-    "subtracts it; read text agreement and similarity against it too."
-)
-
-
-@dataclass(frozen=True, slots=True)
-class Table:
-    caption: str
-    head: tuple[str, ...]
-    rows: tuple[tuple[str, ...], ...]
-    align: str  # per column: "l" or "r"
-
-
-@dataclass(frozen=True, slots=True)
-class Section:
-    title: str
-    tables: tuple[Table, ...]
-    text: tuple[str, ...] = ()
-
-
-def _name(x: str | None) -> str:
-    return "(none)" if x is None else x
-
-
-def _p3(p: Percentiles) -> str:
-    if not p.n:
-        return "-"
-    return " / ".join(
-        f"{v:,.0f}" if abs(v) >= 10 else f"{v:.1f}" for v in (p.p50, p.p90, p.p99) if v is not None
-    )
-
-
-def _of(a: Agreement) -> str:
-    return f"{pct(a.rate)} of {a.compared:,}" if a.compared else "-"
-
-
-def _label(p: PairStats) -> str:
-    return f"{p.upstream} ({p.role})"
-
-
-def sections(report: Report) -> tuple[Section, ...]:
-    """The report's tables, in order, as text cells."""
-    t = report.traffic
-    ups = report.upstreams
-    traffic = [
-        Table(
-            "primary answers per upstream: the share actually served",
-            ("upstream", "answers", "share"),
-            tuple((_name(c.name), f"{c.count:,}", pct(c.share)) for c in t.by_upstream),
-            "lrr",
-        ),
-        *(
-            Table(
-                f"exchanges per {title}",
-                (title, "exchanges", "share"),
-                tuple((_name(c.name), f"{c.count:,}", pct(c.share)) for c in counts),
-                "lrr",
-            )
-            for title, counts in (("route", t.by_route), ("model", t.by_model))
-        ),
-    ]
-    if t.revisions:
-        traffic.append(
-            Table(
-                "config revisions: configured split against the share served under it",
-                ("revision", "in force from", "requests", "split", "served"),
-                tuple(
-                    (
-                        r.revision + (" (rollback)" if r.rollback else ""),
-                        when(r.started),
-                        f"{r.requests:,}",
-                        " ".join(f"{s.upstream}:{s.weight:g}" for s in r.split) or "-",
-                        " ".join(f"{s.upstream}:{s.weight * 100:.1f}%" for s in r.served) or "-",
-                    )
-                    for r in t.revisions
-                ),
-                "llrll",
-            )
-        )
-    reliability = (
-        Table(
-            "error rate: upstream errors only; the app leaving or the sidecar refusing is not one",
-            ("upstream", "role", "responses", "ok", "error rate"),
-            tuple(
-                (
-                    s.upstream,
-                    s.role,
-                    f"{s.responses:,}",
-                    pct(s.succeeded / s.responses),
-                    pct(s.error_rate, 2),
-                )
-                for s in ups
-            ),
-            "llrrr",
-        ),
-        Table(
-            "errors by kind",
-            ("upstream", "role", "kind", "responses", "share"),
-            tuple(
-                (s.upstream, s.role, _name(e.name), f"{e.count:,}", pct(e.share, 2))
-                for s in ups
-                for e in s.errors
-            ),
-            "lllrr",
-        ),
-    )
-    latency = [
-        Table(
-            "successful responses, ms, p50 / p90 / p99 (nearest rank)",
-            ("upstream", "role", "ttfb", "ttft (streams)", "total"),
-            tuple(
-                (s.upstream, s.role, _p3(s.ttfb_ms), _p3(s.ttft_ms), _p3(s.total_ms)) for s in ups
-            ),
-            "llrrr",
-        )
-    ]
-    tokens = [
-        Table(
-            "responses without usage are counted apart, never as zero",
-            ("upstream", "role", "usage", "no usage", "prompt", "completion", "cost", "per 1k"),
-            tuple(
-                (
-                    s.upstream,
-                    s.role,
-                    f"{s.with_usage:,}",
-                    f"{s.no_usage:,}",
-                    f"{s.prompt_tokens:,}",
-                    f"{s.completion_tokens:,}",
-                    money(s.cost),
-                    money(s.cost_per_1k),
-                )
-                for s in ups
-            ),
-            "llrrrrrr",
-        )
-    ]
-    compat: list[Table] = []
-    text: tuple[str, ...] = ()
-    if report.pairs:
-        latency.append(
-            Table(
-                "paired difference, copy minus primary on the same request, ms p50 / p90 / p99",
-                ("copies", "pairs", "ttfb", "ttft", "total"),
-                tuple(
-                    (
-                        _label(p),
-                        f"{p.pairs:,}",
-                        _p3(p.ttfb_diff_ms),
-                        _p3(p.ttft_diff_ms),
-                        _p3(p.total_diff_ms),
-                    )
-                    for p in report.pairs
-                ),
-                "lrrrr",
-            )
-        )
-        tokens.append(
-            Table(
-                "copy / primary over pairs with usage on both sides",
-                ("copies", "pairs", "prompt", "completion", "total", "cost"),
-                tuple(
-                    (
-                        _label(p),
-                        f"{p.usage_pairs:,}",
-                        *(
-                            times(_ratio(o, q))
-                            for o, q in zip(p.other_tokens, p.primary_tokens, strict=True)
-                        ),
-                        times(_ratio(p.other_cost, p.primary_cost)),
-                    )
-                    for p in report.pairs
-                ),
-                "lrrrrr",
-            )
-        )
-        rows = [
-            ("same status class", *(_of(p.status) for p in report.pairs)),
-            ("same status and shape", *(_of(p.status_shape) for p in report.pairs)),
-            ("same tool calls", *(_of(p.tool_calls) for p in report.pairs)),
-            ("same text (exact)", *(_of(p.text) for p in report.pairs)),
-            (
-                "similarity mean / p10",
-                *(
-                    f"{p.similarity.mean:.2f} / {p.similarity.p10:.2f} of {p.similarity.sampled:,}"
-                    if p.similarity.mean is not None and p.similarity.p10 is not None
-                    else "-"
-                    for p in report.pairs
-                ),
-            ),
-        ]
-        compat.append(
-            Table(
-                "copy against primary on the same request",
-                ("", *(_label(p) for p in report.pairs)),
-                tuple(rows),
-                "l" + "r" * len(report.pairs),
-            )
-        )
-        text = (NOISE_HELP,)
-    formed = [s for s in ups if s.streams or s.json_answers]
-    if formed:
-        compat.append(
-            Table(
-                "streams well formed ([DONE] and usage), JSON-mode answers that parse",
-                ("upstream", "role", "streams ok", "JSON ok"),
-                tuple(
-                    (
-                        s.upstream,
-                        s.role,
-                        f"{pct(_rate(s.streams_ok, s.streams))} of {s.streams:,}"
-                        if s.streams
-                        else "-",
-                        f"{pct(_rate(s.json_ok, s.json_answers))} of {s.json_answers:,}"
-                        if s.json_answers
-                        else "-",
-                    )
-                    for s in formed
-                ),
-                "llrr",
-            )
-        )
-    return (
-        Section("Traffic", tuple(traffic)),
-        Section("Reliability", reliability),
-        Section("Latency", tuple(latency)),
-        Section("Tokens and cost", tuple(tokens)),
-        Section("Compatibility", tuple(compat), text),
-    )
-
-
-def _text_table(table: Table) -> list[str]:
-    rows = [table.head, *table.rows]
-    widths = [max(len(r[i]) for r in rows) for i in range(len(table.head))]
-    out = [f"  {table.caption}"]
-    for r in rows:
-        cells = [
-            c.rjust(w) if a == "r" else c.ljust(w)
-            for c, w, a in zip(r, widths, table.align, strict=True)
-        ]
-        out.append(("    " + "  ".join(cells)).rstrip())
-    return out
-
-
-def _wrap(text: str, indent: str) -> list[str]:
-    return textwrap.wrap(text, 100, initial_indent=indent, subsequent_indent=indent) or [indent]
-
-
-def filter_text(f: ReportFilter) -> str:
-    shown = [
-        f"{k}={when(v) if k in ('since', 'until') else v}"
-        for k in ("since", "until", "route", "model", "revision")
-        if (v := getattr(f, k)) is not None
-    ]
-    return ", ".join(shown) if shown else "none"
-
-
-def render_text(report: Report) -> str:
-    """Terminal tables, readable in 100 columns."""
-    t = report.traffic
-    out = [
-        f"Migration report, generated {when(report.generated_at)}",
-        f"Recording: {report.db_path}",
-        f"Filter: {filter_text(report.filter)}",
-    ]
-    if not t.exchanges:
-        return "\n".join([*out, "", *report.notes]) + "\n"
-    out.append(
-        f"Window: {when(t.first_ts)} .. {when(t.last_ts)}: {t.exchanges:,} exchanges, "
-        f"{t.streams:,} of them streams"
-    )
-    out += ["", f"VERDICT: {report.verdict.upper()}"]
-    if not report.verdicts:
-        out.append("  no shadow pairs: nothing was compared")
-    for v in report.verdicts:
-        pairs = next(
-            p.pairs for p in report.pairs if (p.upstream, p.role) == (v.upstream, "shadow")
-        )
-        out.append(f"  {v.upstream}: {v.status.upper()} over {pairs:,} shadow pairs")
-        for c in v.checks:
-            status = f"[{c.status.upper()}]"
-            out.append(f"    {status:7} {c.name:<13} {value_text(c):>11}   ({band_text(c)})")
-            out += _wrap(c.evidence, " " * 12)
-            if c.note:
-                out += _wrap(f"note: {c.note}", " " * 12)
-    out += _wrap(VERDICT_HELP.format(min_pairs=report.min_pairs), "  ")
-    for section in sections(report):
-        out += ["", section.title.upper()]
-        for table in section.tables:
-            out += _text_table(table)
-        for paragraph in section.text:
-            out += _wrap(paragraph, "  ")
-    if report.examples:
-        out += ["", "EXAMPLES TO LOOK AT"]
-        for e in report.examples:
-            sim = f", similarity {e.similarity:.2f}" if e.similarity is not None else ""
-            out.append(
-                f"  {e.reason}: {e.exchange_id} at {when(e.ts)}, {e.route} {_name(e.model)}{sim}"
-            )
-            for label, side in (("primary", e.primary), ("copy", e.other)):
-                status = "no response" if side.status is None else str(side.status)
-                kind = f" {side.error_kind}" if side.error_kind else ""
-                out += _wrap(
-                    f"{label} {side.upstream}: {status}{kind}, {ms(side.total_ms)}", "    "
-                )
-                if side.text is not None:
-                    out += _wrap('"' + " ".join(side.text.split())[:300] + '"', "      ")
-    if report.notes:
-        out += ["", "NOTES"]
-        for note in report.notes:
-            out += _wrap(note, "  ")
-    return "\n".join(out) + "\n"
-
-
 # --- JSON ----------------------------------------------------------------------------------
 
 
-def render_json(report: Report) -> bytes:
-    return orjson.dumps(report, option=orjson.OPT_INDENT_2)
-
-
 def load_json(data: bytes | str) -> Report:
-    """The inverse of `render_json`, e.g. to draw the HTML from a saved report."""
+    """The inverse of `report_text.render_json`, e.g. to draw the HTML from a saved report."""
     return _decode(Report, orjson.loads(data))  # type: ignore[no-any-return]
 
 

@@ -16,11 +16,9 @@ from typing import Any
 import orjson
 from plotly.offline import get_plotlyjs
 
-from proxy.report import (
+from proxy.report_data import Example, Report, Side
+from proxy.report_text import (
     VERDICT_HELP,
-    Example,
-    Report,
-    Side,
     Table,
     band_text,
     filter_text,

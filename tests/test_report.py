@@ -9,7 +9,6 @@ from __future__ import annotations
 import hashlib
 import math
 import random
-import re
 import sqlite3
 import sys
 import time
@@ -21,23 +20,15 @@ from typing import Any
 
 import orjson
 import pytest
-from plotly.offline import get_plotlyjs
 
 from proxy import measure
 from proxy.records import Exchange, Response, Revision
-from proxy.report import (
-    Check,
-    Report,
-    ReportFilter,
-    build_report,
-    load_json,
-    parse_time,
-    render_json,
-    render_text,
-)
-from proxy.report_html import diff_words, write_html
+from proxy.report import Report, ReportFilter, build_report, load_json, parse_time
+from proxy.report_data import Check
+from proxy.report_html import write_html
+from proxy.report_text import render_json, render_text
 from proxy.store import MIGRATIONS, SCHEMA_VERSION, StoreError
-from proxy.thresholds import Price, ReportSettings, Thresholds
+from proxy.thresholds import Price, ReportSettings
 
 T0 = 1_700_000_000.0
 PRICING = {
@@ -173,9 +164,8 @@ def other_text(i: int) -> str:
     return f"The answer might be {i}; that is not final at all."
 
 
-@pytest.fixture
-def basic(tmp_path: Path) -> str:
-    """16 exchanges over three revisions; numbers worked out in the tests below.
+def basic_recording(path: Path) -> str:
+    """16 exchanges over three revisions; numbers worked out in the tests that use it.
 
     a0..a9  chat gpt-4o-mini, revision r1, old serves, new shadows; a9's shadow fails (500),
             a8's shadow has another shape; a5..a8's shadows answer other words; a0..a3 have
@@ -258,7 +248,12 @@ def basic(tmp_path: Path) -> str:
         rev("r2", T0 + 50, {"old": 90, "new": 10}),
         rev("r3", T0 + 80, {"old": 100}, rollback=True),
     ]
-    return write(tmp_path / "basic.db", [*a, *b, c, d], responses, revisions)
+    return write(path, [*a, *b, c, d], responses, revisions)
+
+
+@pytest.fixture
+def basic(tmp_path: Path) -> str:
+    return basic_recording(tmp_path / "basic.db")
 
 
 def check(report: Report, name: str) -> Check:
@@ -448,149 +443,6 @@ def test_examples_show_mismatches_and_the_least_similar_texts(basic: str) -> Non
     assert similar[0].other.text == other_text(int(similar[0].exchange_id[1]))
 
 
-# --- the verdict ---------------------------------------------------------------------------
-
-
-def verdict_db(path: Path, n: int = 100) -> str:
-    """n pairs: 1 shadow error, 10% slower, 50% more completion tokens, 1 of 40 JSON answers bad."""
-    exchanges, responses = [], []
-    for i in range(n):
-        x = ex(f"v{i}", T0 + i, model="m")
-        exchanges.append(x)
-        responses.append(
-            resp(x, total=100, prompt=50, completion=50, json_ok=True if i < 40 else None)
-        )
-        if i == n - 1:
-            responses.append(
-                resp(
-                    x,
-                    "shadow",
-                    "new",
-                    status=500,
-                    error_kind="http_5xx",
-                    shape="e",
-                    prompt=None,
-                    completion=None,
-                )
-            )
-        else:
-            responses.append(
-                resp(
-                    x,
-                    "shadow",
-                    "new",
-                    total=110,
-                    prompt=50,
-                    completion=100,
-                    json_ok=(i != 0) if i < 40 else None,
-                )
-            )
-    return write(path, exchanges, responses)
-
-
-EVEN = ReportSettings(
-    pricing={"old": {"*": Price(input=1, output=1)}, "new": {"*": Price(input=1, output=1)}}
-)
-
-
-def test_verdict_rows_pass_warn_and_fail_against_the_bands(tmp_path: Path) -> None:
-    r = build_report(verdict_db(tmp_path / "v.db"), ReportFilter(), EVEN)
-    statuses = {c.name: (c.status, c.value) for c in r.verdicts[0].checks}
-    assert statuses["errors"] == ("warn", 0.01)  # equal to `warn` warns
-    assert statuses["latency"] == ("pass", 1.1)
-    assert statuses["tokens"] == ("fail", 1.5)  # 150 / 100 tokens
-    assert statuses["cost"] == ("fail", 1.5)  # the same dollars per token on both sides
-    assert statuses["output shape"] == ("warn", 0.01)  # the failed shadow answer
-    assert statuses["JSON output"] == ("warn", 1 / 40)
-    assert statuses["streaming"] == ("n/a", None)
-    assert statuses["tool calls"] == ("n/a", None)
-    assert r.verdicts[0].status == r.verdict == "fail"
-    assert "over 99 pairs with usage on both sides" in check(r, "tokens").evidence
-
-
-def test_fewer_pairs_than_min_pairs_is_at_most_warn_and_says_so(tmp_path: Path) -> None:
-    settings = ReportSettings(pricing=EVEN.pricing, thresholds=Thresholds(min_pairs=500))
-    r = build_report(verdict_db(tmp_path / "v.db"), ReportFilter(), settings)
-    tokens, latency = check(r, "tokens"), check(r, "latency")
-    assert tokens.status == latency.status == "warn"
-    assert tokens.note is not None and "not enough pairs (99 < min_pairs 500)" in tokens.note
-    assert "would fail" in tokens.note
-    assert latency.note is not None and "would pass" in latency.note
-    assert r.verdict == "warn"
-
-
-def stream_tools_db(path: Path) -> str:
-    """40 stream pairs: one shadow stream broken, 4 of the other 39 tool calls disagree."""
-    same = '[{"name":"get_weather","keys":["city"],"valid":true}]'
-    exchanges, responses = [], []
-    for i in range(40):
-        x = ex(f"s{i}", T0 + i, stream=True)
-        exchanges.append(x)
-        responses.append(resp(x, ttft=50, total=100, tool_calls=same))
-        if i == 0:
-            shadow = resp(
-                x, "shadow", "new", error_kind="broken_stream", stream_done=False, tool_calls=same
-            )
-        else:
-            calls = {
-                1: '[{"name":"get_weather","keys":["town"],"valid":true}]',
-                2: '[{"name":"get_time","keys":["city"],"valid":true}]',
-                3: '[{"name":"get_weather","keys":null,"valid":false}]',
-                4: None,
-            }.get(i, same)
-            shadow = resp(x, "shadow", "new", ttft=80, total=100, tool_calls=calls)
-        responses.append(shadow)
-    return write(path, exchanges, responses)
-
-
-def test_streams_tool_calls_and_ttft_are_checked(tmp_path: Path) -> None:
-    r = build_report(stream_tools_db(tmp_path / "s.db"), ReportFilter(), SETTINGS)
-    streaming, tools, latency = check(r, "streaming"), check(r, "tool calls"), check(r, "latency")
-    assert (streaming.status, streaming.value, streaming.n) == ("warn", 1 / 40, 40)
-    assert (tools.status, tools.value, tools.n) == ("fail", 4 / 39, 39)
-    assert (latency.status, latency.value) == ("fail", 80 / 50)  # ttft counts for streams
-    assert [e.exchange_id for e in r.examples if e.reason == "tool_calls"] == [
-        "s1",
-        "s2",
-        "s3",
-        "s4",
-    ]
-
-
-def shape_db(path: Path, noise_pairs: int, noise_mismatches: int) -> str:
-    exchanges, responses = [], []
-    for i in range(100):
-        x = ex(f"n{i}", T0 + i)
-        exchanges.append(x)
-        responses.append(resp(x))
-        responses.append(resp(x, "shadow", "new", shape="other" if i < 10 else "s"))
-        if i < noise_pairs:
-            responses.append(
-                resp(x, "noise", "old", shape="other" if i < noise_mismatches else "s")
-            )
-    return write(path, exchanges, responses)
-
-
-def test_output_shape_subtracts_the_noise_floor(tmp_path: Path) -> None:
-    shape = check(
-        build_report(shape_db(tmp_path / "a.db", 40, 3), ReportFilter(), SETTINGS), "output shape"
-    )
-    assert shape.value == pytest.approx(0.10 - 3 / 40)
-    assert shape.status == "warn"
-    assert shape.note is not None and "noise floor 7.5% subtracted" in shape.note
-
-
-def test_output_shape_without_enough_noise_pairs_is_not_discounted(tmp_path: Path) -> None:
-    few = check(
-        build_report(shape_db(tmp_path / "b.db", 20, 3), ReportFilter(), SETTINGS), "output shape"
-    )
-    assert (few.status, few.value) == ("fail", 0.10)
-    assert few.note is not None and "not subtracted: only 20 noise pairs" in few.note
-    none = build_report(shape_db(tmp_path / "c.db", 0, 0), ReportFilter(), SETTINGS)
-    assert check(none, "output shape").value == 0.10
-    assert any("No noise pairs" in n for n in none.notes)
-
-
 # --- filters and empty recordings ----------------------------------------------------------
 
 
@@ -650,90 +502,6 @@ def test_report_reads_while_the_recorder_holds_a_write_transaction(basic: str) -
     finally:
         writer.rollback()
         writer.close()
-
-
-# --- rendering -----------------------------------------------------------------------------
-
-
-def test_render_text_shows_the_verdict_and_tables_within_100_columns(basic: str) -> None:
-    text = render_text(build_report(basic, ReportFilter(), SETTINGS))
-    for line in (
-        "VERDICT: WARN",
-        "  new: WARN over 10 shadow pairs",
-        "    [WARN]  errors         +10.00 pts   (warn from 1 pts, fail from 5 pts)",
-        "    old            15  93.8%",
-        "    r3 (rollback)  2023-11-14 22:14:40Z         2  old:100        old:100.0%",
-        "    old       primary  30 / 90 / 100     60 / 90 / 90  300 / 900 / 1,000",
-        "    same status and shape       80.0% of 10  100.0% of 4",
-        "    old       primary  client_disconnect          1  6.67%",
-        "  status: a9 at 2023-11-14 22:13:29Z, chat gpt-4o-mini",
-    ):
-        assert line in text, line
-    for section in (
-        "TRAFFIC",
-        "RELIABILITY",
-        "LATENCY",
-        "TOKENS AND COST",
-        "COMPATIBILITY",
-        "EXAMPLES",
-    ):
-        assert f"\n{section}" in text
-    assert max(len(line) for line in text.splitlines() if not line.startswith("Recording:")) <= 100
-
-
-def test_render_json_round_trips(basic: str) -> None:
-    r = build_report(basic, ReportFilter(since=T0), SETTINGS)
-    data = render_json(r)
-    assert orjson.loads(data)["verdict"] == "warn"
-    assert load_json(data) == r
-
-
-def test_write_html_is_self_contained_with_the_figures(basic: str, tmp_path: Path) -> None:
-    out = tmp_path / "report.html"
-    write_html(build_report(basic, ReportFilter(), SETTINGS), str(out))
-    page = out.read_text(encoding="utf-8")
-    assert get_plotlyjs() in page
-    assert not re.search(r"<script[^>]*\ssrc\s*=", page)
-    specs = re.search(r'<script type="application/json" id="figures">(.*?)</script>', page)
-    assert specs is not None
-    figures = orjson.loads(specs.group(1))
-    assert [f["id"] for f in figures] == [
-        "fig-total_sketch",
-        "fig-ttft_sketch",
-        "fig-errors",
-        "fig-tokens",
-    ]
-    names = {t["name"] for t in figures[0]["data"]}
-    assert names == {"old (primary)", "new (shadow)", "new (primary)", "old (noise)"}
-    markers = [a["text"] for a in figures[2]["layout"]["annotations"]]
-    assert markers == ["r2", "r3 rollback"]
-    assert '<div class="chart" id="fig-errors">' in page
-
-
-def test_html_escapes_what_the_recording_holds(tmp_path: Path) -> None:
-    evil = '</script><img src=x onerror="alert(1)">'
-    x = ex("<b>x</b>", T0, route=evil, model=evil)
-    db = write(
-        tmp_path / "evil.db",
-        [x],
-        [
-            resp(x, text="fine " + evil, body=True),
-            resp(x, "shadow", evil, status=500, error_kind="http_5xx", text=evil, body=True),
-        ],
-    )
-    out = tmp_path / "evil.html"
-    write_html(build_report(db, ReportFilter(), SETTINGS), str(out))
-    page = out.read_text(encoding="utf-8")
-    assert evil not in page
-    assert "&lt;/script&gt;&lt;img src=x onerror=&quot;alert(1)&quot;&gt;" in page
-    assert "<b>x</b>" not in page
-
-
-def test_diff_words_marks_changed_words_and_escapes_them() -> None:
-    assert diff_words("a <b> c", "a <i> c") == (
-        "a <del>&lt;b&gt;</del> c",
-        "a <ins>&lt;i&gt;</ins> c",
-    )
 
 
 # --- times ---------------------------------------------------------------------------------

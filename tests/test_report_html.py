@@ -10,12 +10,14 @@ from typing import Any
 
 import orjson
 import pytest
+from plotly.offline import get_plotlyjs
 
 from proxy.report import ReportFilter, build_report
-from proxy.report_html import write_html
+from proxy.report_html import diff_words, write_html
 from proxy.thresholds import ReportSettings
 
 from .conftest import base_config
+from .test_report import SETTINGS, T0, basic_recording, ex, resp, write
 
 MESSAGES: list[Any] = [{"role": "user", "content": "Describe a lighthouse"}]
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
@@ -77,3 +79,52 @@ async def test_html_report_renders_every_chart_in_chromium(
         assert m is not None, f"chart {fig['id']} missing from the rendered page"
         start = dom.index(f'id="{fig["id"]}"')
         assert "main-svg" in dom[start : start + 200_000], f"chart {fig['id']} did not draw"
+
+
+def test_write_html_is_self_contained_with_the_figures(tmp_path: Path) -> None:
+    out = tmp_path / "report.html"
+    db = basic_recording(tmp_path / "basic.db")
+    write_html(build_report(db, ReportFilter(), SETTINGS), str(out))
+    page = out.read_text(encoding="utf-8")
+    assert get_plotlyjs() in page
+    assert not re.search(r"<script[^>]*\ssrc\s*=", page)
+    specs = re.search(r'<script type="application/json" id="figures">(.*?)</script>', page)
+    assert specs is not None
+    figures = orjson.loads(specs.group(1))
+    assert [f["id"] for f in figures] == [
+        "fig-total_sketch",
+        "fig-ttft_sketch",
+        "fig-errors",
+        "fig-tokens",
+    ]
+    names = {t["name"] for t in figures[0]["data"]}
+    assert names == {"old (primary)", "new (shadow)", "new (primary)", "old (noise)"}
+    markers = [a["text"] for a in figures[2]["layout"]["annotations"]]
+    assert markers == ["r2", "r3 rollback"]
+    assert '<div class="chart" id="fig-errors">' in page
+
+
+def test_html_escapes_what_the_recording_holds(tmp_path: Path) -> None:
+    evil = '</script><img src=x onerror="alert(1)">'
+    x = ex("<b>x</b>", T0, route=evil, model=evil)
+    db = write(
+        tmp_path / "evil.db",
+        [x],
+        [
+            resp(x, text="fine " + evil, body=True),
+            resp(x, "shadow", evil, status=500, error_kind="http_5xx", text=evil, body=True),
+        ],
+    )
+    out = tmp_path / "evil.html"
+    write_html(build_report(db, ReportFilter(), SETTINGS), str(out))
+    page = out.read_text(encoding="utf-8")
+    assert evil not in page
+    assert "&lt;/script&gt;&lt;img src=x onerror=&quot;alert(1)&quot;&gt;" in page
+    assert "<b>x</b>" not in page
+
+
+def test_diff_words_marks_changed_words_and_escapes_them() -> None:
+    assert diff_words("a <b> c", "a <i> c") == (
+        "a <del>&lt;b&gt;</del> c",
+        "a <ins>&lt;i&gt;</ins> c",
+    )

@@ -1,0 +1,225 @@
+"""What a report holds: the frozen dataclass tree `build_report` fills and renderers read."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal
+
+Status = Literal["pass", "warn", "fail", "n/a"]
+Unit = Literal["ratio", "share", "difference"]
+Reason = Literal["status", "shape", "tool_calls", "similarity"]
+
+
+@dataclass(frozen=True, slots=True)
+class ReportFilter:
+    since: float | None = None  # unix seconds, inclusive, on the exchange's arrival
+    until: float | None = None  # exclusive
+    route: str | None = None
+    model: str | None = None  # the requested model
+    revision: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Percentiles:
+    """Nearest rank: pN is the smallest value with at least N% of the values at or below it."""
+
+    n: int
+    p50: float | None
+    p90: float | None
+    p99: float | None
+
+
+@dataclass(frozen=True, slots=True)
+class Count:
+    name: str | None  # None: the requests named no model
+    count: int
+    share: float
+
+
+@dataclass(frozen=True, slots=True)
+class Share:
+    upstream: str
+    weight: float
+
+
+@dataclass(frozen=True, slots=True)
+class RevisionSeen:
+    revision: str
+    started: float | None  # when it came into force (None: not in the revisions table)
+    rollback: bool
+    split: tuple[Share, ...]  # the configured default split
+    first_seen: float | None  # first and last exchange under it, in the window
+    last_seen: float | None
+    requests: int
+    served: tuple[Share, ...]  # share of primary answers per upstream under it
+
+
+@dataclass(frozen=True, slots=True)
+class Traffic:
+    exchanges: int
+    streams: int
+    first_ts: float | None
+    last_ts: float | None
+    by_upstream: tuple[Count, ...]  # primary answers: the canary share actually served
+    by_route: tuple[Count, ...]
+    by_model: tuple[Count, ...]
+    revisions: tuple[RevisionSeen, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class UpstreamStats:
+    """Everything about one upstream in one role (routed `primary`, `shadow` or `noise`)."""
+
+    upstream: str
+    role: str
+    responses: int
+    succeeded: int  # no error of any kind
+    upstream_errors: int  # errors other than the app leaving or the sidecar refusing
+    error_rate: float  # upstream_errors / responses
+    errors: tuple[Count, ...]  # by kind, share of responses
+    ttfb_ms: Percentiles  # latencies of successful responses
+    ttft_ms: Percentiles
+    total_ms: Percentiles
+    ttft_sketch: tuple[float, ...]
+    total_sketch: tuple[float, ...]
+    with_usage: int
+    no_usage: int
+    prompt_tokens: int
+    completion_tokens: int
+    total_tokens: int
+    priced: int  # responses with usage and a price
+    cost: float | None  # US dollars over the priced responses
+    cost_per_1k: float | None
+    streams: int  # streams that got a 2xx answer
+    streams_ok: int  # ... and ended with [DONE] and usage
+    json_answers: int  # successful answers in JSON mode
+    json_ok: int
+
+
+@dataclass(frozen=True, slots=True)
+class Agreement:
+    agree: int
+    compared: int
+    rate: float | None
+
+
+@dataclass(frozen=True, slots=True)
+class Similarity:
+    sampled: int
+    mean: float | None
+    p10: float | None
+
+
+@dataclass(frozen=True, slots=True)
+class PairStats:
+    """One upstream's copies (`shadow`, or pooled `noise`) against the primary answers."""
+
+    role: str
+    upstream: str
+    pairs: int  # both sides recorded, neither ended by the app or refused by the sidecar
+    primary_error_rate: float | None
+    other_error_rate: float | None
+    status: Agreement  # same status class (2xx/4xx/5xx/none)
+    status_shape: Agreement  # same status class and same response shape
+    tool_calls: Agreement  # pairs with tool calls: same names and argument keys, args valid
+    text: Agreement  # normalised answer text identical
+    similarity: Similarity
+    ttfb_diff_ms: Percentiles  # other minus primary, per exchange
+    ttft_diff_ms: Percentiles
+    total_diff_ms: Percentiles
+    primary_ttft_ms: Percentiles  # streams answered by both
+    other_ttft_ms: Percentiles
+    primary_total_ms: Percentiles  # non-streams answered by both
+    other_total_ms: Percentiles
+    usage_pairs: int  # both sides reported usage
+    primary_tokens: tuple[int, int, int]  # prompt, completion, total over usage_pairs
+    other_tokens: tuple[int, int, int]
+    priced_pairs: int
+    primary_cost: float | None
+    other_cost: float | None
+
+
+@dataclass(frozen=True, slots=True)
+class Check:
+    name: str
+    status: Status
+    value: float | None  # the figure compared with the band
+    unit: Unit
+    warn: float
+    fail: float
+    n: int  # pairs or answers behind the figure
+    evidence: str
+    note: str | None
+
+
+@dataclass(frozen=True, slots=True)
+class Verdict:
+    upstream: str  # the shadowed upstream being judged
+    status: Status
+    checks: tuple[Check, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class Side:
+    upstream: str
+    status: int | None
+    error_kind: str | None
+    error: str | None
+    finish_reason: str | None
+    total_ms: float | None
+    text: str | None  # truncated; None when no body was recorded
+
+
+@dataclass(frozen=True, slots=True)
+class Example:
+    reason: Reason
+    exchange_id: str
+    ts: float
+    route: str
+    model: str | None
+    stream: bool
+    similarity: float | None
+    primary: Side
+    other: Side
+
+
+@dataclass(frozen=True, slots=True)
+class Series:
+    upstream: str
+    role: str
+    requests: tuple[int, ...]  # per bucket
+    errors: tuple[int, ...]  # upstream errors per bucket
+
+
+@dataclass(frozen=True, slots=True)
+class Timeline:
+    start: float
+    bucket_seconds: float
+    series: tuple[Series, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class Report:
+    db_path: str
+    generated_at: float
+    filter: ReportFilter
+    min_pairs: int
+    traffic: Traffic
+    upstreams: tuple[UpstreamStats, ...]
+    pairs: tuple[PairStats, ...]  # one per shadowed upstream, then the pooled noise floor
+    verdicts: tuple[Verdict, ...]
+    verdict: Status  # the worst check of all
+    examples: tuple[Example, ...]
+    timeline: Timeline
+    notes: tuple[str, ...]
+
+    def stats(self, upstream: str, role: str) -> UpstreamStats | None:
+        return next((s for s in self.upstreams if (s.upstream, s.role) == (upstream, role)), None)
+
+    def noise(self) -> PairStats | None:
+        return next((p for p in self.pairs if p.role == "noise"), None)
+
+
+def ratio(a: float | None, b: float | None) -> float | None:
+    """a / b, or None when either is unknown or b is 0: an unmeasured figure is not a 0."""
+    return a / b if a is not None and b else None

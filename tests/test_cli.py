@@ -1,0 +1,57 @@
+"""The command line as a user meets it: help, check, report into a closed pipe."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+from .test_report import basic_recording
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def run(*args: str, **kw: object) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "proxy", *args],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+        timeout=60,
+        **kw,
+    )  # type: ignore[call-overload]
+
+
+def test_help_lists_the_subcommands() -> None:
+    out = run("--help")
+    assert out.returncode == 0
+    for cmd in ("serve", "check", "report", "fake", "demo"):
+        assert cmd in out.stdout
+
+
+def test_report_into_a_reader_that_left_exits_quietly(tmp_path: Path) -> None:
+    db = basic_recording(tmp_path / "basic.db")
+    read, write = os.pipe()
+    os.close(read)  # like `| head` that has already gone
+    try:
+        proc = subprocess.run(
+            [sys.executable, "-m", "proxy", "report", "--db", db],
+            stdout=write, stderr=subprocess.PIPE, text=True, cwd=ROOT, timeout=60,
+        )  # fmt: skip
+    finally:
+        os.close(write)
+    assert proc.returncode == 0
+    assert proc.stderr == ""
+
+
+def test_report_on_a_missing_db_is_a_clear_error(tmp_path: Path) -> None:
+    out = run("report", "--db", str(tmp_path / "nope.db"))
+    assert out.returncode == 2
+    assert "nope.db" in out.stderr and "Traceback" not in out.stderr
+
+
+def test_report_rejects_a_bad_time(tmp_path: Path) -> None:
+    out = run("report", "--db", str(tmp_path / "x.db"), "--since", "yesterdayish")
+    assert out.returncode == 2
+    assert "yesterdayish" in out.stderr
