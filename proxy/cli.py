@@ -17,6 +17,7 @@ from typing import Any
 from . import __version__
 from . import config as config_mod
 from .errors import ConfigError
+from .store import StoreError
 
 
 def run(coro: Coroutine[Any, Any, int]) -> int:
@@ -31,22 +32,11 @@ def run(coro: Coroutine[Any, Any, int]) -> int:
 
 def _serve(args: argparse.Namespace) -> int:
     from . import app, logs
-    from .store import StoreError
 
-    try:
-        cfg, _ = config_mod.load(args.config)
-    except ConfigError as e:
-        print(f"error: config refused\n{e}", file=sys.stderr)
-        return 2
+    cfg, _ = config_mod.load(args.config)
     logs.configure(cfg.log.level)
     try:
         return run(app.serve(args.config))
-    except ConfigError as e:
-        print(f"error: config refused\n{e}", file=sys.stderr)
-        return 2
-    except StoreError as e:
-        print(f"error: cannot record: {e}", file=sys.stderr)
-        return 2
     except OSError as e:
         print(
             f"error: cannot listen on {cfg.listen.host}:{cfg.listen.port}: {e.strerror}",
@@ -56,11 +46,7 @@ def _serve(args: argparse.Namespace) -> int:
 
 
 def _check(args: argparse.Namespace) -> int:
-    try:
-        cfg, text = config_mod.load(args.config)
-    except ConfigError as e:
-        print(f"error: config refused\n{e}", file=sys.stderr)
-        return 2
+    cfg, text = config_mod.load(args.config)
     split = ", ".join(f"{k}: {v:g}" for k, v in cfg.default_split().items())
     print(
         f"{args.config}: ok (digest {config_mod.digest(text)}; primary {cfg.primary}; "
@@ -71,17 +57,9 @@ def _check(args: argparse.Namespace) -> int:
 
 def _report(args: argparse.Namespace) -> int:
     from . import report, report_html, report_text
-    from .store import StoreError
     from .thresholds import ReportSettings
 
-    settings = ReportSettings()
-    if args.config:
-        try:
-            cfg, _ = config_mod.load(args.config)
-        except ConfigError as e:
-            print(f"error: config refused\n{e}", file=sys.stderr)
-            return 2
-        settings = cfg.report
+    settings = config_mod.load(args.config)[0].report if args.config else ReportSettings()
     try:
         flt = report.ReportFilter(
             since=report.parse_time(args.since) if args.since else None,
@@ -93,11 +71,7 @@ def _report(args: argparse.Namespace) -> int:
     except ValueError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
-    try:
-        rep = report.build_report(args.db, flt, settings)
-    except StoreError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
+    rep = report.build_report(args.db, flt, settings)
     with _reader_may_leave():
         if args.json:
             sys.stdout.buffer.write(report_text.render_json(rep) + b"\n")
@@ -192,5 +166,12 @@ def main(argv: list[str] | None = None) -> int:
 
         return demo.main(argv[1:])
     args = parser().parse_args(argv)
-    code: int = args.func(args)
+    try:
+        code: int = args.func(args)
+    except ConfigError as e:
+        print(f"error: config refused\n{e}", file=sys.stderr)
+        return 2
+    except StoreError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
     return code
