@@ -1,13 +1,14 @@
 """What the sidecar records: one `Exchange` per client request, one `Response` per upstream answer.
 
-These are plain frozen records; `store` writes them, `report` reads their columns back.
+Named tuples, not dataclasses: a frozen dataclass sets each of a Response's 24 fields through
+`object.__setattr__` (~20 us a record on the request path), a tuple is built in C, and it is
+already the row `store` binds. `report` reads the same columns back.
 """
 
 from __future__ import annotations
 
 import builtins
-from dataclasses import dataclass
-from typing import Literal
+from typing import Literal, NamedTuple
 
 Role = Literal["primary", "shadow", "noise"]
 
@@ -24,8 +25,7 @@ ErrorKind = Literal[
 ]
 
 
-@dataclass(frozen=True, slots=True)
-class Exchange:
+class Exchange(NamedTuple):
     """One request as the app sent it."""
 
     id: str  # the x-request-id the sidecar gave it
@@ -41,8 +41,7 @@ class Exchange:
     request_sha256: str | None  # under "full" and "hash"
 
 
-@dataclass(frozen=True, slots=True)
-class Response:
+class Response(NamedTuple):
     """One upstream's answer to an exchange, as the primary or as a shadow copy."""
 
     exchange_id: str
@@ -70,8 +69,7 @@ class Response:
     response_sha256: str | None  # under "full" and "hash"
 
 
-@dataclass(frozen=True, slots=True)
-class Revision:
+class Revision(NamedTuple):
     """A config revision coming into force (start-up or reload)."""
 
     revision: str

@@ -8,11 +8,12 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import operator
+import itertools
 import os
 import sqlite3
 import time
-from dataclasses import dataclass, fields
+from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Final
 
@@ -85,17 +86,42 @@ MIGRATIONS: Final[tuple[tuple[str, ...], ...]] = (
 SCHEMA_VERSION: Final = len(MIGRATIONS)
 
 
-def _insert(verb: str, table: str, record: type[Any]) -> tuple[str, operator.attrgetter[Any]]:
-    # Columns are the record's fields in order (CONVENTIONS: 1:1), read with one C-level
-    # attrgetter per row: several times cheaper than dataclasses.astuple. Bools bind as 0/1.
-    names = [f.name for f in fields(record)]
-    sql = f"{verb} INTO {table} ({', '.join(names)}) VALUES ({', '.join('?' * len(names))})"
-    return sql, operator.attrgetter(*names)
+# Bound parameters per statement: SQLite's limit is 32766 since 3.32, 999 before.
+_MAX_PARAMS: Final = 32766 if sqlite3.sqlite_version_info >= (3, 32) else 999
 
 
-_INSERT_EXCHANGE, _exchange_row = _insert("INSERT OR IGNORE", "exchanges", Exchange)
-_INSERT_RESPONSE, _response_row = _insert("INSERT OR REPLACE", "responses", Response)
-_INSERT_REVISION, _revision_row = _insert("INSERT OR REPLACE", "revisions", Revision)
+class _Insert:
+    """Multi-row INSERTs for one record type: one statement, one step, for up to hundreds of rows.
+
+    executemany steps once per row, and the sqlite3 module releases the GIL around every
+    step: with the event loop busy, each row became a GIL hand-off between the two threads,
+    which cost the loop more than the insert itself (~300 us per request at 1,300 req/s).
+    """
+
+    def __init__(self, verb: str, table: str, record: type[Any]) -> None:
+        # Columns are the record's fields in order (CONVENTIONS: 1:1): a record is its own
+        # row. Bools bind as 0/1.
+        names = list(record._fields)
+        self._head = f"{verb} INTO {table} ({', '.join(names)}) VALUES "
+        self._row = "(" + ", ".join("?" * len(names)) + ")"
+        self.chunk = max(1, min(500, _MAX_PARAMS // len(names)))
+        self._sql: dict[int, str] = {}
+
+    def sql(self, rows: int) -> str:
+        text = self._sql.get(rows)
+        if text is None:
+            text = self._sql[rows] = self._head + ",".join([self._row] * rows)
+        return text
+
+    def statements(self, records: list[Any]) -> Iterator[tuple[str, tuple[Any, ...]]]:
+        for i in range(0, len(records), self.chunk):
+            part = records[i : i + self.chunk]
+            yield self.sql(len(part)), tuple(itertools.chain.from_iterable(part))
+
+
+_EXCHANGES = _Insert("INSERT OR IGNORE", "exchanges", Exchange)
+_RESPONSES = _Insert("INSERT OR REPLACE", "responses", Response)
+_REVISIONS = _Insert("INSERT OR REPLACE", "revisions", Revision)
 
 # A failed batch is tried this many times in all, `retry_interval` apart, then dropped.
 _ATTEMPTS: Final = 3
@@ -423,12 +449,13 @@ class Recorder:
             async with self._lock:
                 try:
                     db = await self._connection()
-                    if exchanges:
-                        await db.executemany(_INSERT_EXCHANGE, map(_exchange_row, exchanges))
-                    if responses:
-                        await db.executemany(_INSERT_RESPONSE, map(_response_row, responses))
-                    if revisions:
-                        await db.executemany(_INSERT_REVISION, map(_revision_row, revisions))
+                    for insert, records in (
+                        (_EXCHANGES, exchanges),
+                        (_RESPONSES, responses),
+                        (_REVISIONS, revisions),
+                    ):
+                        for sql, params in insert.statements(records):
+                            await db.execute(sql, params)
                     await db.commit()
                 except _DB_ERRORS as exc:
                     await self._failed(exc)

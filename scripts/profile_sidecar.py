@@ -129,7 +129,7 @@ def main() -> int:
         bench.Generator(bench.find_wrk(install=False), Path(tmp_name)) as gen,
     ):
         tmp = Path(tmp_name)
-        fake = [bench.PY, str(Path(bench.__file__)), "_fake", "--port", "0", "--chunks", "20"]
+        fake = [bench.PY, "-m", "proxy", "fake", "--port", "0", "--chunks", "20"]
         fake += ["--chunk-delay", str(bench.CHUNK_GAP), "--models", bench.MODEL]
         fleet.spawn("upstream-a", [*fake, "--name", "a", "--api-key", bench.KEY_A])
         fleet.spawn(

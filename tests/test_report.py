@@ -13,7 +13,6 @@ import sqlite3
 import sys
 import time
 from collections.abc import Iterable
-from dataclasses import astuple
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -74,7 +73,7 @@ def write(
             ("responses", responses),
             ("revisions", revisions),
         ):
-            rows = [astuple(r) for r in records]
+            rows = [tuple(r) for r in records]
             if rows:
                 marks = ",".join("?" * len(rows[0]))
                 con.executemany(f"INSERT INTO {table} VALUES ({marks})", rows)

@@ -2,7 +2,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import dataclasses
 import shutil
 import sqlite3
 import time
@@ -34,7 +33,7 @@ def exchange(i: int = 0, *, ts: float | None = None, **changes: Any) -> Exchange
         request_body=b'{"model":"gpt-4o-mini"}',
         request_sha256="ab" * 32,
     )
-    return dataclasses.replace(e, **changes)
+    return e._replace(**changes)
 
 
 def response(i: int = 0, *, ts: float | None = None, **changes: Any) -> Response:
@@ -63,12 +62,12 @@ def response(i: int = 0, *, ts: float | None = None, **changes: Any) -> Response
         response_body=b'{"text":"hi"}',
         response_sha256="ef" * 32,
     )
-    return dataclasses.replace(r, **changes)
+    return r._replace(**changes)
 
 
 def all_none(record: Any, keep: tuple[str, ...]) -> Any:
-    nulls = {f.name: None for f in dataclasses.fields(record) if f.name not in keep}
-    return dataclasses.replace(record, **nulls)
+    nulls = {name: None for name in record._fields if name not in keep}
+    return record._replace(**nulls)
 
 
 async def wait_until(condition: Callable[[], bool], within: float = 3.0) -> None:
@@ -341,7 +340,7 @@ async def test_schema_columns_are_the_record_fields(
         ("revisions", Revision),
     ):
         columns = [row[1] for row in rows(db, f"PRAGMA table_info({table})")]
-        assert columns == [f.name for f in dataclasses.fields(record)]
+        assert columns == list(record._fields)
 
 
 async def test_newer_schema_version_is_refused_at_start(
