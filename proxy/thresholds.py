@@ -28,7 +28,8 @@ class Band(_Strict):
 
 
 class Thresholds(_Strict):
-    # shadow error rate minus primary error rate
+    # shadow minus primary upstream-error rate over shadow pairs (client disconnects and
+    # the sidecar's own refusals are not upstream errors and are left out)
     errors: Band = Band(warn=0.01, fail=0.05)
     # shadow / primary, on p50 and p90 of time to first token (streams) or total (others)
     latency_ratio: Band = Band(warn=1.25, fail=1.6)
@@ -36,7 +37,8 @@ class Thresholds(_Strict):
     token_ratio: Band = Band(warn=1.15, fail=1.4)
     # shadow / primary projected cost
     cost_ratio: Band = Band(warn=1.10, fail=1.5)
-    # 1 - share of pairs with the same status class and response shape
+    # 1 - share of pairs with the same status class and response shape, minus the same
+    # figure for noise pairs (primary vs primary) once there are min_pairs of those
     shape_mismatch: Band = Band(warn=0.01, fail=0.05)
     # 1 - share of shadow streams well formed ([DONE] seen, usage present)
     stream_broken: Band = Band(warn=0.01, fail=0.05)
@@ -44,7 +46,7 @@ class Thresholds(_Strict):
     tool_call_mismatch: Band = Band(warn=0.02, fail=0.10)
     # 1 - share of JSON-mode answers that parse
     json_invalid: Band = Band(warn=0.01, fail=0.05)
-    # fewer shadow pairs than this: every comparison verdict is at most "warn"
+    # a check resting on fewer pairs (or answers) than this is "warn", whatever its figure
     min_pairs: int = Field(default=30, ge=0)
 
 
