@@ -6,6 +6,7 @@ import asyncio
 import gc
 import signal
 import time
+from http import HTTPStatus
 from typing import Any
 
 import orjson
@@ -23,6 +24,40 @@ from .stats import Stats
 from .store import Recorder
 
 log = structlog.get_logger("proxy.app")
+
+
+class _Protocol(web.RequestHandler):
+    """aiohttp answers HTTP it cannot parse itself, in text/plain; the SDKs expect the OpenAI shape."""
+
+    def handle_error(
+        self,
+        request: web.BaseRequest,
+        status: int = 500,
+        exc: BaseException | None = None,
+        message: str | None = None,
+    ) -> web.StreamResponse:
+        # Not super(): it logs the parser's message, which can quote a header's value (a key).
+        if request.writer.output_size > 0:
+            raise ConnectionError("a response had begun; the connection is closed instead")
+        log.warning("unparseable request", status=status, kind=type(exc).__name__ if exc else None)
+        if status >= 500:
+            body = error_body(
+                "the sidecar failed on this request; see its log", "proxy_error", "proxy_error"
+            )
+        else:
+            # The parser's own message can quote header values, keys among them: name the kind only.
+            kind = type(exc).__name__ if exc is not None else HTTPStatus(status).phrase
+            body = error_body(
+                f"malformed HTTP request ({kind})", "invalid_request_error", "bad_request"
+            )
+        resp = web.Response(status=status, body=body, content_type="application/json")
+        resp.force_close()
+        return resp
+
+
+class _Server(web.Server):
+    def __call__(self) -> web.RequestHandler:
+        return _Protocol(self, loop=self._loop, **self._kwargs)
 
 
 def _json(data: Any, status: int = 200) -> web.Response:
@@ -66,7 +101,7 @@ class Sidecar:
             await self.recorder.start()
             self.recorder.revision(self.live.current.revision_record())
         cfg = self.live.current.config
-        server = web.Server(self.dispatch, handler_cancellation=True, access_log=None)
+        server = _Server(self.dispatch, handler_cancellation=True, access_log=None)
         self._runner = web.ServerRunner(server, shutdown_timeout=cfg.limits.shutdown_grace)
         await self._runner.setup()
         # aiohttp's default backlog of 128 drops connects when an app opens streams in a burst.

@@ -134,3 +134,39 @@ async def test_one_json_log_line_per_request_and_no_key(old, new, tmp_path) -> N
         assert line["status"] == 200 and line["upstream"] == "old"
     for key in (CLIENT_KEY, OLD_KEY, NEW_KEY):
         assert key.encode() not in err
+
+
+async def raw_exchange(port: int, data: bytes) -> bytes:
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    try:
+        writer.write(data)
+        await writer.drain()
+        return await asyncio.wait_for(reader.read(65536), timeout=10)
+    finally:
+        writer.close()
+        await writer.wait_closed()
+
+
+async def test_malformed_http_gets_an_openai_shaped_400(old, new, make_sidecar, capfd) -> None:
+    import orjson
+
+    sc = await make_sidecar(base_config(old, new))
+    quirks = [
+        b"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\nZZ\r\n",
+        b"GET /v1/models HTTP/1.1\r\nHost: x\r\nBad Header Line sk-secret\r\n\r\n",
+        b"GET /v1/models HTTP/1.1\r\nHost: x\r\nContent-Length: nope\r\n\r\n",
+    ]
+    for data in quirks:
+        raw = await raw_exchange(sc.port, data)
+        head, _, body = raw.partition(b"\r\n\r\n")
+        assert head.split()[1] == b"400", raw[:200]
+        assert b"application/json" in head
+        error = orjson.loads(body)["error"]
+        assert error["code"] == "bad_request" and "sk-secret" not in error["message"]
+    captured = capfd.readouterr()
+    assert "sk-secret" not in captured.out + captured.err
+    # The sidecar still serves well-formed requests afterwards.
+    raw = await raw_exchange(
+        sc.port, b"GET /v1/models HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
+    )
+    assert raw.startswith(b"HTTP/1.1 200")
