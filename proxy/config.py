@@ -96,8 +96,8 @@ class ShadowConfig(_Strict):
     streams: bool = True  # shadow streaming requests too (as streams)
     max_in_flight: int = Field(default=32, ge=1)
     during_rollback: bool = False
-    # Share of requests copied to the serving upstream a second time, to measure how much
-    # answers vary on their own (the noise floor the report subtracts).
+    # Share of the requests the primary served that it is sent a second time, to measure how
+    # much its answers vary on their own (the noise floor the report subtracts).
     noise_sample: float = Field(default=0.0, ge=0, le=1)
 
 

@@ -63,7 +63,9 @@ class Shadower:
                 self.stats.shadow_skipped_same += 1
             else:
                 targets.append(("shadow", cfg.upstream))
-        if cfg.noise_sample and random.random() < cfg.noise_sample:
+        # The noise floor is the primary disagreeing with itself: a canary's second answer
+        # would measure the canary instead, so only requests the primary served get one.
+        if cfg.noise_sample and serving == rt.config.primary and random.random() < cfg.noise_sample:
             targets.append(("noise", serving))
         started = False
         for role, name in targets:

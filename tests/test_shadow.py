@@ -343,3 +343,15 @@ async def test_unpaired_answers_skip_the_comparison_fields(
     row = rows(db, "SELECT shape, text_sha256, total_tokens, finish_reason FROM responses")[0]
     assert row["shape"] is None and row["text_sha256"] is None  # nothing to compare with
     assert row["total_tokens"] and row["finish_reason"] == "stop"
+
+
+async def test_noise_copies_only_for_requests_the_primary_served(
+    old, new, make_sidecar, sdk
+) -> None:
+    cfg = base_config(
+        old, new, split={"new": 1}, shadow=shadowing(upstream="old", noise_sample=1.0)
+    )
+    sc = await make_sidecar(cfg)
+    await sdk(sc).chat.completions.create(model="gpt-4o-mini", messages=MESSAGES)
+    await asyncio.sleep(0.1)
+    assert len(new.received) == 1  # served by the canary: no second answer from it
