@@ -164,6 +164,31 @@ async def test_records_read_back_equal_with_nulls_kept(
     assert got_r[1].prompt_tokens is None and got_r[1].response_body is None
 
 
+async def test_bodies_keep_their_bytes_and_types_utf8_or_not(
+    db: Path, recorders: Callable[..., Recorder]
+) -> None:
+    rec = await started(recorders, db)
+    texts = [response(1, response_body='{"text": "h\u00e9 \u2603"}'.encode(), total_ms=1.25)]
+    binary = [response(2, response_body=b"\xff\x00\xfe", ttfb_ms=3.0)]
+    rec.exchange(exchange(1, request_body=b"\x00\x01\xff"))
+    await wait_until(lambda: rec.stats().written == 1)
+    for r in texts:
+        rec.response(r)
+    await wait_until(lambda: rec.stats().written == 2)
+    for r in binary:
+        rec.response(r)
+    await wait_until(lambda: rec.stats().written == 3)
+    with contextlib.closing(open_readonly(str(db))) as conn:
+        got = [Response(*row) for row in conn.execute("SELECT * FROM responses ORDER BY 1")]
+        kinds = conn.execute(
+            "SELECT typeof(response_body), typeof(total_ms), typeof(bytes) FROM responses"
+        ).fetchall()
+        body = conn.execute("SELECT request_body FROM exchanges").fetchone()[0]
+    assert got == texts + binary
+    assert set(kinds) <= {("blob", "real", "integer"), ("blob", "null", "integer")}
+    assert body == b"\x00\x01\xff"
+
+
 async def test_response_written_before_its_exchange(
     db: Path, recorders: Callable[..., Recorder]
 ) -> None:
