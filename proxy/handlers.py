@@ -95,6 +95,17 @@ class Proxy:
             if isinstance(e, BodyTooLarge):
                 resp.force_close()  # the rest of the body is not worth reading
             self._log(rt.log_requests, rid, route_name, "-", model, e.status, t0)
+            if self.recorder is not None and rt.record.enabled:
+                # Refused requests are traffic too: the report counts them as "proxy" errors.
+                meter = Meter("primary", "-", None, False)
+                meter.status = e.status
+                meter.fail("proxy", e.message)
+                meter.done()
+                self.recorder.exchange(
+                    Exchange(rid, ts, route_name, request.method, path, None, False, rt.revision,
+                             None, None, None)
+                )  # fmt: skip
+                self.recorder.response(meter.record(rid, "none", paired=False))
             return resp
 
         raw_path = request.rel_url.raw_path
@@ -162,13 +173,11 @@ class Proxy:
 
         meter = Meter("primary", name, sent_model, json_mode)
         recording = self.recorder is not None and rt.record.enabled
-        response: web.StreamResponse | None = None
         up.enter()
         try:
-            response = await self._forward(
+            return await self._forward(
                 request, up, meter, rid, send_tail, query, headers, send_body, strip, recording
             )
-            return response
         except asyncio.CancelledError:
             meter.fail("client_disconnect", "the app closed the connection")
             raise

@@ -355,3 +355,18 @@ async def test_noise_copies_only_for_requests_the_primary_served(
     await sdk(sc).chat.completions.create(model="gpt-4o-mini", messages=MESSAGES)
     await asyncio.sleep(0.1)
     assert len(new.received) == 1  # served by the canary: no second answer from it
+
+
+async def test_refused_requests_are_recorded_as_proxy_errors(
+    old, new, make_sidecar, sdk, tmp_path
+) -> None:
+    cfg = base_config(old, new, record=recording(tmp_path), limits={"max_body_bytes": 100})
+    sc = await make_sidecar(cfg)
+    with pytest.raises(openai.APIStatusError):
+        await sdk(sc).chat.completions.create(
+            model="gpt-4o-mini", messages=[{"role": "user", "content": "x" * 200}]
+        )
+    db = str(tmp_path / "rec.db")
+    await settled(sc, db, 1, 1)
+    row = rows(db, "SELECT status, error_kind, upstream FROM responses")[0]
+    assert tuple(row) == (413, "proxy", "-")
