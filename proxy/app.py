@@ -239,8 +239,13 @@ class Sidecar:
             if digest == self.digest and source == "file":
                 return True  # touched, not changed
             old = self.live.current.config
-            for key in ("listen", "record"):
-                if getattr(cfg, key) != getattr(old, key):
+            restart_only = {
+                "listen": (cfg.listen, old.listen),
+                "record": (cfg.record, old.record),
+                "log.level": (cfg.log.level, old.log.level),
+            }
+            for key, (wanted, running) in restart_only.items():
+                if wanted != running:
                     log.warning(
                         "this key changes only on restart; the running value is kept", key=key
                     )
