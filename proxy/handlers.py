@@ -31,7 +31,13 @@ from .records import Exchange
 from .rewrite import USAGE_OPT_IN_PATHS, for_upstream, path_model
 from .router import sticky_point
 from .sse import Kind, SSEDecoder
-from .upstream import REQUEST_DROP, RESPONSE_DROP, UpstreamClient, forward_headers
+from .upstream import (
+    REQUEST_DROP,
+    RESPONSE_DROP,
+    UpstreamClient,
+    forward_headers,
+    push_deadline,
+)
 
 if TYPE_CHECKING:
     from .runtime import Live
@@ -312,8 +318,9 @@ class Proxy:
         decoder = SSEDecoder() if tally is not None else None
         try:
             async with asyncio.timeout(None) as idle:
+                armed = -up.idle
                 while True:
-                    idle.reschedule(loop.time() + up.idle)
+                    armed = push_deadline(idle, armed, loop.time(), up.idle)
                     chunk = await content.readany()
                     if not chunk:
                         break

@@ -16,6 +16,7 @@ from .meter import Meter
 from .records import Role
 from .rewrite import for_upstream
 from .sse import SSEDecoder
+from .upstream import push_deadline
 
 if TYPE_CHECKING:
     from .runtime import Runtime
@@ -157,8 +158,9 @@ class Shadower:
                         return
                     decoder = SSEDecoder()
                     content = upr.content
+                    armed = -up.idle
                     while True:
-                        deadline.reschedule(loop.time() + up.idle)
+                        armed = push_deadline(deadline, armed, loop.time(), up.idle)
                         chunk = await content.readany()
                         if not chunk:
                             break
