@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import gc
+import os
 import signal
 import time
 from http import HTTPStatus
@@ -294,8 +295,15 @@ async def serve(path: str) -> int:
     log.info(
         "shutting down", in_flight=sum(u.in_flight for u in sidecar.live.current.upstreams.values())
     )
-    for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
-        loop.remove_signal_handler(sig)
+    loop.remove_signal_handler(signal.SIGHUP)
+
+    def force() -> None:
+        # Asked twice: stop now. SQLite's WAL keeps the file consistent; queued records are lost.
+        log.warning("second signal: exiting without waiting for in-flight requests")
+        os._exit(130)
+
+    loop.add_signal_handler(signal.SIGTERM, force)
+    loop.add_signal_handler(signal.SIGINT, force)
     await asyncio.gather(*reloads, return_exceptions=True)
     await sidecar.stop()
     log.info("shutdown complete", seconds=round(time.perf_counter() - t, 3))

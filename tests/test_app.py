@@ -170,3 +170,26 @@ async def test_malformed_http_gets_an_openai_shaped_400(old, new, make_sidecar, 
         sc.port, b"GET /v1/models HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
     )
     assert raw.startswith(b"HTTP/1.1 200")
+
+
+async def test_second_signal_exits_at_once(old, new, tmp_path) -> None:
+    old.behaviour = Behaviour(fail="hang")
+    cfg = base_config(old, new, listen={"host": "127.0.0.1", "port": 0})
+    proc, url = await start_process(cfg, tmp_path)
+    try:
+        async with aiohttp.ClientSession() as s:
+            body = {"model": "gpt-4o-mini", "messages": MESSAGES}
+            pending = asyncio.create_task(s.post(f"{url}/chat/completions", json=body))
+            while old.active < 1:
+                await asyncio.sleep(0.01)
+            proc.send_signal(signal.SIGTERM)  # would wait 30 s for the hanging request
+            await asyncio.sleep(0.3)
+            assert proc.returncode is None
+            proc.send_signal(signal.SIGTERM)
+            assert await asyncio.wait_for(proc.wait(), timeout=10) == 130
+            pending.cancel()
+            await asyncio.gather(pending, return_exceptions=True)
+    finally:
+        if proc.returncode is None:
+            proc.kill()
+            await proc.wait()
