@@ -24,7 +24,6 @@ class Meter:
         "model_sent",
         "role",
         "status",
-        "stream",
         "tally",
         "total_ms",
         "ts",
@@ -47,7 +46,6 @@ class Meter:
         self.ttft_ms: float | None = None
         self.total_ms: float | None = None
         self.bytes = 0
-        self.stream = False
         self.tally: StreamTally | None = None
         self.body: bytes | None = None
 
@@ -59,7 +57,6 @@ class Meter:
         self.ttfb_ms = self.elapsed_ms()
         self.status = status
         self.error_kind = measure.error_kind_for_status(status)
-        self.stream = stream
         if stream and tally:
             self.tally = StreamTally()
 

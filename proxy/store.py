@@ -206,7 +206,6 @@ class Recorder:
         if retention_interval <= 0 or retry_interval < 0 or busy_timeout < 0 or linger < 0:
             raise ValueError("intervals and timeouts must not be negative")
         self._path = path
-        self._batch_size = batch_size
         self._max_age_days = max_age_days
         self._max_rows = max_rows
         self._retention_interval = retention_interval

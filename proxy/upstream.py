@@ -115,9 +115,6 @@ class UpstreamClient:
         # encoded=True keeps the app's own percent-encoding byte for byte.
         return URL(f"{self.base}{tail}?{query}" if query else f"{self.base}{tail}", encoded=True)
 
-    def map_model(self, model: str) -> str:
-        return self.models.get(model, model)
-
     async def send(
         self, method: str, tail: str, query: str, headers: CIMultiDict[str], body: bytes
     ) -> aiohttp.ClientResponse:
