@@ -26,6 +26,22 @@ def worst(statuses: Iterable[Status]) -> Status:
     return max(statuses, key=_ORDER.__getitem__, default="n/a")
 
 
+def _failing_share(
+    name: str, total: int, ok: int, band: Band, ok_says: str, none_says: str, min_n: int, what: str
+) -> Check:
+    """A check on the share of `total` items that were not `ok`."""
+    return _grade(
+        name,
+        (total - ok) / total if total else None,
+        total,
+        band,
+        "share",
+        f"{ok:,} of {total:,} {ok_says}" if total else none_says,
+        min_n,
+        what=what,
+    )
+
+
 def _grade(
     name: str,
     value: float | None,
@@ -163,20 +179,16 @@ def judge(
         _grade("output shape", mismatch, n, t.shape_mismatch, "share", evidence, m, note=note)
     )
 
-    streams = shadow.streams if shadow else 0
-    ok = shadow.streams_ok if shadow else 0
     checks.append(
-        _grade(
+        _failing_share(
             "streaming",
-            (streams - ok) / streams if streams else None,
-            streams,
+            shadow.streams if shadow else 0,
+            shadow.streams_ok if shadow else 0,
             t.stream_broken,
-            "share",
-            f"{ok:,} of {streams:,} shadow streams ended with [DONE] and usage"
-            if streams
-            else "no shadow streams",
+            "shadow streams ended with [DONE] and usage",
+            "no shadow streams",
             m,
-            what="streams",
+            "streams",
         )
     )
 
@@ -196,20 +208,16 @@ def judge(
         )
     )
 
-    answers = shadow.json_answers if shadow else 0
-    parsed = shadow.json_ok if shadow else 0
     checks.append(
-        _grade(
+        _failing_share(
             "JSON output",
-            (answers - parsed) / answers if answers else None,
-            answers,
+            shadow.json_answers if shadow else 0,
+            shadow.json_ok if shadow else 0,
             t.json_invalid,
-            "share",
-            f"{parsed:,} of {answers:,} shadow JSON-mode answers parse"
-            if answers
-            else "no JSON-mode answers from the shadow",
+            "shadow JSON-mode answers parse",
+            "no JSON-mode answers from the shadow",
             m,
-            what="answers",
+            "answers",
         )
     )
     return Verdict(pair.upstream, worst(c.status for c in checks), tuple(checks))
