@@ -150,7 +150,10 @@ class Proxy:
         up = rt.upstreams[name]
 
         headers = forward_headers(request.headers, REQUEST_DROP)
-        want_usage = stream and tail in USAGE_OPT_IN_PATHS
+        recording = self.recorder is not None and rt.record.enabled
+        # Usage is asked for only to be recorded: with recording off the request goes as sent,
+        # and the stream is relayed without being parsed at all.
+        want_usage = recording and stream and tail in USAGE_OPT_IN_PATHS
         json_mode = obj is not None and measure.wants_json(obj)
         shadow = route.shadow
         paired = False
@@ -178,7 +181,6 @@ class Proxy:
         )
 
         meter = Meter("primary", name, sent_model, json_mode)
-        recording = self.recorder is not None and rt.record.enabled
         up.enter()
         try:
             return await self._forward(

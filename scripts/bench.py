@@ -88,6 +88,7 @@ class Setup:
     shadow: bool = False
     split: bool = False
     log: bool = False
+    bare: bool = False  # scripts/bare_proxy.py instead of the sidecar
 
     @property
     def baseline(self) -> tuple[str, ...]:
@@ -110,10 +111,15 @@ SETUPS: Final = (
         shadow=True,
     ),
     Setup("split", "50/50 split across two fake upstreams, recording off", split=True),
+    Setup(
+        "bare",
+        "a bare aiohttp passthrough proxy (scripts/bare_proxy.py): the floor, for reference",
+        bare=True,
+    ),
 )
 BY_NAME: Final = {s.name: s for s in SETUPS}
-STREAM_SETUPS: Final = ("direct", "sidecar", "record")
-RATE_SETUPS: Final = ("direct", "sidecar", "record", "record+shadow")
+STREAM_SETUPS: Final = ("direct", "bare", "sidecar", "record")
+RATE_SETUPS: Final = ("direct", "bare", "sidecar", "record", "record+shadow")
 OPEN_STREAMS: Final = "open-streams"  # the sidecar for the many-open-streams check
 
 
@@ -785,7 +791,7 @@ class Bench:
         b_url = self.fleet.procs["upstream-b"].url
         sidecars: dict[str, dict[str, Any]] = {}
         for s in SETUPS:
-            if s.sidecar:
+            if s.sidecar and not s.bare:
                 sidecars[s.name] = sidecar_config(s, a_url, b_url, self.tmp / f"{_slug(s.name)}.db")
         # Recording on, as shipped; a pool wide enough that every stream has its own
         # upstream connection (the default of 256 would queue the rest inside the sidecar).
@@ -802,7 +808,10 @@ class Bench:
             path.write_bytes(orjson.dumps(cfg, option=orjson.OPT_INDENT_2))  # JSON is YAML
             argv = [PY, "-m", "proxy", "serve", "--config", str(path)]
             self.fleet.spawn(name, argv, quiet=name == "sidecar+log")
-        self.fleet.wait_ready(list(sidecars), re.compile(r"listening on (http://\S+)"), 60)
+        bare = [s.name for s in SETUPS if s.bare]
+        for name in bare:
+            self.fleet.spawn(name, [PY, str(ROOT / "scripts" / "bare_proxy.py"), a_url, KEY_A])
+        self.fleet.wait_ready([*sidecars, *bare], re.compile(r"listening on (http://\S+)"), 60)
 
     def url(self, setup: str) -> str:
         name = "upstream-a" if setup == "direct" else setup

@@ -108,9 +108,7 @@ def thread_cpu(pid: int) -> dict[int, tuple[float, int]]:
 
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument(
-        "--config", choices=[s.name for s in bench.SETUPS if s.sidecar], default="record"
-    )
+    p.add_argument("--config", choices=[s.name for s in bench.SETUPS if s.sidecar], default="record")
     p.add_argument("--load", choices=("requests", "streams"), default="requests")
     p.add_argument("--concurrency", type=int, default=16)
     p.add_argument("--seconds", type=int, default=10)
@@ -141,9 +139,12 @@ def main() -> int:
             setup, fleet.procs["upstream-a"].url, fleet.procs["upstream-b"].url, tmp / "rec.db"
         )
         (tmp / "config.yaml").write_bytes(orjson.dumps(cfg))
-        fleet.spawn(
-            "sidecar", [bench.PY, "-m", "proxy", "serve", "--config", str(tmp / "config.yaml")]
-        )
+        if setup.bare:  # the reference floor, profiled the same way
+            argv = [bench.PY, str(bench.ROOT / "scripts" / "bare_proxy.py")]
+            argv += [fleet.procs["upstream-a"].url, bench.KEY_A]
+        else:
+            argv = [bench.PY, "-m", "proxy", "serve", "--config", str(tmp / "config.yaml")]
+        fleet.spawn("sidecar", argv)
         fleet.wait_ready(["sidecar"], re.compile(r"listening on (http://\S+)"), 60)
         url, a_url = fleet.procs["sidecar"].url, fleet.procs["upstream-a"].url
         _, _, body = bench.http_call(

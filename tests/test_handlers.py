@@ -58,17 +58,28 @@ async def test_streamed_content_arrives_complete_and_in_order(old, new, make_sid
 
 
 async def test_stream_without_usage_request_gets_no_usage_chunk(
-    old, new, make_sidecar, sdk
+    old, new, make_sidecar, sdk, tmp_path
 ) -> None:
-    sc = await make_sidecar(base_config(old, new))
+    cfg = base_config(old, new, record={"enabled": True, "path": str(tmp_path / "r.db")})
+    sc = await make_sidecar(cfg)
     stream = await sdk(sc).chat.completions.create(
         model="gpt-4o-mini", messages=MESSAGES, stream=True
     )
     chunks = [c async for c in stream]
     assert all(c.choices for c in chunks)
     assert all(c.usage is None for c in chunks)
-    # ...although the sidecar asked the upstream for it, to count tokens.
+    # ...although the sidecar asked the upstream for it, to record the tokens.
     assert old.received[-1].json["stream_options"] == {"include_usage": True}
+
+
+async def test_stream_goes_as_sent_when_nothing_is_recorded(old, new, make_sidecar, sdk) -> None:
+    sc = await make_sidecar(base_config(old, new))  # recording off
+    stream = await sdk(sc).chat.completions.create(
+        model="gpt-4o-mini", messages=MESSAGES, stream=True
+    )
+    chunks = [c async for c in stream]
+    assert chunks and all(c.choices and c.usage is None for c in chunks)
+    assert "stream_options" not in old.received[-1].json
 
 
 async def test_stream_with_usage_request_keeps_usage_chunk(old, new, make_sidecar, sdk) -> None:
