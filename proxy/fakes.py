@@ -12,7 +12,7 @@ import signal
 import sys
 import time
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any, Final, Literal, get_args
 
 import orjson
@@ -28,6 +28,10 @@ except ImportError:  # an optional speed-up; absent on Windows
     _LOOP_FACTORY: Callable[[], asyncio.AbstractEventLoop] | None = None
 else:
     _LOOP_FACTORY = uvloop.new_event_loop
+
+# A request header that overrides `chunk_delay` for that request only (seconds, e.g. "0"):
+# one fake can serve paced and back-to-back streams.
+CHUNK_DELAY_HEADER: Final = "x-fake-chunk-delay"
 
 Fault = Literal["500", "429", "hang", "reset", "die_mid_stream", "broken_stream"]
 FAULTS: Final[tuple[str, ...]] = get_args(Fault)
@@ -193,7 +197,16 @@ class FakeProvider:
             headers = CIMultiDictProxy(CIMultiDict(request.headers))
             query = request.rel_url.raw_query_string
             self.received.append(Received(request.method, request.path, query, headers, body, data))
-            return await self._serve(request, self.behaviour, data, parsed)
+            b = self.behaviour
+            pace = headers.get(CHUNK_DELAY_HEADER)
+            if pace is not None:
+                try:
+                    b = replace(b, chunk_delay=float(pace))
+                except ValueError:
+                    message = f"{CHUNK_DELAY_HEADER} must be a number of seconds >= 0"
+                    body = error_body(message, "invalid_request_error", None)
+                    return await self._send(request, b, body, status=400)
+            return await self._serve(request, b, data, parsed)
         except (asyncio.CancelledError, ConnectionResetError) as exc:
             self._client_left()
             if isinstance(exc, asyncio.CancelledError):

@@ -108,8 +108,10 @@ def thread_cpu(pid: int) -> dict[int, tuple[float, int]]:
 
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--config", choices=[s.name for s in bench.SETUPS if s.sidecar], default="record")
-    p.add_argument("--load", choices=("requests", "streams"), default="requests")
+    p.add_argument(
+        "--config", choices=[s.name for s in bench.SETUPS if s.sidecar], default="record"
+    )
+    p.add_argument("--load", choices=("requests", "streams", "bursts"), default="requests")
     p.add_argument("--concurrency", type=int, default=16)
     p.add_argument("--seconds", type=int, default=10)
     p.add_argument("--top", type=int, default=30)
@@ -171,6 +173,7 @@ def main() -> int:
                 "chunks": bench.CHUNKS,
                 "seconds": args.seconds + 1,
                 "concurrency": args.concurrency,
+                "headers": bench.BURST_HEADERS if args.load == "bursts" else {},
             }
             load = gen.python(spec, url, bench.KEY_CLIENT, expect)
         recorder.join()

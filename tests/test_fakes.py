@@ -20,7 +20,7 @@ import pytest
 from pydantic import BaseModel
 from yarl import URL
 
-from proxy.fakes import Behaviour, FakeProvider
+from proxy.fakes import CHUNK_DELAY_HEADER, Behaviour, FakeProvider
 
 KEY = "sk-fake-test-key-0123456789"
 CHAT = "gpt-4o-mini"
@@ -271,6 +271,22 @@ async def test_chunk_delay_spaces_the_chunks_out(start: Start, connect: Connect)
     async for _ in stream:
         pass
     assert time.monotonic() - began >= 4 * 0.02  # 6 events with [DONE]: 5 gaps, some slack
+
+
+async def test_chunk_delay_header_paces_one_request(start: Start, connect: Connect) -> None:
+    fake = await start(behaviour=Behaviour(chunks=3, chunk_delay=5.0))
+    client = connect(fake)
+    began = time.monotonic()
+    stream = await client.chat.completions.create(
+        model=CHAT, messages=MESSAGES, stream=True, extra_headers={CHUNK_DELAY_HEADER: "0"}
+    )
+    assert len([c async for c in stream]) == 5  # role, 3 content chunks, finish
+    assert time.monotonic() - began < 4.0  # not one 5 s gap was waited
+    for bad in ("-1", "soon"):
+        with pytest.raises(openai.BadRequestError, match=CHUNK_DELAY_HEADER):
+            await client.chat.completions.create(
+                model=CHAT, messages=MESSAGES, extra_headers={CHUNK_DELAY_HEADER: bad}
+            )
 
 
 # --- responses, legacy completions, embeddings, models, images ---
