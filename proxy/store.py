@@ -12,10 +12,10 @@ import itertools
 import os
 import sqlite3
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Final
+from typing import Any, Final, cast
 
 import aiosqlite
 import structlog
@@ -31,7 +31,7 @@ log = structlog.get_logger(__name__)
 # lookup at the first step and bind exactly what the fallback would have: NULL, the blob, 0/1.
 # C callables, so no Python frame per parameter. Module-wide, so the report's reads (which
 # bind nothing of these types) are unaffected.
-sqlite3.register_adapter(type(None), {}.get)  # {}.get(None) -> None
+sqlite3.register_adapter(type(None), cast("Callable[[None], None]", {}.get))  # -> None
 sqlite3.register_adapter(bytes, bytes)  # bytes(b) is b
 sqlite3.register_adapter(bool, int)
 
