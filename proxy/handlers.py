@@ -118,7 +118,8 @@ class Proxy:
         tail = raw_path[3:]  # keeps the app's percent-encoding; "/v1" is 3 characters
         query = request.rel_url.raw_query_string
         obj: dict[str, Any] | None = None
-        if body and _looks_like_json(request, body):
+        inspect = rt.inspect_bodies
+        if inspect and body and _looks_like_json(request, body):
             try:
                 parsed = orjson.loads(body)
             except orjson.JSONDecodeError:
@@ -131,7 +132,7 @@ class Proxy:
             m = obj.get("model")
             model = m if isinstance(m, str) else None
             stream = obj.get("stream") is True
-        if model is None:
+        if model is None and inspect:
             model = path_model(tail)
             in_path = model is not None
 

@@ -31,6 +31,10 @@ class Runtime:
     max_body: int
     record: RecordConfig
     log_requests: bool
+    # Whether anything reads a request's JSON (model, stream, sticky field): routes by model,
+    # model maps, a body sticky key, shadowing, recording or the request log. If not, the
+    # body is forwarded without being parsed.
+    inspect_bodies: bool
 
     def effective_split(self) -> dict[str, float]:
         return self.table.routes[-1].split.shares()
@@ -71,16 +75,25 @@ class Live:
             upstreams[name] = (
                 prev if prev is not None and prev.cfg == ucfg else UpstreamClient(name, ucfg)
             )
+        table = build_table(cfg)
+        inspect = (
+            cfg.record.enabled
+            or cfg.log.requests
+            or any(r.model is not None or r.shadow is not None for r in table.routes)
+            or (table.sticky is not None and table.sticky.body_field is not None)
+            or any(u.models for u in upstreams.values())
+        )
         return Runtime(
             config=cfg,
             revision=f"{self._counter}-{digest}",
             path=path,
             loaded_at=time.time(),
-            table=build_table(cfg),
+            table=table,
             upstreams=upstreams,
             max_body=cfg.limits.max_body_bytes,
             record=cfg.record,
             log_requests=cfg.log.requests,
+            inspect_bodies=inspect,
         )
 
     def apply(self, cfg: Config, digest: str, path: str) -> Runtime:

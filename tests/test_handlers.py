@@ -408,3 +408,32 @@ async def test_ndjson_stream_is_piped_not_buffered(make_sidecar, old, new) -> No
     finally:
         release.set()
         await runner.cleanup()
+
+
+async def test_bodies_are_parsed_only_when_something_reads_them(
+    old, new, make_sidecar, sdk, tmp_path
+) -> None:
+    plain = base_config(old, new)
+    plain["upstreams"]["new"].pop("models")
+    sc = await make_sidecar(plain)
+    assert sc.live.current.inspect_bodies is False
+    # Unparsed, the request still goes through whole, streams included.
+    answer = await sdk(sc).chat.completions.create(model="gpt-4o-mini", messages=MESSAGES)
+    assert answer.choices[0].message.content
+    stream = await sdk(sc).chat.completions.create(
+        model="gpt-4o-mini", messages=MESSAGES, stream=True
+    )
+    assert [c async for c in stream]
+    assert old.received[-1].json["stream"] is True and "stream_options" not in old.received[-1].json
+    readers: list[dict[str, Any]] = [
+        {"record": {"enabled": True, "path": str(tmp_path / "r.db")}},
+        {"log": {"requests": True}},
+        {"routes": [{"path": "/v1/chat/completions", "model": "gpt-*", "split": {"old": 1}}]},
+        {"sticky": {"body_field": "user"}},
+        {"shadow": {"upstream": "new", "sample": 0.5}},
+    ]
+    for extra in readers:
+        sc = await make_sidecar({**plain, **extra}, name=f"{next(iter(extra))}.yaml")
+        assert sc.live.current.inspect_bodies is True, extra
+    sc = await make_sidecar(base_config(old, new), name="mapped.yaml")  # `new` maps models
+    assert sc.live.current.inspect_bodies is True

@@ -6,7 +6,8 @@ import asyncio
 
 from multidict import CIMultiDict
 
-from proxy.upstream import REQUEST_DROP, forward_headers, push_deadline
+from proxy.config import UpstreamConfig
+from proxy.upstream import REQUEST_DROP, UpstreamClient, forward_headers, push_deadline
 
 
 def test_hop_by_hop_and_credentials_are_dropped_whatever_their_case() -> None:
@@ -36,3 +37,15 @@ async def test_idle_deadline_moves_at_most_once_per_tenth_of_idle() -> None:
         assert armed == 101.0 and timer.when() == 111.0
         timer.reschedule(None)
         await asyncio.sleep(0)
+
+
+def test_upstream_urls_keep_the_apps_encoding_and_are_built_once() -> None:
+    up = UpstreamClient("u", UpstreamConfig(base_url="http://127.0.0.1:9/v1", api_key="k"))
+    url = up.url("/models/a%2Fb/run", "x=1%202")
+    assert str(url) == "http://127.0.0.1:9/v1/models/a%2Fb/run?x=1%202"
+    assert up.url("/models/a%2Fb/run", "x=1%202") is url
+    assert str(up.url("/chat/completions", "")) == "http://127.0.0.1:9/v1/chat/completions"
+    # Paths that differ every time (ids) are still answered, without growing the cache forever.
+    for i in range(1000):
+        assert up.url(f"/files/{i}", "").path == f"/v1/files/{i}"
+    assert len(up._urls) <= 256
