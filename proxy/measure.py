@@ -74,33 +74,62 @@ _MAX_DEPTH = 32  # deeper structure is summarised, so no body can exhaust the st
 _NUMBERS = frozenset({int, float})
 
 
-def _absent(value: object) -> bool:
-    # Providers spell "nothing" as null, "", [] or {} or by leaving the key out, and client
-    # code tests truthiness (`if message.tool_calls:`), so the shape treats these alike.
-    return value is None or (isinstance(value, str | list | dict) and not value)
+_EMPTY_ABLE = (str, list, dict)
+
+
+_QUOTED: dict[str, str] = {}  # "stop" -> '"stop"': a few values, quoted on every answer
+
+
+def _quoted(text: str) -> str:
+    quoted = _QUOTED.get(text)
+    if quoted is None:
+        quoted = orjson.dumps(text).decode()
+        if len(_QUOTED) < 256:
+            _QUOTED[text] = quoted
+    return quoted
+
+
+# Parsed JSON holds exactly these types: `type(v) is` finds them without isinstance's walk.
+_LEAF: dict[type, str] = {str: "str", bool: "bool", int: "num", float: "num", type(None): "null"}
 
 
 def _sig(value: object, depth: int) -> str:
+    leaf = _LEAF.get(type(value))
+    if leaf is not None:
+        return leaf
     if isinstance(value, dict):
         if depth >= _MAX_DEPTH:
             return "{...}"
         parts = []
-        for key in sorted(value, key=str):
+        try:
+            keys = sorted(value)
+        except TypeError:  # not all str: not from JSON, but still a shape
+            keys = sorted(value, key=str)
+        leaves = _LEAF
+        for key in keys:
             item = value[key]
             name = str(key)
-            if name in _VOLATILE or name.startswith("x_") or _absent(item):
+            if (
+                name in _VOLATILE
+                or name.startswith("x_")
+                or item is None
+                # Providers spell "nothing" as null, "", [] or {} or by leaving the key out,
+                # and client code tests truthiness (`if message.tool_calls:`): all alike here.
+                or (isinstance(item, _EMPTY_ABLE) and not item)
+            ):
                 continue
             if name in _VALUED and isinstance(item, str):
-                parts.append(f"{name}:{orjson.dumps(item).decode()}")
+                parts.append(f"{name}:{_quoted(item)}")
             elif name == "usage" and isinstance(item, dict):
                 usage = {k: v for k, v in item.items() if k in _USAGE_KEYS}
                 parts.append(f"usage:{_sig(usage, depth + 1)}")
             else:
-                parts.append(f"{name}:{_sig(item, depth + 1)}")
+                leaf = leaves.get(type(item))
+                parts.append(f"{name}:{leaf if leaf is not None else _sig(item, depth + 1)}")
         return "{" + ",".join(parts) + "}"
     if isinstance(value, list):
         # Long lists of scalars (embeddings, logprobs) are summarised by type, not walked.
-        types = {type(item) for item in value}
+        types = set(map(type, value))
         if types <= _NUMBERS:
             return "[num]"
         if types == {str}:
@@ -114,8 +143,6 @@ def _sig(value: object, depth: int) -> str:
         return "bool"
     if isinstance(value, int | float):
         return "num"
-    if value is None:
-        return "null"
     return type(value).__name__
 
 
