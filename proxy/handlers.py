@@ -158,7 +158,9 @@ class Proxy:
         json_mode = obj is not None and measure.wants_json(obj)
         shadow = route.shadow
         paired = False
+        answered: asyncio.Future[None] | None = None
         if shadow is not None and request.headers.get("x-shadow") != "off":
+            answered = asyncio.get_running_loop().create_future()
             paired = self.shadower.offer(
                 rt,
                 shadow,
@@ -175,6 +177,7 @@ class Proxy:
                 stream,
                 want_usage,
                 json_mode,
+                answered,
             )
 
         send_tail, send_body, sent_model, strip = for_upstream(
@@ -191,6 +194,10 @@ class Proxy:
             meter.fail("client_disconnect", "the app closed the connection")
             raise
         finally:
+            if answered is not None and not answered.done():
+                # The copies go now: after a stream's end, or (a plain answer) in the loop
+                # turn after aiohttp has written this return value to the socket.
+                answered.set_result(None)
             up.leave()
             meter.done()
             self.stats.requests[name] += 1

@@ -54,8 +54,13 @@ class Shadower:
         stream: bool,
         want_usage: bool,
         json_mode: bool,
+        after: asyncio.Future[None] | None = None,
     ) -> bool:
-        """Start the copies this request gets; True when at least one was sent."""
+        """Start the copies this request gets; True when at least one was sent.
+
+        `after`: the copies wait for it before they are sent. The request path resolves it
+        once the app has its answer, so a copy's work never sits on the primary's own path.
+        """
         if self._closed or (stream and not cfg.streams):
             return False
         targets: list[tuple[Role, str]] = []
@@ -92,6 +97,7 @@ class Shadower:
                     sent,
                     json_mode,
                     rt.record.bodies.response if rt.record.enabled else None,
+                    after,
                 )
             )
             self._tasks.add(task)
@@ -117,7 +123,14 @@ class Shadower:
         model_sent: str | None,
         json_mode: bool,
         policy: Any,
+        after: asyncio.Future[None] | None,
     ) -> None:
+        if after is not None:
+            try:
+                await asyncio.shield(after)
+            except asyncio.CancelledError:
+                self.in_flight -= 1  # stopped before it was sent: nothing to record
+                raise
         meter = Meter(role, up.name, model_sent, json_mode)
         up.enter()
         try:

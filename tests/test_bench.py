@@ -11,7 +11,7 @@ import orjson
 import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
-CONFIGS = ("direct", "sidecar", "sidecar+log", "record", "record+shadow", "split")
+CONFIGS = ("direct", "sidecar", "sidecar+log", "record", "record+shadow", "split", "bare")
 
 
 @pytest.mark.timeout(180)
@@ -41,16 +41,19 @@ def test_quick_bench_measures_every_configuration_without_errors(tmp_path: Path)
     assert rows["record"]["records_written"] > 0
     assert rows["split"]["served"]["a"] > 0 and rows["split"]["served"]["b"] > 0
 
-    streams = result["summary"]["streams"]
-    assert set(streams) == {"direct", "sidecar", "record"}
-    for name, row in streams.items():
-        assert row["verified"] > 0, name
-        assert row["errors"] == 0, (name, row["error_samples"])
-        assert row["ttfc_p50_ms"] is not None, name
-        assert row["upstream_cpu_us"] is not None, name
+    for kind in ("streams", "bursts", "single"):  # paced, back to back, one at a time
+        streams = result["summary"][kind]
+        assert set(streams) == {"direct", "sidecar", "record", "bare"}, kind
+        for name, row in streams.items():
+            assert row["verified"] > 0, (kind, name)
+            assert row["errors"] == 0, (kind, name, row["error_samples"])
+            assert row["ttfc_p50_ms"] is not None, (kind, name)
+            assert row["upstream_cpu_us"] is not None, (kind, name)
+            assert (row.get("sidecar_cpu_us_per_chunk") is None) == (name == "direct")
 
-    assert set(result["summary"]["fixed_rate"]) == {"direct", "sidecar", "record", "record+shadow"}
-    assert all(row["errors"] == 0 for row in result["summary"]["fixed_rate"].values())
+    rate = result["summary"]["fixed_rate"]
+    assert set(rate) == {"direct", "sidecar", "record", "record+shadow", "bare"}
+    assert all(row["errors"] == 0 for row in rate.values())
 
     many = result["open_streams"]
     assert many["verified"] == many["streams"] == 100

@@ -370,3 +370,20 @@ async def test_refused_requests_are_recorded_as_proxy_errors(
     await settled(sc, db, 1, 1)
     row = rows(db, "SELECT status, error_kind, upstream FROM responses")[0]
     assert tuple(row) == (413, "proxy", "-")
+
+
+async def test_copy_is_sent_once_the_app_has_its_answer(old, new, make_sidecar, sdk) -> None:
+    # The copy's work never shares the primary's path: it waits for the answer to be out.
+    old.behaviour = Behaviour(latency=0.5)
+    sc = await make_sidecar(base_config(old, new, shadow=shadowing()))
+    call = asyncio.create_task(
+        sdk(sc).chat.completions.create(model="gpt-4o-mini", messages=MESSAGES)
+    )
+    await asyncio.sleep(0.25)
+    assert len(old.received) == 1 and not new.received  # primary asked, no copy yet
+    await call
+    for _ in range(250):
+        if new.received and sc.shadower.in_flight == 0:
+            break
+        await asyncio.sleep(0.02)
+    assert len(new.received) == 1 and sc.stats_view()["shadow"]["sent"] == 1
