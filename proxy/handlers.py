@@ -208,20 +208,18 @@ class Proxy:
             if rec is not None and recording:
                 policy = rt.record.bodies
                 rec.exchange(
-                    Exchange(
-                        id=rid,
-                        ts=ts,
-                        route=route_name,
-                        method=request.method,
-                        path=path,
-                        model=model,
-                        stream=stream,
-                        revision=rt.revision,
-                        sticky_key=hash_key(sticky) if sticky is not None else None,
-                        request_body=body if policy.request == "full" else None,
-                        request_sha256=measure.sha256_hex(body)
-                        if policy.request != "none"
-                        else None,
+                    Exchange(  # positional, in field order: keywords cost twice as much
+                        rid,
+                        ts,
+                        route_name,
+                        request.method,
+                        path,
+                        model,
+                        stream,
+                        rt.revision,
+                        hash_key(sticky) if sticky is not None else None,
+                        body if policy.request == "full" else None,
+                        measure.sha256_hex(body) if policy.request != "none" else None,
                     )
                 )
                 rec.response(meter.record(rid, policy.response, paired))
@@ -411,14 +409,22 @@ def response_headers(upr: aiohttp.ClientResponse, rid: str, upstream: str) -> CI
 
 
 def _looks_like_json(request: web.BaseRequest, body: bytes) -> bool:
-    if "content-encoding" in request.headers:
+    headers = request.headers
+    if "content-encoding" in headers:
         return False
-    ctype = request.content_type
-    # `curl -d '{...}'` labels JSON as a form; providers parse it as JSON all the same.
+    # The media type only; aiohttp's `content_type` runs the email header parser per request.
+    raw = headers.get("content-type")
+    ctype = "application/octet-stream" if raw is None else raw.split(";", 1)[0].strip().lower()
+    # `curl -d '{...}'` labels JSON as a form; providers parse it as JSON all the same. An
+    # unreadable label counts as text/plain, as HTTP's own parsers read it.
     return ctype.endswith("json") or (
-        ctype in ("application/x-www-form-urlencoded", "text/plain", "application/octet-stream")
-        and body[:1] == b"{"
+        (ctype in _UNLABELLED or "/" not in ctype) and body[:1] == b"{"
     )
+
+
+_UNLABELLED = frozenset(
+    {"application/x-www-form-urlencoded", "text/plain", "application/octet-stream"}
+)
 
 
 def _bufferable(upr: aiohttp.ClientResponse, ctype: str) -> bool:

@@ -9,8 +9,7 @@ import hashlib
 import re
 import unicodedata
 from collections.abc import Sequence
-from dataclasses import dataclass
-from typing import Any
+from typing import Any, NamedTuple
 
 import orjson
 
@@ -196,8 +195,7 @@ def stream_body(tally: StreamTally) -> bytes:
 # --- the answer ----------------------------------------------------------------------------
 
 
-@dataclass(frozen=True, slots=True)
-class Answer:
+class Answer(NamedTuple):  # a tuple: built in C, no per-field object.__setattr__
     text: str | None
     tool_calls: tuple[ToolCall, ...]
     finish_reason: str | None

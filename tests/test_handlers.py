@@ -359,17 +359,26 @@ async def test_health_shows_revision_and_split(old, new, make_sidecar) -> None:
     assert health["revision"].startswith("1-")
 
 
-async def test_json_labelled_as_a_form_is_still_mapped(old, new, make_sidecar) -> None:
-    # What `curl -d '{...}'` sends: JSON under application/x-www-form-urlencoded.
+@pytest.mark.parametrize(
+    "label",
+    [
+        "application/x-www-form-urlencoded",  # what `curl -d '{...}'` sends
+        "application/json; charset=utf-8",
+        "Application/JSON",
+        "text/plain",
+        "nonsense",
+        None,
+    ],
+)
+async def test_json_under_any_plausible_label_is_still_mapped(
+    old, new, make_sidecar, label: str | None
+) -> None:
     sc = await make_sidecar(base_config(old, new, split={"new": 1}))
     body = b'{"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "hi"}]}'
+    headers = {} if label is None else {"content-type": label}
     async with (
-        aiohttp.ClientSession() as s,
-        s.post(
-            f"{sc.url}/chat/completions",
-            data=body,
-            headers={"content-type": "application/x-www-form-urlencoded"},
-        ) as r,
+        aiohttp.ClientSession(skip_auto_headers=["Content-Type"]) as s,
+        s.post(f"{sc.url}/chat/completions", data=body, headers=headers) as r,
     ):
         assert r.status == 200
     assert new.received[-1].json["model"] == "prov/gpt-4o-mini"
