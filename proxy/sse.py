@@ -69,6 +69,17 @@ class SSEDecoder:
         self._started = False
 
     def feed(self, chunk: bytes) -> list[Event]:
+        # The usual read of a paced stream: exactly one `data:` line and its blank line.
+        end = len(chunk) - 2
+        if (
+            self._started
+            and not self._tail
+            and chunk.startswith(b"data:")
+            and chunk.find(b"\n") == end
+            and chunk[-1] == 0x0A
+            and b"\r" not in chunk
+        ):
+            return [Event(chunk, chunk[6 if chunk[5:6] == b" " else 5 : end], None)]
         buf = self._tail + chunk if self._tail else chunk
         if not self._started:
             if len(buf) < 3 and _BOM.startswith(buf):
