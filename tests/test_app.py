@@ -73,6 +73,52 @@ async def test_sigterm_finishes_in_flight_streams_and_flushes_records(old, new, 
         con.close()
 
 
+async def test_sigterm_still_sends_and_records_copies_waiting_for_their_primary(
+    old, new, tmp_path
+) -> None:
+    # Copies start once the app has its answer: a SIGTERM while the primaries stream must
+    # neither drop them nor cut them short (limits.shadow_grace follows shutdown_grace).
+    old.behaviour = Behaviour(chunk_delay=0.05, chunks=10)
+    db = tmp_path / "rec.db"
+    cfg = base_config(
+        old,
+        new,
+        record={"enabled": True, "path": str(db)},
+        shadow={"upstream": "new", "sample": 1.0},
+        listen={"host": "127.0.0.1", "port": 0},
+    )
+    proc, url = await start_process(cfg, tmp_path)
+    try:
+        async with aiohttp.ClientSession() as s:
+
+            async def stream() -> bytes:
+                body = {"model": "gpt-4o-mini", "messages": MESSAGES, "stream": True}
+                async with s.post(f"{url}/chat/completions", json=body) as r:
+                    return await r.read()
+
+            tasks = [asyncio.create_task(stream()) for _ in range(3)]
+            while old.active < 3:
+                await asyncio.sleep(0.01)
+            assert not new.received  # the copies wait for their primaries
+            proc.send_signal(signal.SIGTERM)
+            bodies = await asyncio.wait_for(asyncio.gather(*tasks), timeout=20)
+        assert all(b.rstrip().endswith(b"data: [DONE]") for b in bodies)
+        assert await asyncio.wait_for(proc.wait(), timeout=20) == 0
+    finally:
+        if proc.returncode is None:
+            proc.kill()
+            await proc.wait()
+    assert len(new.received) == 3
+    con = sqlite3.connect(db)
+    try:
+        roles = con.execute(
+            "SELECT role, count(*) FROM responses WHERE error_kind IS NULL GROUP BY role"
+        ).fetchall()
+        assert sorted(roles) == [("primary", 3), ("shadow", 3)]
+    finally:
+        con.close()
+
+
 async def test_sighup_reloads_the_config(old, new, tmp_path) -> None:
     cfg = base_config(old, new, split={"old": 1}, listen={"host": "127.0.0.1", "port": 0})
     proc, url = await start_process(cfg, tmp_path)
