@@ -1150,7 +1150,21 @@ def _ratio(a: float | None, b: float | None) -> float | None:
     return a / b if a is not None and b else None
 
 
-def targets(summary: dict[str, Any], open_streams: dict[str, Any]) -> list[Target]:
+def _per_round(windows: Sequence[Window], c: int, a: str, b: str) -> list[float]:
+    """CPU per request of `a` over `b`, round by round (their windows ran back to back): the
+    spread shows how much of a difference between two configurations is this machine."""
+    by_round: dict[int, dict[str, float]] = {}
+    for w in windows:
+        if w.kind == "requests" and w.concurrency == c and w.sidecar_cpu_us is not None:
+            by_round.setdefault(w.round, {})[w.setup] = w.sidecar_cpu_us
+    return [
+        round(r[a] / r[b], 2) for _, r in sorted(by_round.items()) if a in r and b in r and r[b]
+    ]
+
+
+def targets(
+    summary: dict[str, Any], open_streams: dict[str, Any], windows: Sequence[Window] = ()
+) -> list[Target]:
     out: list[Target] = []
     for c, rows in summary["requests"].items():
         rec, off, sh = (
@@ -1173,7 +1187,8 @@ def targets(summary: dict[str, Any], open_streams: dict[str, Any]) -> list[Targe
                 _ratio(rec.get("sidecar_cpu_us"), off.get("sidecar_cpu_us")),
                 1.15,
                 "x",
-                f"{rec.get('sidecar_cpu_us')} us vs {off.get('sidecar_cpu_us')} us",
+                f"{rec.get('sidecar_cpu_us')} us vs {off.get('sidecar_cpu_us')} us; round by "
+                f"round {_per_round(windows, int(c), 'record', 'sidecar')}",
             )
         )
         out.append(
@@ -1182,7 +1197,8 @@ def targets(summary: dict[str, Any], open_streams: dict[str, Any]) -> list[Targe
                 _ratio(sh.get("sidecar_cpu_us"), rec.get("sidecar_cpu_us")),
                 2.2,
                 "x",
-                f"{sh.get('sidecar_cpu_us')} us vs {rec.get('sidecar_cpu_us')} us",
+                f"{sh.get('sidecar_cpu_us')} us vs {rec.get('sidecar_cpu_us')} us; round by "
+                f"round {_per_round(windows, int(c), 'record+shadow', 'record')}",
             )
         )
     rate = summary["fixed_rate"]
@@ -1569,7 +1585,7 @@ def run(args: argparse.Namespace) -> int:
         "summary": summary,
         "open_streams": open_streams,
         "processes": processes,
-        "targets": [asdict(t) for t in targets(summary, open_streams)],
+        "targets": [asdict(t) for t in targets(summary, open_streams, bench.windows)],
         "windows": [asdict(w) for w in bench.windows],
     }
     out_path.parent.mkdir(parents=True, exist_ok=True)
