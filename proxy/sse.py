@@ -195,10 +195,6 @@ class _ToolDraft:
         self.arguments: list[str] = []
 
 
-def _int_or_none(value: object) -> int | None:
-    return value if isinstance(value, int) and not isinstance(value, bool) else None
-
-
 def usage_tokens(usage: object) -> tuple[int | None, int | None, int | None]:
     """(prompt, completion, total) from a `usage` object of any OpenAI API; None where absent."""
     if not isinstance(usage, dict):
@@ -209,7 +205,13 @@ def usage_tokens(usage: object) -> tuple[int | None, int | None, int | None]:
     completion = usage.get("completion_tokens")
     if completion is None:
         completion = usage.get("output_tokens")
-    return _int_or_none(prompt), _int_or_none(completion), _int_or_none(usage.get("total_tokens"))
+    total = usage.get("total_tokens")
+    # Counts are plain ints; `type(..) is int` also turns away bools (and costs no call).
+    return (
+        prompt if type(prompt) is int else None,
+        completion if type(completion) is int else None,
+        total if type(total) is int else None,
+    )
 
 
 def _message_of(error: object) -> str:

@@ -256,16 +256,8 @@ class Recorder:
 
     # -- request path -------------------------------------------------------------------
 
-    def exchange(self, e: Exchange) -> None:
-        self._submit(e)
-
-    def response(self, r: Response) -> None:
-        self._submit(r)
-
-    def revision(self, r: Revision) -> None:
-        self._submit(r)
-
-    def _submit(self, record: _Record) -> None:
+    def submit(self, record: _Record) -> None:
+        """Queue an Exchange, Response or Revision for the writer; never blocks, never raises."""
         if not self._accepting:
             self._drop(1, "recorder closed")
             return
@@ -280,6 +272,10 @@ class Recorder:
             self._drained.clear()
         if n + 1 >= self._batch_size:
             self._wake.set()
+
+    exchange = submit  # one method under three names: a record is a record to the writer
+    response = submit
+    revision = submit
 
     def _drop(self, n: int, reason: str) -> None:
         self._dropped += n
