@@ -83,7 +83,6 @@ class Shadower:
                 up, tail, obj, body, model, in_path, want_usage
             )
             self.in_flight += 1
-            self.stats.shadow_sent += 1
             task = asyncio.get_running_loop().create_task(
                 self._run(
                     role,
@@ -131,6 +130,7 @@ class Shadower:
             except asyncio.CancelledError:
                 self.in_flight -= 1  # stopped before it was sent: nothing to record
                 raise
+        self.stats.shadow_sent += 1
         meter = Meter(role, up.name, model_sent, json_mode)
         up.enter()
         try:
