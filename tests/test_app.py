@@ -7,13 +7,14 @@ import os
 import signal
 import sqlite3
 import sys
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import aiohttp
 import yaml
 
-from proxy.fakes import Behaviour
+from proxy.fakes import Behaviour, FakeProvider
 
 from .conftest import base_config
 
@@ -36,12 +37,15 @@ async def start_process(
     return proc, url
 
 
-async def test_sigterm_finishes_in_flight_streams_and_flushes_records(old, new, tmp_path) -> None:
-    old.behaviour = Behaviour(chunk_delay=0.05, chunks=20)
-    db = tmp_path / "rec.db"
-    cfg = base_config(
-        old, new, record={"enabled": True, "path": str(db)}, listen={"host": "127.0.0.1", "port": 0}
-    )
+async def sigterm_mid_streams(
+    cfg: dict[str, Any],
+    tmp_path: Path,
+    upstream: FakeProvider,
+    n: int,
+    while_open: Callable[[], None] = lambda: None,
+) -> None:
+    """Start the sidecar, open `n` streams, SIGTERM it while `upstream` serves them all:
+    every stream must still end with [DONE] and the process exit 0."""
     proc, url = await start_process(cfg, tmp_path)
     try:
         async with aiohttp.ClientSession() as s:
@@ -51,9 +55,10 @@ async def test_sigterm_finishes_in_flight_streams_and_flushes_records(old, new, 
                 async with s.post(f"{url}/chat/completions", json=body) as r:
                     return await r.read()
 
-            tasks = [asyncio.create_task(stream()) for _ in range(5)]
-            while old.active < 5:
+            tasks = [asyncio.create_task(stream()) for _ in range(n)]
+            while upstream.active < n:
                 await asyncio.sleep(0.01)
+            while_open()
             proc.send_signal(signal.SIGTERM)
             bodies = await asyncio.wait_for(asyncio.gather(*tasks), timeout=20)
         assert all(b.rstrip().endswith(b"data: [DONE]") for b in bodies)
@@ -62,6 +67,15 @@ async def test_sigterm_finishes_in_flight_streams_and_flushes_records(old, new, 
         if proc.returncode is None:
             proc.kill()
             await proc.wait()
+
+
+async def test_sigterm_finishes_in_flight_streams_and_flushes_records(old, new, tmp_path) -> None:
+    old.behaviour = Behaviour(chunk_delay=0.05, chunks=20)
+    db = tmp_path / "rec.db"
+    cfg = base_config(
+        old, new, record={"enabled": True, "path": str(db)}, listen={"host": "127.0.0.1", "port": 0}
+    )
+    await sigterm_mid_streams(cfg, tmp_path, old, 5)
     con = sqlite3.connect(db)
     try:
         assert con.execute("SELECT count(*) FROM exchanges").fetchone()[0] == 5
@@ -87,27 +101,11 @@ async def test_sigterm_still_sends_and_records_copies_waiting_for_their_primary(
         shadow={"upstream": "new", "sample": 1.0},
         listen={"host": "127.0.0.1", "port": 0},
     )
-    proc, url = await start_process(cfg, tmp_path)
-    try:
-        async with aiohttp.ClientSession() as s:
 
-            async def stream() -> bytes:
-                body = {"model": "gpt-4o-mini", "messages": MESSAGES, "stream": True}
-                async with s.post(f"{url}/chat/completions", json=body) as r:
-                    return await r.read()
+    def no_copy_yet() -> None:
+        assert not new.received  # the copies wait for their primaries
 
-            tasks = [asyncio.create_task(stream()) for _ in range(3)]
-            while old.active < 3:
-                await asyncio.sleep(0.01)
-            assert not new.received  # the copies wait for their primaries
-            proc.send_signal(signal.SIGTERM)
-            bodies = await asyncio.wait_for(asyncio.gather(*tasks), timeout=20)
-        assert all(b.rstrip().endswith(b"data: [DONE]") for b in bodies)
-        assert await asyncio.wait_for(proc.wait(), timeout=20) == 0
-    finally:
-        if proc.returncode is None:
-            proc.kill()
-            await proc.wait()
+    await sigterm_mid_streams(cfg, tmp_path, old, 3, no_copy_yet)
     assert len(new.received) == 3
     con = sqlite3.connect(db)
     try:
