@@ -13,6 +13,8 @@ under load. Under valgrind a sidecar starts in ~40 s and runs ~50x slower.
 
     .venv/bin/python scripts/count_instructions.py sidecar record     # ~2 minutes
     .venv/bin/python scripts/count_instructions.py --requests 500 record record+shadow
+    .venv/bin/python scripts/count_instructions.py --keep /tmp/cg sidecar record
+    callgrind_annotate --inclusive=yes /tmp/cg/callgrind.record | head -60
 """
 
 from __future__ import annotations
@@ -57,7 +59,15 @@ def settle(url: str) -> None:
     time.sleep(0.5)  # past the recorder's linger
 
 
-def count(fleet: bench.Fleet, tmp: Path, setup: bench.Setup, a_url: str, b_url: str, n: int) -> int:
+def count(
+    fleet: bench.Fleet,
+    tmp: Path,
+    setup: bench.Setup,
+    a_url: str,
+    b_url: str,
+    n: int,
+    keep: Path | None = None,
+) -> int:
     cfg = bench.sidecar_config(setup, a_url, b_url, tmp / f"{bench._slug(setup.name)}.db")
     path = tmp / f"{bench._slug(setup.name)}.yaml"
     path.write_bytes(orjson.dumps(cfg))
@@ -76,6 +86,9 @@ def count(fleet: bench.Fleet, tmp: Path, setup: bench.Setup, a_url: str, b_url: 
     dumps = sorted(tmp.glob(f"{out.name}.{proc.pid}.*"))
     if not dumps:
         raise bench.BenchError(f"callgrind wrote no dump for {setup.name}")
+    if keep is not None:
+        keep.mkdir(parents=True, exist_ok=True)
+        shutil.copy(dumps[-1], keep / f"callgrind.{bench._slug(setup.name)}")
     m = TOTALS.search(dumps[-1].read_bytes())
     if m is None:
         raise bench.BenchError(f"no totals in {dumps[-1]}")
@@ -87,6 +100,11 @@ def main() -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("configs", nargs="+", choices=names, metavar="CONFIG", help=", ".join(names))
     p.add_argument("--requests", type=int, default=200)
+    p.add_argument(
+        "--keep",
+        type=Path,
+        help="copy each configuration's dump here, as callgrind.NAME, for callgrind_annotate",
+    )
     args = p.parse_args()
     for tool in ("valgrind", "callgrind_control"):
         if shutil.which(tool) is None:
@@ -107,7 +125,7 @@ def main() -> int:
         fleet.wait_ready(["upstream-a", "upstream-b"], re.compile(r"^(http://\S+)$", re.M), 60)
         a_url, b_url = fleet.procs["upstream-a"].url, fleet.procs["upstream-b"].url
         for name in args.configs:
-            total = count(fleet, tmp, bench.BY_NAME[name], a_url, b_url, args.requests)
+            total = count(fleet, tmp, bench.BY_NAME[name], a_url, b_url, args.requests, args.keep)
             results[name] = total / args.requests
             print(f"{name}: {results[name]:,.0f} instructions per request", flush=True)
     first = args.configs[0]

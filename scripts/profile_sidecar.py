@@ -7,6 +7,7 @@ module. py-spy is a developer tool, not a dependency: `.venv/bin/pip install py-
 
     .venv/bin/python scripts/profile_sidecar.py --config record --load requests --seconds 10
     .venv/bin/python scripts/profile_sidecar.py --config sidecar --load streams
+    .venv/bin/python scripts/profile_sidecar.py --config record --sampler perf  # native code
 """
 
 from __future__ import annotations
@@ -106,6 +107,21 @@ def thread_cpu(pid: int) -> dict[int, tuple[float, int]]:
     return out
 
 
+def perf_report(data: Path, top: int) -> str:
+    """perf's samples by library, then by library and symbol: where native time goes."""
+    if not data.exists():
+        print("perf recorded nothing (kernel.perf_event_paranoid?)", file=sys.stderr)
+        return ""
+    parts = []
+    for sort in ("dso", "dso,sym"):
+        cmd = ["perf", "report", "-i", str(data), "--stdio", "--sort", sort, "--percent-limit"]
+        cmd += ["0.3"]
+        text = subprocess.run(cmd, capture_output=True, text=True, check=False).stdout
+        rows = [line.rstrip() for line in text.splitlines() if line.strip() and line[0] != "#"]
+        parts.append(f"\nperf samples by {sort.replace(',', ' and ')}\n" + "\n".join(rows[:top]))
+    return "\n".join(parts)
+
+
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument(
@@ -115,11 +131,21 @@ def main() -> int:
     p.add_argument("--concurrency", type=int, default=16)
     p.add_argument("--seconds", type=int, default=10)
     p.add_argument("--top", type=int, default=30)
-    p.add_argument("--raw", help="also keep py-spy's collapsed stacks here")
+    p.add_argument("--raw", help="also keep py-spy's collapsed stacks (or perf.data) here")
+    p.add_argument(
+        "--sampler",
+        choices=("py-spy", "perf", "none"),
+        default="py-spy",
+        help="py-spy: Python functions; perf: native code by library and symbol (the "
+        "interpreter, SQLite, the kernel); none: only the exact per-thread CPU, unperturbed",
+    )
     args = p.parse_args()
     spy = shutil.which("py-spy") or str(Path(sys.executable).parent / "py-spy")
-    if not Path(spy).exists():
+    if args.sampler == "py-spy" and not Path(spy).exists():
         print("py-spy is missing: .venv/bin/pip install py-spy", file=sys.stderr)
+        return 2
+    if args.sampler == "perf" and shutil.which("perf") is None:
+        print("perf is missing: apt-get install linux-perf", file=sys.stderr)
         return 2
     setup = bench.BY_NAME[args.config]
     bench.raise_nofile()
@@ -155,8 +181,15 @@ def main() -> int:
         expect = orjson.loads(body)["choices"][0]["message"]["content"]
         out = tmp / "stacks.txt"
         # Sample a little inside the load window, so that ramp-up and ramp-down stay out.
-        spy_cmd = [spy, "record", "-p", str(fleet.procs["sidecar"].pid), "-r", "250"]
-        spy_cmd += ["-d", str(args.seconds), "-f", "raw", "-o", str(out)]
+        pid_s = str(fleet.procs["sidecar"].pid)
+        if args.sampler == "py-spy":
+            spy_cmd = [spy, "record", "-p", pid_s, "-r", "250"]
+            spy_cmd += ["-d", str(args.seconds), "-f", "raw", "-o", str(out)]
+        elif args.sampler == "perf":
+            spy_cmd = ["perf", "record", "-e", "cpu-clock", "-F", "1000", "-p", pid_s]
+            spy_cmd += ["-o", str(tmp / "perf.data"), "--", "sleep", str(args.seconds)]
+        else:
+            spy_cmd = ["sleep", str(args.seconds)]
         recorder = threading.Timer(
             0.5, lambda: subprocess.run(spy_cmd, capture_output=True, check=False)
         )
@@ -189,8 +222,13 @@ def main() -> int:
             key=lambda x: -x[1],
         )
         raw = out.read_text() if out.exists() else ""
-        if args.raw:
+        if args.raw and args.sampler == "py-spy":
             Path(args.raw).write_text(raw)
+        native = ""
+        if args.sampler == "perf":
+            native = perf_report(tmp / "perf.data", args.top)
+            if args.raw and (tmp / "perf.data").exists():
+                shutil.copy(tmp / "perf.data", args.raw)
     total, own, incl, mods, threads = parse(raw)
     print(
         f"{args.config}, {args.load} at concurrency {args.concurrency}: {load.requests} done, "
@@ -205,6 +243,11 @@ def main() -> int:
                 f"  {spent / served * 1e6:7.1f} us  {switches / served:6.2f} context switches"
                 f"  {label}"
             )
+    if args.sampler == "perf":
+        print(native)
+        return 0 if native else 1
+    if args.sampler == "none":
+        return 0
     if not total:
         print("py-spy recorded nothing (is ptrace allowed?)", file=sys.stderr)
         return 1
