@@ -219,7 +219,7 @@ class Proxy:
                         rt.revision,
                         hash_key(sticky) if sticky is not None else None,
                         body if policy.request == "full" else None,
-                        measure.sha256_hex(body) if policy.request != "none" else None,
+                        measure.sha256_hex(body) if policy.request == "hash" else None,
                     )
                 )
                 rec.response(meter.record(rid, policy.response, paired))

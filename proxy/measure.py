@@ -20,6 +20,7 @@ __all__ = [
     "Answer",
     "answer_of",
     "error_kind_for_status",
+    "finish_of",
     "json_ok",
     "normalise",
     "sha256_hex",
@@ -287,6 +288,24 @@ def answer_of(body: object) -> Answer:
     if isinstance(output, list):
         return _responses_answer(body, output)
     return _NO_ANSWER
+
+
+def finish_of(body: object) -> str | None:
+    """`answer_of(body).finish_reason` alone, without collecting text or tool calls: all a
+    recorded answer needs when nothing compares its text (no pair, no JSON mode)."""
+    if not isinstance(body, dict):
+        return None
+    choices = body.get("choices")
+    if isinstance(choices, list):
+        for choice in choices:
+            if isinstance(choice, dict) and choice.get("index", 0) == 0:
+                finish = choice.get("finish_reason")
+                return finish if isinstance(finish, str) else None
+        return None
+    if isinstance(body.get("output"), list):
+        status = body.get("status")
+        return status if isinstance(status, str) else None
+    return None
 
 
 def tool_calls_json(calls: Sequence[ToolCall]) -> str | None:

@@ -38,7 +38,7 @@ class Exchange(NamedTuple):
     revision: str  # config revision in force when the request arrived
     sticky_key: str | None  # SHA-256 prefix of the sticky key, never the key itself
     request_body: bytes | None  # only under body policy "full"
-    request_sha256: str | None  # under "full" and "hash"
+    request_sha256: str | None  # only under "hash" (under "full" the body itself is kept)
 
 
 class Response(NamedTuple):
@@ -66,7 +66,7 @@ class Response(NamedTuple):
     json_ok: bool | None  # JSON mode asked: did the content parse; else None
     text_sha256: str | None  # of the normalised answer text, for exact-match rates
     response_body: builtins.bytes | None  # under "full": the body (streams: reassembled JSON)
-    response_sha256: str | None  # under "full" and "hash"
+    response_sha256: str | None  # only under "hash"
 
 
 class Revision(NamedTuple):

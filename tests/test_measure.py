@@ -442,3 +442,32 @@ def test_similarity_is_token_level_and_order_aware() -> None:
     shuffled = measure.similarity("first mix then bake", "first bake then mix")
     assert 0.8 < close < 1.0
     assert shuffled < 1.0
+
+
+# Every body shape above, plus the odd ones a provider may send: `finish_of` is the recorder's
+# shortcut for unpaired answers, and must agree with `answer_of` on all of them.
+_FINISH_CASES = [
+    None,
+    [],
+    "stop",
+    {"error": {"message": "x"}},
+    {"choices": []},
+    {"choices": "nope"},
+    {"choices": [None, 3]},
+    {"choices": [{"index": 1, "finish_reason": "length"}]},
+    {"choices": [{"index": 1, "finish_reason": "x"}, {"finish_reason": "stop", "message": {}}]},
+    {"choices": [{"index": 0, "finish_reason": 7, "message": {"content": "a"}}]},
+    {"choices": [{"index": 0, "text": "legacy", "finish_reason": "length"}]},
+    {"output": [], "status": "incomplete"},
+    {"output": [], "status": None},
+    {"output": "x", "status": "completed"},
+    {"choices": None, "output": [], "status": "completed"},
+    openai_text(),
+    openai_tool_call(),
+    responses_body(),
+]
+
+
+@pytest.mark.parametrize("body", _FINISH_CASES)
+def test_finish_of_agrees_with_answer_of(body: object) -> None:
+    assert measure.finish_of(body) == measure.answer_of(body).finish_reason

@@ -254,6 +254,26 @@ async def test_body_policy_keeps_prompts_out(old, new, make_sidecar, sdk, tmp_pa
         assert key.encode() not in raw
     hashes = rows(db, "SELECT request_sha256 FROM exchanges")
     assert all((h[0] is not None) == (policy == "hash") for h in hashes)
+    answers = rows(db, "SELECT response_sha256, response_body FROM responses")
+    assert len(answers) == 4
+    assert all((a[0] is not None) == (policy == "hash") and a[1] is None for a in answers)
+
+
+async def test_full_policy_keeps_bodies_and_no_digests(
+    old, new, make_sidecar, sdk, tmp_path
+) -> None:
+    """Under `full` the bytes are the record; a SHA-256 of them would be redundant work."""
+    sc = await make_sidecar(base_config(old, new, record=recording(tmp_path)))
+    await sdk(sc).chat.completions.create(model="gpt-4o-mini", messages=MESSAGES)
+    db = str(tmp_path / "rec.db")
+    await settled(sc, db, 1, 1)
+    ((body, digest),) = rows(db, "SELECT request_body, request_sha256 FROM exchanges")
+    assert b"sidecars" in body and digest is None
+    ((answer, digest, finish),) = rows(
+        db, "SELECT response_body, response_sha256, finish_reason FROM responses"
+    )
+    assert orjson.loads(answer)["choices"][0]["finish_reason"] == finish == "stop"
+    assert digest is None
 
 
 async def test_no_key_reaches_the_database_under_full_policy(
