@@ -259,23 +259,6 @@ async def test_body_policy_keeps_prompts_out(old, new, make_sidecar, sdk, tmp_pa
     assert all((a[0] is not None) == (policy == "hash") and a[1] is None for a in answers)
 
 
-async def test_full_policy_keeps_bodies_and_no_digests(
-    old, new, make_sidecar, sdk, tmp_path
-) -> None:
-    """Under `full` the bytes are the record; a SHA-256 of them would be redundant work."""
-    sc = await make_sidecar(base_config(old, new, record=recording(tmp_path)))
-    await sdk(sc).chat.completions.create(model="gpt-4o-mini", messages=MESSAGES)
-    db = str(tmp_path / "rec.db")
-    await settled(sc, db, 1, 1)
-    ((body, digest),) = rows(db, "SELECT request_body, request_sha256 FROM exchanges")
-    assert b"sidecars" in body and digest is None
-    ((answer, digest, finish),) = rows(
-        db, "SELECT response_body, response_sha256, finish_reason FROM responses"
-    )
-    assert orjson.loads(answer)["choices"][0]["finish_reason"] == finish == "stop"
-    assert digest is None
-
-
 async def test_no_key_reaches_the_database_under_full_policy(
     old, new, make_sidecar, sdk, tmp_path
 ) -> None:
@@ -356,13 +339,18 @@ async def test_recorded_error_kinds(old, new, make_sidecar, sdk, tmp_path) -> No
 async def test_unpaired_answers_skip_the_comparison_fields(
     old, new, make_sidecar, sdk, tmp_path
 ) -> None:
+    """Also: under `full` the bytes are the record, and no SHA-256 of them is written."""
     sc = await make_sidecar(base_config(old, new, record=recording(tmp_path)))
     await sdk(sc).chat.completions.create(model="gpt-4o-mini", messages=MESSAGES)
     db = str(tmp_path / "rec.db")
     await settled(sc, db, 1, 1)
-    row = rows(db, "SELECT shape, text_sha256, total_tokens, finish_reason FROM responses")[0]
+    row = rows(db, "SELECT * FROM responses")[0]
     assert row["shape"] is None and row["text_sha256"] is None  # nothing to compare with
     assert row["total_tokens"] and row["finish_reason"] == "stop"
+    assert orjson.loads(row["response_body"])["choices"][0]["finish_reason"] == "stop"
+    assert row["response_sha256"] is None
+    ((body, digest),) = rows(db, "SELECT request_body, request_sha256 FROM exchanges")
+    assert b"sidecars" in body and digest is None
 
 
 async def test_noise_copies_only_for_requests_the_primary_served(
