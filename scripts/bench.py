@@ -4,10 +4,11 @@ Everything runs on 127.0.0.1 in one run: fake upstreams (`proxy.fakes`), one sid
 process per configuration, and the load generator (wrk, or a Python process when wrk is
 missing), each in a process of its own so that the CPU time read from /proc is each one's own.
 Configurations are measured round-robin over several rounds, so that drift on a shared machine
-hits them all alike. The headline is the sidecar's CPU per request divided by the fake
+hits them all alike, and every round after the first runs fresh proxy processes (see
+`Bench.fresh_proxies`). The headline is the sidecar's CPU per request divided by the fake
 upstream's, both read in the same window: a ratio that survives a noisy 2-core machine.
 
-    scripts/bench                        # the full run, under 3 minutes on 2 cores
+    scripts/bench                        # the full run, about 4.5 minutes on 2 cores
     scripts/bench --quick                # about 20 s: one short round (what the test runs)
     scripts/bench --compare A.json B.json
 """
@@ -315,6 +316,16 @@ class Fleet:
                     why = proc.err.read_text(errors="replace")[-2000:] if proc.err else ""
                     raise BenchError(f"{name} did not start (exit {proc.popen.poll()}):\n{why}")
                 time.sleep(0.02)
+
+    def stop_one(self, name: str, timeout: float = 8.0) -> None:
+        proc = self.procs.pop(name)
+        if proc.popen.poll() is None:
+            _signal_group(proc.pid, signal.SIGTERM)
+        try:
+            proc.popen.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            _signal_group(proc.pid, signal.SIGKILL)
+            proc.popen.wait()
 
     def stop(self) -> None:
         # A second Ctrl-C must not cut the clean-up short and leave processes behind.
@@ -783,6 +794,9 @@ class Bench:
         # a p99 of 1,200 samples says more than the median of three p99s of 400.
         self.samples: dict[tuple[str, str], Samples] = {}
         self.expect = ""
+        self.proxies: dict[str, list[str]] = {}  # every proxy process's command line
+        # Per configuration, the highest peak RSS of the processes that ran it.
+        self.peaks: dict[str, float] = {}
 
     # processes
 
@@ -825,12 +839,43 @@ class Bench:
         for name, cfg in sidecars.items():
             path = self.tmp / f"{_slug(name)}.yaml"
             path.write_bytes(orjson.dumps(cfg, option=orjson.OPT_INDENT_2))  # JSON is YAML
-            argv = [PY, "-m", "proxy", "serve", "--config", str(path)]
-            self.fleet.spawn(name, argv, quiet=name == "sidecar+log")
-        bare = [s.name for s in SETUPS if s.bare]
-        for name in bare:
-            self.fleet.spawn(name, [PY, str(ROOT / "scripts" / "bare_proxy.py"), a_url, KEY_A])
-        self.fleet.wait_ready([*sidecars, *bare], re.compile(r"listening on (http://\S+)"), 60)
+            self.proxies[name] = [PY, "-m", "proxy", "serve", "--config", str(path)]
+        for s in SETUPS:
+            if s.bare:
+                self.proxies[s.name] = [PY, str(ROOT / "scripts" / "bare_proxy.py"), a_url, KEY_A]
+        self._spawn_proxies(list(self.proxies))
+
+    def _spawn_proxies(self, names: list[str]) -> None:
+        for name in names:
+            self.fleet.spawn(name, self.proxies[name], quiet=name == "sidecar+log")
+        self.fleet.wait_ready(names, re.compile(r"listening on (http://\S+)"), 60)
+
+    def fresh_proxies(self) -> None:
+        """New processes for every measured proxy configuration (not the fakes).
+
+        One process's CPU per request holds steady over its life (within ~5% round to round)
+        but differs by up to ~15% from another process of the same configuration on this VM,
+        the same code: placement and memory layout, not the work. With the processes kept for
+        the whole run, every round sampled one pair of processes and the run's ratio was that
+        pair's (recording on vs off: 1.04x in one run, 1.33x in the next). Fresh ones each
+        round make the median over rounds a median over processes.
+        """
+        names = [n for n in self.proxies if n != OPEN_STREAMS]
+        for name in names:
+            self._note_peak(name)
+            self.fleet.stop_one(name)
+        self._spawn_proxies(names)
+        self.check()
+        for setup in SETUPS:
+            if setup.name in names:
+                self.gen.requests(self.url(setup.name), self.key(setup.name), 64, 1)
+                if setup.sidecar:
+                    settle(self.url(setup.name))
+
+    def _note_peak(self, name: str) -> None:
+        peak = status_mb(self.fleet.procs[name].pid, "VmHWM")
+        if peak is not None:
+            self.peaks[name] = max(peak, self.peaks.get(name, 0.0))
 
     def url(self, setup: str) -> str:
         name = "upstream-a" if setup == "direct" else setup
@@ -971,6 +1016,9 @@ class Bench:
     def rounds(self, progress: Callable[[str], None]) -> None:
         n = len(SETUPS)
         for rnd in range(self.plan.rounds):
+            if rnd > 0:
+                progress(f"round {rnd + 1}: fresh proxy processes")
+                self.fresh_proxies()
             # Round-robin, each round starting one configuration later, so that neither the
             # order nor drift favours one of them.
             order = [SETUPS[(i + rnd) % n] for i in range(n)]
@@ -1032,10 +1080,16 @@ class Bench:
         }
 
     def processes(self) -> dict[str, dict[str, Any]]:
+        """The last process of each configuration; peak RSS is the highest of all of them."""
+        for name in self.fleet.procs:
+            if name in self.proxies:
+                self._note_peak(name)
         return {
             name: {
                 "pid": p.pid,
-                "peak_rss_mb": _r(status_mb(p.pid, "VmHWM")),
+                "peak_rss_mb": _r(
+                    self.peaks.get(name) if name in self.peaks else status_mb(p.pid, "VmHWM")
+                ),
                 "cpu_s": round(cpu_seconds(p.pid), 2),
             }
             for name, p in self.fleet.procs.items()
