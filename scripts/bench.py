@@ -866,11 +866,12 @@ class Bench:
             self.fleet.stop_one(name)
         self._spawn_proxies(names)
         self.check()
-        for setup in SETUPS:
-            if setup.name in names:
-                self.gen.requests(self.url(setup.name), self.key(setup.name), 64, 1)
-                if setup.sidecar:
-                    settle(self.url(setup.name))
+        if self.plan.warmup:
+            for setup in SETUPS:
+                if setup.name in names:
+                    self.gen.requests(self.url(setup.name), self.key(setup.name), 64, 1)
+                    if setup.sidecar:
+                        settle(self.url(setup.name))
 
     def _note_peak(self, name: str) -> None:
         peak = status_mb(self.fleet.procs[name].pid, "VmHWM")

@@ -11,6 +11,9 @@ import orjson
 import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT / "scripts"))
+import bench  # noqa: E402  (scripts/ is not a package)
+
 CONFIGS = ("direct", "sidecar", "sidecar+log", "record", "record+shadow", "split", "bare")
 
 
@@ -63,3 +66,31 @@ def test_quick_bench_measures_every_configuration_without_errors(tmp_path: Path)
     assert result["targets"] and all(isinstance(t["passed"], bool) for t in result["targets"])
     assert all(p["peak_rss_mb"] for p in result["processes"].values())
     assert "Targets (informational)" in proc.stdout
+
+
+@pytest.mark.timeout(120)
+def test_fresh_proxies_replace_every_measured_proxy_and_keep_the_fakes(tmp_path: Path) -> None:
+    """What a full run does between rounds (--quick has one round, so it never does)."""
+    with (
+        bench.Fleet(tmp_path) as fleet,
+        bench.Generator(bench.find_wrk(install=False), tmp_path) as gen,
+    ):
+        b = bench.Bench(bench.Plan.quick(), fleet, gen, tmp_path)
+        b.start()
+        b.check()
+        before = {name: proc.pid for name, proc in fleet.procs.items()}
+        b.fresh_proxies()
+        after = {name: proc.pid for name, proc in fleet.procs.items()}
+        assert after.keys() == before.keys()
+        measured = {s.name for s in bench.SETUPS if s.sidecar}
+        assert measured <= set(b.proxies)
+        for name, pid in after.items():
+            if name in measured:
+                assert pid != before[name], name  # a new process, already checked to answer
+            else:  # the fakes, and the open-streams sidecar that runs once at the end
+                assert pid == before[name], name
+        assert set(b.peaks) == measured  # the old processes' peak RSS is kept
+        assert all(peak > 0 for peak in b.peaks.values())
+        b.check()
+        processes = b.processes()
+        assert all(processes[name]["peak_rss_mb"] >= b.peaks[name] - 0.1 for name in measured)
