@@ -15,14 +15,14 @@ import structlog
 from aiohttp import web
 
 from . import config as config_mod
-from .config import Config
+from .config import Config, RecordConfig
 from .errors import BadRequest, ConfigError, NotFound, ProxyError, error_body
 from .handlers import Proxy
 from .reload import ConfigWatcher
 from .runtime import Live, Runtime
 from .shadow import Shadower
 from .stats import Stats
-from .store import Recorder
+from .store import Recorder, StoreError
 
 log = structlog.get_logger("proxy.app")
 
@@ -61,6 +61,20 @@ class _Server(web.Server):
         return _Protocol(self, loop=self._loop, **self._kwargs)
 
 
+# Of `record`, these apply on reload; the rest names the database the recorder has open.
+_RECORD_LIVE = {"enabled", "bodies"}
+
+
+def _new_recorder(rec: RecordConfig) -> Recorder:
+    return Recorder(
+        rec.path,
+        queue_size=rec.queue_size,
+        batch_size=rec.batch_size,
+        max_age_days=rec.max_age_days,
+        max_rows=rec.max_rows,
+    )
+
+
 def _json(data: Any, status: int = 200) -> web.Response:
     return web.Response(body=orjson.dumps(data), status=status, content_type="application/json")
 
@@ -73,18 +87,7 @@ class Sidecar:
         self.digest = config_mod.digest(text)
         self.live = Live(cfg, self.digest, path)
         self.stats = Stats()
-        rec = cfg.record
-        self.recorder = (
-            Recorder(
-                rec.path,
-                queue_size=rec.queue_size,
-                batch_size=rec.batch_size,
-                max_age_days=rec.max_age_days,
-                max_rows=rec.max_rows,
-            )
-            if rec.enabled
-            else None
-        )
+        self.recorder = _new_recorder(cfg.record) if cfg.record.enabled else None
         self.shadower = Shadower(self.stats, self.recorder)
         self.proxy = Proxy(self.live, self.stats, self.recorder, self.shadower)
         self.watcher = ConfigWatcher(path, self._file_changed) if watch else None
@@ -242,14 +245,35 @@ class Sidecar:
             old = self.live.current.config
             restart_only = {
                 "listen": (cfg.listen, old.listen),
-                "record": (cfg.record, old.record),
                 "log.level": (cfg.log.level, old.log.level),
             }
-            for key, (wanted, running) in restart_only.items():
-                if wanted != running:
+            if self.recorder is not None:
+                # The open database and its queue stay; `enabled` and `bodies` apply now.
+                running = old.record.model_dump(exclude=_RECORD_LIVE)
+                wanted = cfg.record.model_dump(exclude=_RECORD_LIVE)
+                restart_only |= {f"record.{k}": (wanted[k], v) for k, v in running.items()}
+                cfg = cfg.model_copy(update={"record": cfg.record.model_copy(update=running)})
+            for key, (wanted_value, running_value) in restart_only.items():
+                if wanted_value != running_value:
                     log.warning(
                         "this key changes only on restart; the running value is kept", key=key
                     )
+            if cfg.record.enabled and self.recorder is None:
+                recorder = _new_recorder(cfg.record)
+                try:
+                    await recorder.start()
+                except StoreError as e:
+                    reason = f"{self.path}: record.path: {e}"
+                    self.live.refuse(reason)
+                    log.error(
+                        "config refused, keeping the running one",
+                        source=source,
+                        reason=reason,
+                        revision=self.live.current.revision,
+                    )
+                    return False
+                self.recorder = self.proxy.recorder = self.shadower.recorder = recorder
+                log.info("recording started", path=cfg.record.path)
             self.digest = digest
             rt = self.live.apply(cfg, digest, self.path)
             if self.recorder is not None:

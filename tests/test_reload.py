@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import sqlite3
 import subprocess
 import sys
 import time
@@ -265,3 +266,80 @@ def test_check_accepts_the_example_and_rejects_a_broken_copy(tmp_path: Path) -> 
     assert bad.returncode != 0
     assert f"{broken}: shadow.sample:" in bad.stderr
     assert "primary" in bad.stderr or "less than or equal" in bad.stderr
+
+
+def _db_rows(db: Path, sql: str) -> list[tuple[Any, ...]]:
+    con = sqlite3.connect(db)
+    try:
+        return con.execute(sql).fetchall()
+    finally:
+        con.close()
+
+
+async def _written(s: aiohttp.ClientSession, sc: Sidecar) -> int:
+    async with s.get(sc.url.removesuffix("/v1") + "/_proxy/stats") as r:
+        records = (await r.json())["records"]
+    return 0 if records is None else int(records["written"])
+
+
+async def test_recording_and_body_policy_follow_a_reload(
+    old, new, make_sidecar, sdk, tmp_path: Path
+) -> None:
+    db = tmp_path / "rec.db"
+    cfg = base_config(old, new)  # recording off at start: no database yet
+    sc = await make_sidecar(cfg)
+    client = sdk(sc)
+    await client.chat.completions.create(model="gpt-4o-mini", messages=MESSAGES)
+    assert not db.exists()
+
+    on = {**cfg, "record": {"enabled": True, "path": str(db)}}
+    write_rename(Path(sc.path), on)
+    assert await sc.reload("test")
+    first = await client.chat.completions.with_raw_response.create(
+        model="gpt-4o-mini", messages=MESSAGES
+    )
+    # Bodies off, and a new path: the policy applies, the open database stays.
+    moved = {**cfg, "record": {"enabled": True, "path": str(tmp_path / "other.db"),
+                               "bodies": {"request": "none", "response": "none"}}}  # fmt: skip
+    write_rename(Path(sc.path), moved)
+    assert await sc.reload("test")
+    second = await client.chat.completions.with_raw_response.create(
+        model="gpt-4o-mini", messages=MESSAGES
+    )
+    write_rename(Path(sc.path), {**moved, "record": {**moved["record"], "enabled": False}})
+    assert await sc.reload("test")
+    third = await client.chat.completions.with_raw_response.create(
+        model="gpt-4o-mini", messages=MESSAGES
+    )
+    async with aiohttp.ClientSession() as s:
+        # 3 revisions, then 2 exchanges with a response each; the third request went unrecorded.
+        await wait_for(lambda: _at_least(s, sc, 7))
+    assert not (tmp_path / "other.db").exists()
+    got = dict(
+        _db_rows(db, "SELECT e.id, r.response_body IS NOT NULL FROM exchanges e "
+                     "JOIN responses r ON r.exchange_id = e.id")
+    )  # fmt: skip
+    assert got == {first.headers["x-request-id"]: 1, second.headers["x-request-id"]: 0}
+    assert third.headers["x-request-id"] not in got
+
+
+async def _at_least(s: aiohttp.ClientSession, sc: Sidecar, n: int) -> bool:
+    return await _written(s, sc) >= n
+
+
+async def test_recording_that_cannot_open_its_database_refuses_the_reload(
+    old, new, make_sidecar, tmp_path: Path
+) -> None:
+    cfg = base_config(old, new)
+    sc = await make_sidecar(cfg)
+    revision = sc.live.current.revision
+    bad = str(tmp_path / "no-such-dir" / "rec.db")
+    write_rename(Path(sc.path), {**cfg, "record": {"enabled": True, "path": bad}})
+    assert not await sc.reload("test")
+    async with aiohttp.ClientSession() as s:
+        h = await health(s, sc)
+        assert h["revision"] == revision
+        assert await _written(s, sc) == 0
+    assert sc.recorder is None
+    reason = sc.live.last_error or ""
+    assert sc.path in reason and "record.path" in reason and "no-such-dir" in reason
