@@ -47,10 +47,16 @@ class Style(Protocol):
 
 @dataclass(frozen=True, slots=True)
 class Stream:
-    """A streamed reply: its SSE events in order; `done` ends it with OpenAI's `data: [DONE]`."""
+    """A streamed reply: its SSE events in order; `done` ends it with OpenAI's `data: [DONE]`.
+
+    `trailing`: how many of the last events (the usage chunk) follow the one before without a
+    pause. Generating tokens takes time, reporting usage afterwards does not: OpenAI sends the
+    usage chunk and `[DONE]` right after the finish chunk.
+    """
 
     events: Sequence[bytes]
     done: bool
+    trailing: int = 0
 
 
 @dataclass(frozen=True, slots=True)
@@ -231,7 +237,7 @@ def chat(
         head["object"] = "chat.completion.chunk"
         with_usage = _stream_usage(style, request)
         events = _chat_chunks(head, said.text, call, usage if with_usage else None, style.chunks)
-        return Stream(events, done=True)
+        return Stream(events, done=True, trailing=int(with_usage))
     message: dict[str, Any] = {
         "role": "assistant",
         "content": said.text,
@@ -290,7 +296,7 @@ def completions(
             events.append(chunk(index, "", "stop"))
         if with_usage:
             events.append(data({**head, "choices": [], "usage": _chat_usage(p_tokens, c_tokens)}))
-        return Stream(events, done=True)
+        return Stream(events, done=True, trailing=int(with_usage))
     choices = [
         {"text": text, "index": i, "logprobs": None, "finish_reason": "stop"}
         for i, text in enumerate(texts)

@@ -283,7 +283,9 @@ class FakeProvider:
             return await self._no_model(request, b, model)
         reply = handler(data, model, b)
         if isinstance(reply, Stream):
-            return await self._stream(request, b, reply.events, done=reply.done)
+            return await self._stream(
+                request, b, reply.events, done=reply.done, trailing=reply.trailing
+            )
         if isinstance(reply, Invalid):
             body = error_body(reply.message, "invalid_request_error", None, reply.param)
             return await self._send(request, b, body, status=400)
@@ -324,10 +326,18 @@ class FakeProvider:
         return resp
 
     async def _stream(
-        self, request: web.Request, b: Behaviour, events: Sequence[bytes], *, done: bool
+        self,
+        request: web.Request,
+        b: Behaviour,
+        events: Sequence[bytes],
+        *,
+        done: bool,
+        trailing: int = 0,
     ) -> web.StreamResponse:
         resp = web.StreamResponse(headers={**_SSE_HEADERS, "x-request-id": self._next_id("req_")})
         await resp.prepare(request)  # headers go out at once; `latency` delays the first event
+        # Paced: the events a model generates. The usage chunk and [DONE] follow at once.
+        paced = len(events) - trailing
         if b.fail in ("die_mid_stream", "broken_stream"):
             cut = min(max(2, len(events) // 2), len(events) - 1)
             tail = [truncated(events[cut])] if b.fail == "broken_stream" else []
@@ -337,7 +347,7 @@ class FakeProvider:
         if b.latency:
             await asyncio.sleep(b.latency)
         for i, event in enumerate(events):
-            if i and b.chunk_delay:
+            if 0 < i < paced and b.chunk_delay:
                 await asyncio.sleep(b.chunk_delay)
             await resp.write(event)
         if b.fail == "die_mid_stream":

@@ -270,7 +270,26 @@ async def test_chunk_delay_spaces_the_chunks_out(start: Start, connect: Connect)
     stream = await connect(fake).chat.completions.create(model=CHAT, messages=MESSAGES, stream=True)
     async for _ in stream:
         pass
-    assert time.monotonic() - began >= 4 * 0.02  # 6 events with [DONE]: 5 gaps, some slack
+    assert time.monotonic() - began >= 3 * 0.02  # role, 3 content, finish: 4 gaps, some slack
+
+
+async def test_usage_chunk_and_done_follow_the_finish_chunk_without_a_pause(
+    start: Start, connect: Connect
+) -> None:
+    # Generating tokens takes time, reporting usage afterwards does not (as with OpenAI).
+    delay = 0.4
+    fake = await start(behaviour=Behaviour(chunks=1, chunk_delay=delay))
+    stream = await connect(fake).chat.completions.create(
+        model=CHAT, messages=MESSAGES, stream=True, stream_options={"include_usage": True}
+    )
+    arrived = []
+    async for chunk in stream:
+        arrived.append((time.monotonic(), chunk))
+    finish_at = next(t for t, c in arrived if c.choices and c.choices[0].finish_reason)
+    usage_at, usage = arrived[-1]
+    assert usage.usage is not None and not usage.choices
+    assert usage_at - finish_at < delay / 2
+    assert finish_at - arrived[0][0] >= delay  # role -> content -> finish was paced
 
 
 async def test_chunk_delay_header_paces_one_request(start: Start, connect: Connect) -> None:
