@@ -61,6 +61,12 @@ class NotFound(ProxyError):
     code = "not_found"
 
 
+class BodyTimeout(ProxyError):
+    status = 408
+    type = "invalid_request_error"
+    code = "request_timeout"
+
+
 class BodyTooLarge(ProxyError):
     status = 413
     type = "invalid_request_error"

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
 import itertools
 import random
@@ -19,6 +20,7 @@ from multidict import CIMultiDict
 from . import measure
 from .errors import (
     BadRequest,
+    BodyTimeout,
     BodyTooLarge,
     NotFound,
     ProxyError,
@@ -94,7 +96,7 @@ class Proxy:
                     f"no such path on the sidecar: {path!r}; the API lives under /v1/ "
                     "(set OPENAI_BASE_URL=http://host:port/v1)"
                 )
-            body = await self._read_body(request, rt.max_body)
+            body = await self._read_body(request, rt.max_body, rt.body_timeout)
         except ProxyError as e:
             self.stats.proxy_errors += 1
             resp = e.response(rid)
@@ -112,6 +114,13 @@ class Proxy:
                              None, None, None)
                 )  # fmt: skip
                 self.recorder.response(meter.record(rid, "none", paired=False))
+            if isinstance(e, BodyTimeout):
+                # Answer, then close: aiohttp would wait up to 10 s more for the rest of the body.
+                resp.force_close()
+                with contextlib.suppress(ConnectionError):
+                    await resp.prepare(request)
+                    await resp.write_eof()
+                request.protocol.force_close()
             return resp
 
         raw_path = request.rel_url.raw_path
@@ -224,7 +233,7 @@ class Proxy:
                 )
                 rec.response(meter.record(rid, policy.response, paired))
 
-    async def _read_body(self, request: web.BaseRequest, limit: int) -> bytes:
+    async def _read_body(self, request: web.BaseRequest, limit: int, wait: float) -> bytes:
         length = request.content_length
         if length is not None and length > limit:
             raise BodyTooLarge(
@@ -235,10 +244,23 @@ class Proxy:
         if request.headers.get("expect", "").lower() == "100-continue":
             # curl sends this for bodies over 1 MB and waits a second for it otherwise.
             await request.writer.write(b"HTTP/1.1 100 Continue\r\n\r\n")
+        content = request.content
+        if content.is_eof():  # the usual case: the body came with the headers, no wait to bound
+            return await self._read_chunks(content, limit)
+        try:
+            async with asyncio.timeout(wait):
+                return await self._read_chunks(content, limit)
+        except TimeoutError:
+            raise BodyTimeout(
+                f"the request body did not arrive within {wait:g} s "
+                "(limits.body_timeout); send it whole, or raise the limit"
+            ) from None
+
+    async def _read_chunks(self, content: aiohttp.StreamReader, limit: int) -> bytes:
         chunks: list[bytes] = []
         size = 0
         try:
-            async for chunk in request.content.iter_any():
+            async for chunk in content.iter_any():
                 size += len(chunk)
                 if size > limit:
                     raise BodyTooLarge(f"request body is over the sidecar's limit of {limit} bytes")

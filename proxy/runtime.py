@@ -29,6 +29,7 @@ class Runtime:
     table: Table
     upstreams: Mapping[str, UpstreamClient]
     max_body: int
+    body_timeout: float
     record: RecordConfig
     log_requests: bool
     # Whether anything reads a request's JSON (model, stream, sticky field): routes by model,
@@ -91,6 +92,7 @@ class Live:
             table=table,
             upstreams=upstreams,
             max_body=cfg.limits.max_body_bytes,
+            body_timeout=cfg.limits.body_timeout,
             record=cfg.record,
             log_requests=cfg.log.requests,
             inspect_bodies=inspect,

@@ -9,6 +9,7 @@ from typing import Any
 
 import aiohttp
 import openai
+import orjson
 import pytest
 from yarl import URL
 
@@ -277,6 +278,29 @@ async def test_chunked_body_over_limit_is_a_413(old, new, make_sidecar) -> None:
     async with aiohttp.ClientSession() as s, s.post(f"{sc.url}/chat/completions", data=gen()) as r:
         assert r.status == 413
         assert (await r.json())["error"]["code"] == "request_too_large"
+
+
+async def test_body_that_stalls_mid_way_is_a_408_and_the_connection_closes(
+    old, new, make_sidecar, sdk
+) -> None:
+    sc = await make_sidecar(base_config(old, new, limits={"body_timeout": 0.3}))
+    reader, writer = await asyncio.open_connection("127.0.0.1", sc.port)
+    try:
+        head = b"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\n"
+        writer.write(head + b"Content-Type: application/json\r\nContent-Length: 100\r\n\r\n{")
+        await writer.drain()  # then nothing more: an app stuck mid-body
+        raw = await asyncio.wait_for(reader.read(), timeout=10)  # to EOF: the sidecar closes
+    finally:
+        writer.close()
+    status_line, _, rest = raw.partition(b"\r\n")
+    assert status_line.split()[1] == b"408"
+    error = orjson.loads(rest.partition(b"\r\n\r\n")[2])["error"]
+    assert error["code"] == "request_timeout" and "limits.body_timeout" in error["message"]
+    assert not old.received
+    # A body that comes whole is not held to the clock, however slow the upstream.
+    old.behaviour = Behaviour(latency=0.5)
+    answer = await sdk(sc).chat.completions.create(model="gpt-4o-mini", messages=MESSAGES)
+    assert answer.choices[0].message.content
 
 
 async def test_paths_outside_v1_are_a_404_in_openai_shape(old, new, make_sidecar) -> None:
