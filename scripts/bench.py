@@ -62,6 +62,10 @@ BURST_HEADERS: Final = {CHUNK_DELAY_HEADER: "0"}
 # Stream windows: (kind, concurrency, headers). "single" is one stream at a time, back to
 # back: its time to first chunk is the hop itself, with no queue behind other streams.
 STREAM_KINDS: Final = ("streams", "bursts", "single")
+# Recording off, then on (or on, then off), in the one `record` process, switched by a config
+# reload: the on/off ratio without the ~15-25% by which two processes of one configuration
+# differ on this VM. Non-streaming, at the first concurrency.
+TOGGLE_KINDS: Final = ("toggle-off", "toggle-on")
 KEY_A: Final = "sk-bench-upstream-a"
 KEY_B: Final = "sk-bench-upstream-b"
 KEY_CLIENT: Final = "sk-bench-client"  # what the app sends the sidecar; never forwarded
@@ -795,6 +799,7 @@ class Bench:
         self.samples: dict[tuple[str, str], Samples] = {}
         self.expect = ""
         self.proxies: dict[str, list[str]] = {}  # every proxy process's command line
+        self.configs: dict[str, dict[str, Any]] = {}  # every sidecar's config, as written
         # Per configuration, the highest peak RSS of the processes that ran it.
         self.peaks: dict[str, float] = {}
 
@@ -837,13 +842,28 @@ class Bench:
             pool=self.plan.open_streams + 64,
         )
         for name, cfg in sidecars.items():
-            path = self.tmp / f"{_slug(name)}.yaml"
-            path.write_bytes(orjson.dumps(cfg, option=orjson.OPT_INDENT_2))  # JSON is YAML
-            self.proxies[name] = [PY, "-m", "proxy", "serve", "--config", str(path)]
+            self.configs[name] = cfg
+            self.proxies[name] = [PY, "-m", "proxy", "serve", "--config", str(self._write(name))]
         for s in SETUPS:
             if s.bare:
                 self.proxies[s.name] = [PY, str(ROOT / "scripts" / "bare_proxy.py"), a_url, KEY_A]
         self._spawn_proxies(list(self.proxies))
+
+    def _write(self, name: str) -> Path:
+        path = self.tmp / f"{_slug(name)}.yaml"
+        path.write_bytes(
+            orjson.dumps(self.configs[name], option=orjson.OPT_INDENT_2)
+        )  # JSON is YAML
+        return path
+
+    def set_recording(self, name: str, on: bool) -> None:
+        """Switch a running sidecar's recording by editing its config and asking for a reload."""
+        self.configs[name]["record"]["enabled"] = on
+        self._write(name)
+        status, _, body = http_call(admin_root(self.url(name)), "POST", "/_proxy/reload")
+        if status != 200:
+            raise BenchError(f"sidecar {name!r} refused the reload: {status} {body[:300]!r}")
+        settle(self.url(name))
 
     def _spawn_proxies(self, names: list[str]) -> None:
         for name in names:
@@ -912,7 +932,7 @@ class Bench:
         url, key = self.url(setup.name), self.key(setup.name)
         stats0 = sidecar_stats(url) if setup.sidecar else None
         cpu0 = self.cpu()
-        if kind == "requests":
+        if kind == "requests" or kind in TOGGLE_KINDS:
             load = self.gen.requests(url, key, concurrency, self.plan.seconds)
         elif kind in STREAM_KINDS:
             spec = {
@@ -1033,6 +1053,12 @@ class Bench:
                         c = 1 if kind == "single" else self.plan.stream_concurrency
                         w = self.measure(kind, setup, c, rnd)
                         progress(f"round {rnd + 1} {kind} {setup.name}: {w.rps:.0f} streams/s")
+            # Alternating which goes first, so that drift within a round favours neither.
+            for kind in TOGGLE_KINDS if rnd % 2 == 0 else TOGGLE_KINDS[::-1]:
+                self.set_recording("record", kind == "toggle-on")
+                w = self.measure(kind, BY_NAME["record"], self.plan.concurrencies[0], rnd)
+                progress(f"round {rnd + 1} record, {kind}: {w.rps:.0f} req/s")
+            self.set_recording("record", True)
             for setup in order:
                 if setup.name in RATE_SETUPS:
                     w = self.measure("rate", setup, 0, rnd)
@@ -1217,6 +1243,19 @@ def _per_round(windows: Sequence[Window], c: int, a: str, b: str) -> list[float]
     ]
 
 
+def _toggle_rounds(windows: Sequence[Window]) -> list[float]:
+    """Recording on over off in the one `record` process, round by round."""
+    by_round: dict[int, dict[str, float]] = {}
+    for w in windows:
+        if w.kind in TOGGLE_KINDS and w.sidecar_cpu_us is not None:
+            by_round.setdefault(w.round, {})[w.kind] = w.sidecar_cpu_us
+    return [
+        round(r["toggle-on"] / r["toggle-off"], 3)
+        for _, r in sorted(by_round.items())
+        if r.get("toggle-off") and "toggle-on" in r
+    ]
+
+
 def targets(
     summary: dict[str, Any], open_streams: dict[str, Any], windows: Sequence[Window] = ()
 ) -> list[Target]:
@@ -1254,6 +1293,20 @@ def targets(
                 "x",
                 f"{sh.get('sidecar_cpu_us')} us vs {rec.get('sidecar_cpu_us')} us; round by "
                 f"round {_per_round(windows, int(c), 'record+shadow', 'record')}",
+            )
+        )
+    toggle = summary.get("toggle", {})
+    if toggle:
+        rounds = _toggle_rounds(windows)
+        out.append(
+            _target(
+                "recording on vs off, one process switched by reload: CPU/request "
+                f"(c={toggle['concurrency']})",
+                _median(rounds),
+                1.15,
+                "x",
+                f"median of rounds {rounds}; {toggle['on'].get('sidecar_cpu_us')} us on vs "
+                f"{toggle['off'].get('sidecar_cpu_us')} us off (medians)",
             )
         )
     rate = summary["fixed_rate"]
@@ -1441,6 +1494,15 @@ def render(result: dict[str, Any]) -> str:
     if summary.get("single"):
         out.append("One burst at a time (concurrency 1): the hop's own time to first chunk")
         out.append(_rows(summary["single"], STREAM_COLUMNS))
+        out.append("")
+    toggle = summary.get("toggle")
+    if toggle:
+        out.append(
+            f"Recording switched off and on by reload in the one `record` process, concurrency "
+            f"{toggle['concurrency']}: {_f(toggle['off']['sidecar_cpu_us'], '{:.0f}')} us/req off, "
+            f"{_f(toggle['on']['sidecar_cpu_us'], '{:.0f}')} us/req on "
+            f"({toggle['off']['errors'] + toggle['on']['errors']} errors)"
+        )
         out.append("")
     out.append(f"Open loop at {plan['rate']} req/s (latency counted from when a request was due)")
     out.append(_rows(summary["fixed_rate"], RATE_COLUMNS))
@@ -1632,6 +1694,9 @@ def run(args: argparse.Namespace) -> int:
         "single": summarise(bench.windows, "single", None, bench.samples),
         "fixed_rate": summarise(bench.windows, "rate", None, bench.samples),
     }
+    off, on = (summarise(bench.windows, k, None).get("record") for k in TOGGLE_KINDS)
+    if off and on:
+        summary["toggle"] = {"concurrency": plan.concurrencies[0], "off": off, "on": on}
     result: dict[str, Any] = {
         "version": 1,
         "meta": meta,

@@ -54,6 +54,15 @@ def test_quick_bench_measures_every_configuration_without_errors(tmp_path: Path)
             assert row["upstream_cpu_us"] is not None, (kind, name)
             assert (row.get("sidecar_cpu_us_per_chunk") is None) == (name == "direct")
 
+    # Recording switched off and on again by reload, in the record sidecar's own process.
+    toggle = result["summary"]["toggle"]
+    assert toggle["off"]["records_written"] == 0  # not one exchange recorded while off
+    assert toggle["on"]["records_written"] > 1
+    for row in (toggle["off"], toggle["on"]):
+        assert row["requests"] > 0 and row["errors"] == 0 and row["sidecar_cpu_us"] is not None
+    names = [t["name"] for t in result["targets"]]
+    assert any(n.startswith("recording on vs off, one process") for n in names)
+
     rate = result["summary"]["fixed_rate"]
     assert set(rate) == {"direct", "sidecar", "record", "record+shadow", "bare"}
     assert all(row["errors"] == 0 for row in rate.values())
