@@ -61,6 +61,12 @@ class NotFound(ProxyError):
     code = "not_found"
 
 
+class NotImplementedHere(ProxyError):
+    status = 501
+    type = "invalid_request_error"
+    code = "not_implemented"
+
+
 class BodyTimeout(ProxyError):
     status = 408
     type = "invalid_request_error"

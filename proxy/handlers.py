@@ -23,6 +23,7 @@ from .errors import (
     BodyTimeout,
     BodyTooLarge,
     NotFound,
+    NotImplementedHere,
     ProxyError,
     UpstreamTimeout,
     UpstreamUnreachable,
@@ -95,6 +96,16 @@ class Proxy:
                 raise NotFound(
                     f"no such path on the sidecar: {path!r}; the API lives under /v1/ "
                     "(set OPENAI_BASE_URL=http://host:port/v1)"
+                )
+            if (
+                request.method == "GET"
+                and "websocket" in request.headers.get("upgrade", "").lower()
+            ):
+                # Dropping the hop-by-hop Upgrade header would send the provider a plain GET,
+                # and the app a confusing failure from there.
+                raise NotImplementedHere(
+                    f"the sidecar does not relay WebSocket connections ({path}, e.g. the "
+                    "Realtime API); connect to the provider directly for those"
                 )
             body = await self._read_body(request, rt.max_body, rt.body_timeout)
         except ProxyError as e:

@@ -303,6 +303,23 @@ async def test_body_that_stalls_mid_way_is_a_408_and_the_connection_closes(
     assert answer.choices[0].message.content
 
 
+async def test_websocket_upgrade_is_a_clear_501_and_h2c_is_ignored(old, new, make_sidecar) -> None:
+    sc = await make_sidecar(base_config(old, new))
+    async with aiohttp.ClientSession() as s:
+        with pytest.raises(aiohttp.WSServerHandshakeError) as e:
+            await s.ws_connect(f"{sc.url}/realtime?model=gpt-4o-realtime-preview")
+        assert e.value.status == 501
+        async with s.get(f"{sc.url}/realtime", headers={"Upgrade": "websocket"}) as r:
+            assert r.status == 501
+            error = (await r.json())["error"]
+            assert error["code"] == "not_implemented" and "WebSocket" in error["message"]
+        assert not old.received
+        # curl --http2 on plain http asks for h2c; the answer is plain HTTP/1.1 as ever.
+        upgrade = {"Connection": "Upgrade, HTTP2-Settings", "Upgrade": "h2c"}
+        async with s.get(f"{sc.url}/models", headers=upgrade) as r:
+            assert r.status == 200 and (await r.json())["data"]
+
+
 async def test_paths_outside_v1_are_a_404_in_openai_shape(old, new, make_sidecar) -> None:
     sc = await make_sidecar(base_config(old, new))
     root = sc.url.removesuffix("/v1")
