@@ -14,6 +14,7 @@ under load. Under valgrind a sidecar starts in ~40 s and runs ~50x slower.
     .venv/bin/python scripts/count_instructions.py sidecar record     # ~2 minutes
     .venv/bin/python scripts/count_instructions.py --requests 500 record record+shadow
     .venv/bin/python scripts/count_instructions.py --keep /tmp/cg sidecar record
+    .venv/bin/python scripts/count_instructions.py --load bursts bare sidecar record  # per stream
     callgrind_annotate --inclusive=yes /tmp/cg/callgrind.record | head -60
 """
 
@@ -38,17 +39,18 @@ import bench  # the bench's process handling and configurations, reused as-is
 TOTALS = re.compile(rb"^(?:totals|summary): (\d+)", re.MULTILINE)
 
 
-def post_many(url: str, n: int) -> None:
+def post_many(url: str, n: int, stream: bool = False) -> None:
     parts = urlsplit(url)
     conn = http.client.HTTPConnection(parts.hostname or "127.0.0.1", parts.port, timeout=120)
     headers = {"content-type": "application/json", "authorization": f"Bearer {bench.KEY_CLIENT}"}
+    data = bench.STREAM_BODY if stream else bench.CHAT_BODY
     try:
         for _ in range(n):
-            conn.request("POST", f"{parts.path}/chat/completions", bench.CHAT_BODY, headers)
+            conn.request("POST", f"{parts.path}/chat/completions", data, headers)
             resp = conn.getresponse()
             body = resp.read()
-            if resp.status != 200:
-                raise bench.BenchError(f"the sidecar answered {resp.status}: {body[:300]!r}")
+            if resp.status != 200 or (stream and b"data: [DONE]" not in body):
+                raise bench.BenchError(f"the proxy answered {resp.status}: {body[:300]!r}")
     finally:
         conn.close()
 
@@ -67,20 +69,24 @@ def count(
     b_url: str,
     n: int,
     keep: Path | None = None,
+    stream: bool = False,
 ) -> int:
-    cfg = bench.sidecar_config(setup, a_url, b_url, tmp / f"{bench._slug(setup.name)}.db")
-    path = tmp / f"{bench._slug(setup.name)}.yaml"
-    path.write_bytes(orjson.dumps(cfg))
     out = tmp / f"cg-{bench._slug(setup.name)}"
     argv = ["valgrind", "--tool=callgrind", f"--callgrind-out-file={out}.%p", "--"]
-    argv += [bench.PY, "-m", "proxy", "serve", "--config", str(path)]
+    if setup.bare:
+        argv += [bench.PY, str(bench.ROOT / "scripts" / "bare_proxy.py"), a_url, bench.KEY_A]
+    else:
+        cfg = bench.sidecar_config(setup, a_url, b_url, tmp / f"{bench._slug(setup.name)}.db")
+        path = tmp / f"{bench._slug(setup.name)}.yaml"
+        path.write_bytes(orjson.dumps(cfg))
+        argv += [bench.PY, "-m", "proxy", "serve", "--config", str(path)]
     fleet.spawn(setup.name, argv)
     fleet.wait_ready([setup.name], re.compile(r"listening on (http://\S+)"), 300)
     proc = fleet.procs[setup.name]
-    post_many(proc.url, 20)
+    post_many(proc.url, 20, stream)
     settle(proc.url)
     subprocess.run(["callgrind_control", "--zero", str(proc.pid)], capture_output=True, check=True)
-    post_many(proc.url, n)
+    post_many(proc.url, n, stream)
     settle(proc.url)
     subprocess.run(["callgrind_control", "--dump", str(proc.pid)], capture_output=True, check=True)
     dumps = sorted(tmp.glob(f"{out.name}.{proc.pid}.*"))
@@ -96,10 +102,16 @@ def count(
 
 
 def main() -> int:
-    names = [s.name for s in bench.SETUPS if s.sidecar and not s.bare]
+    names = [s.name for s in bench.SETUPS if s.sidecar]
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("configs", nargs="+", choices=names, metavar="CONFIG", help=", ".join(names))
     p.add_argument("--requests", type=int, default=200)
+    p.add_argument(
+        "--load",
+        choices=("requests", "bursts"),
+        default="requests",
+        help="plain answers, or streams of bench.CHUNKS events sent back to back (per stream)",
+    )
     p.add_argument(
         "--keep",
         type=Path,
@@ -116,7 +128,8 @@ def main() -> int:
         bench.Fleet(Path(tmp_name)) as fleet,
     ):
         tmp = Path(tmp_name)
-        fake = [bench.PY, "-m", "proxy", "fake", "--port", "0", "--models"]
+        fake = [bench.PY, "-m", "proxy", "fake", "--port", "0", "--chunks", str(bench.CHUNKS)]
+        fake += ["--models"]
         fleet.spawn("upstream-a", [*fake, bench.MODEL, "--name", "a", "--api-key", bench.KEY_A])
         fleet.spawn(
             "upstream-b",
@@ -125,9 +138,19 @@ def main() -> int:
         fleet.wait_ready(["upstream-a", "upstream-b"], re.compile(r"^(http://\S+)$", re.M), 60)
         a_url, b_url = fleet.procs["upstream-a"].url, fleet.procs["upstream-b"].url
         for name in args.configs:
-            total = count(fleet, tmp, bench.BY_NAME[name], a_url, b_url, args.requests, args.keep)
+            total = count(
+                fleet,
+                tmp,
+                bench.BY_NAME[name],
+                a_url,
+                b_url,
+                args.requests,
+                args.keep,
+                args.load == "bursts",
+            )
             results[name] = total / args.requests
-            print(f"{name}: {results[name]:,.0f} instructions per request", flush=True)
+            unit = "stream" if args.load == "bursts" else "request"
+            print(f"{name}: {results[name]:,.0f} instructions per {unit}", flush=True)
     first = args.configs[0]
     for name in args.configs[1:]:
         print(f"{name} vs {first}: {results[name] / results[first]:.3f}x")
