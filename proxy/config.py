@@ -60,6 +60,9 @@ class UpstreamConfig(_Strict):
     pool: Pool = Pool()
     # Ask streams for usage (stream_options.include_usage) and strip the extra chunk again.
     inject_usage: bool = True
+    # "env": HTTPS_PROXY / HTTP_PROXY / ALL_PROXY and NO_PROXY, as curl reads them (a loopback
+    # host never goes through one); "none": always direct; or an http:// proxy URL.
+    proxy: str = "env"
 
     @field_validator("base_url")
     @classmethod
@@ -70,6 +73,16 @@ class UpstreamConfig(_Strict):
         if parts.query or parts.fragment:
             raise ValueError("must not carry a query string or fragment")
         return v.rstrip("/")
+
+    @field_validator("proxy")
+    @classmethod
+    def _proxy(cls, v: str) -> str:
+        if v in ("env", "none"):
+            return v
+        parts = urlsplit(v)
+        if parts.scheme not in ("http", "https") or not parts.hostname:
+            raise ValueError('must be "env", "none" or an http:// proxy URL with a host')
+        return v
 
     @field_validator("auth_header")
     @classmethod

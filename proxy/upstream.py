@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+import ipaddress
+import urllib.request
 from collections.abc import Mapping
 from urllib.parse import urlsplit
 
@@ -66,6 +68,38 @@ def forward_headers(headers: Mapping[str, str], drop: frozenset[str]) -> CIMulti
     return CIMultiDict([(k, v) for k, v in headers.items() if k.lower() not in drop])
 
 
+def _loopback(host: str) -> bool:
+    if host == "localhost" or host.endswith(".localhost"):
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def proxy_for(base_url: str, setting: str) -> URL | None:
+    """The proxy an upstream's connections go through, or None for direct.
+
+    "env" reads the variables curl does (HTTPS_PROXY for https://, HTTP_PROXY for http://,
+    ALL_PROXY for either, in either case; NO_PROXY exempts hosts and domains), except that a
+    loopback host is always direct: a proxy variable set for the outside world must not take
+    the sidecar's local fakes or gateways with it.
+    """
+    if setting == "none":
+        return None
+    if setting != "env":
+        return URL(setting)
+    parts = urlsplit(base_url)
+    host = parts.hostname or ""
+    if _loopback(host):
+        return None
+    proxies = urllib.request.getproxies_environment()  # lower-case names win, as with curl
+    found = proxies.get(parts.scheme) or proxies.get("all")
+    if not found or urllib.request.proxy_bypass(host):  # NO_PROXY
+        return None
+    return URL(found if "://" in found else f"http://{found}")
+
+
 class UpstreamClient:
     """Lives as long as its settings do: a reload that leaves them alone keeps the pool."""
 
@@ -77,6 +111,9 @@ class UpstreamClient:
         self.models = cfg.models
         self._urls: dict[tuple[str, str], URL] = {}
         self.inject_usage = cfg.inject_usage
+        self.proxy = proxy_for(cfg.base_url, cfg.proxy)
+        # For messages: where the proxy is, never its credentials.
+        self.via = "" if self.proxy is None else f" via proxy {self.proxy.host}:{self.proxy.port}"
         self.first_byte = cfg.timeouts.first_byte
         self.idle = cfg.timeouts.idle
         headers = dict(cfg.headers)
@@ -138,17 +175,26 @@ class UpstreamClient:
                 headers=headers,
                 data=body if body else None,
                 allow_redirects=False,
+                proxy=self.proxy,
             )
         except aiohttp.ServerTimeoutError as e:
-            raise UpstreamTimeout(f"upstream {self.name!r} ({self.host}): connect timed out") from e
+            raise UpstreamTimeout(
+                f"upstream {self.name!r} ({self.host}){self.via}: connect timed out"
+            ) from e
         except aiohttp.ClientConnectorError as e:
             raise UpstreamUnreachable(
-                f"upstream {self.name!r} ({self.host}) is unreachable: {e.os_error.strerror or e.os_error}"
+                f"upstream {self.name!r} ({self.host}){self.via} is unreachable: "
+                f"{e.os_error.strerror or e.os_error}"
+            ) from e
+        except aiohttp.ClientHttpProxyError as e:
+            raise UpstreamUnreachable(
+                f"upstream {self.name!r} ({self.host}){self.via}: the proxy answered "
+                f"{e.status} {e.message}"
             ) from e
         except (aiohttp.ClientOSError, aiohttp.ServerDisconnectedError) as e:
             raise UpstreamUnreachable(
-                f"upstream {self.name!r} ({self.host}) closed the connection before answering: "
-                f"{type(e).__name__}"
+                f"upstream {self.name!r} ({self.host}){self.via} closed the connection before "
+                f"answering: {type(e).__name__}"
             ) from e
         except aiohttp.ClientResponseError as e:
             raise UpstreamUnreachable(
