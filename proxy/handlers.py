@@ -31,7 +31,7 @@ from .errors import (
 )
 from .meter import Meter
 from .records import Exchange
-from .rewrite import USAGE_OPT_IN_PATHS, for_upstream, path_model
+from .rewrite import USAGE_OPT_IN_PATHS, Unmap, for_upstream, model_unmapper, path_model
 from .router import sticky_point
 from .sse import Kind, SSEDecoder
 from .upstream import (
@@ -203,12 +203,28 @@ class Proxy:
         send_tail, send_body, sent_model, strip = for_upstream(
             up, tail, obj, body, model, in_path, want_usage
         )
+        # The answer names the id the provider was sent; the app gets back the one it asked for.
+        unmap = (
+            model_unmapper(sent_model, model)
+            if model is not None and sent_model is not None and sent_model != model
+            else None
+        )
 
         meter = Meter("primary", name, sent_model, json_mode)
         up.enter()
         try:
             return await self._forward(
-                request, up, meter, rid, send_tail, query, headers, send_body, strip, recording
+                request,
+                up,
+                meter,
+                rid,
+                send_tail,
+                query,
+                headers,
+                send_body,
+                strip,
+                recording,
+                unmap,
             )
         except asyncio.CancelledError:
             meter.fail("client_disconnect", "the app closed the connection")
@@ -292,6 +308,7 @@ class Proxy:
         body: bytes,
         strip: bool,
         recording: bool,
+        unmap: Unmap | None,
     ) -> web.StreamResponse:
         try:
             # One deadline for headers and, on plain answers, the body; streams re-arm it per chunk.
@@ -305,7 +322,7 @@ class Proxy:
                     if is_sse or not _bufferable(upr, ctype):
                         deadline.reschedule(None)
                         return await self._relay(
-                            request, upr, up, meter, out_headers, strip, is_sse
+                            request, upr, up, meter, out_headers, strip, is_sse, unmap
                         )
                     data = await upr.read()
                 finally:
@@ -329,7 +346,9 @@ class Proxy:
             meter.fail("connection", err.message)
             return err.response(rid)
         meter.bytes = len(data)
-        meter.body = data
+        meter.body = data  # recorded as the provider sent it
+        if unmap is not None and "json" in ctype:
+            data = unmap(data)
         return web.Response(status=upr.status, body=data, headers=out_headers)
 
     async def _relay(
@@ -341,6 +360,7 @@ class Proxy:
         headers: CIMultiDict[str],
         strip: bool,
         is_sse: bool,
+        unmap: Unmap | None,
     ) -> web.StreamResponse:
         """Pipe a stream chunk by chunk; SSE is also parsed, to count tokens and strip usage."""
         resp = web.StreamResponse(status=upr.status, headers=headers)
@@ -356,7 +376,9 @@ class Proxy:
         loop = asyncio.get_running_loop()
         content = upr.content
         tally = meter.tally
-        decoder = SSEDecoder() if tally is not None else None
+        # Whole events go out, not raw reads, when one may be held back or rewritten.
+        framed = is_sse and (strip or unmap is not None)
+        decoder = SSEDecoder() if tally is not None or framed else None
         try:
             async with asyncio.timeout(None) as idle:
                 armed = -up.idle
@@ -366,28 +388,31 @@ class Proxy:
                     if not chunk:
                         break
                     meter.bytes += len(chunk)
-                    if decoder is None or tally is None:
+                    if decoder is None:
                         await _write(resp, chunk)
-                    elif strip:
+                    elif framed:
                         out = []
                         for ev in decoder.feed(chunk):
-                            kind = tally.add(ev)
-                            if kind is Kind.USAGE_ONLY:
-                                continue
-                            meter.event(kind)
-                            out.append(ev.raw)
+                            if tally is not None:
+                                kind = tally.add(ev)
+                                if strip and kind is Kind.USAGE_ONLY:
+                                    continue
+                                meter.event(kind)
+                            out.append(ev.raw if unmap is None else unmap(ev.raw))
                         if out:
                             await _write(resp, out[0] if len(out) == 1 else b"".join(out))
                     else:
-                        # Nothing to strip: the bytes go out as they came, before parsing.
+                        # Nothing to strip or rewrite: the bytes go out as they came, then
+                        # are parsed.
                         await _write(resp, chunk)
-                        for ev in decoder.feed(chunk):
-                            meter.event(tally.add(ev))
-                if decoder is not None and tally is not None:
-                    for ev in decoder.flush():
-                        kind = tally.add(ev)
-                        if strip and kind is not Kind.USAGE_ONLY:
-                            await _write(resp, ev.raw)
+                        if tally is not None:
+                            for ev in decoder.feed(chunk):
+                                meter.event(tally.add(ev))
+                if decoder is not None:
+                    for ev in decoder.flush():  # an unterminated last event
+                        kind = tally.add(ev) if tally is not None else Kind.OTHER
+                        if framed and not (strip and kind is Kind.USAGE_ONLY):
+                            await _write(resp, ev.raw if unmap is None else unmap(ev.raw))
         except _ClientGone:
             meter.fail("client_disconnect", "the app closed the connection mid-stream")
             upr.close()  # drop the upstream connection: that is how it learns to stop

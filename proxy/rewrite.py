@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import re
+from collections.abc import Callable
+from functools import lru_cache
 from typing import Any
 from urllib.parse import quote, unquote
 
@@ -70,3 +73,25 @@ def for_upstream(
         return rewrite_path_model(tail, mapped), raw, mapped, False
     body, sent, strip = upstream_body(up, obj, raw, model, want_usage)
     return tail, body, sent, strip
+
+
+Unmap = Callable[[bytes], bytes]
+
+
+@lru_cache(maxsize=256)
+def model_unmapper(sent: str, asked: str) -> Unmap:
+    """Puts the app's model id back where the answer names the one the sidecar sent.
+
+    Only a `"model": "<sent>"` member changes (at any depth: the Responses API nests one): in
+    JSON a quoted key can't occur inside a string, where its quotes would be escaped, so the
+    pattern never touches text. An answer that names another id (a dated version, say) keeps
+    it, as the app would see it from that provider directly.
+    """
+    pattern = re.compile(rb'("model"\s*:\s*)' + re.escape(orjson.dumps(sent)))
+    replacement = rb"\g<1>" + orjson.dumps(asked).replace(b"\\", b"\\\\")
+
+    def unmap(data: bytes) -> bytes:
+        return pattern.sub(replacement, data) if sent_bytes in data else data
+
+    sent_bytes = orjson.dumps(sent)[1:-1]  # a cheap test before the regex: most reads lack it
+    return unmap

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import gzip
+import sqlite3
 from collections import Counter
 from typing import Any
 
@@ -134,6 +135,45 @@ async def test_model_is_mapped_and_keys_are_swapped(old, new, make_sidecar, sdk)
     assert not old.received
 
 
+async def test_answers_name_the_model_the_app_asked_for(
+    old, new, make_sidecar, sdk, tmp_path
+) -> None:
+    db = tmp_path / "rec.db"
+    cfg = base_config(old, new, split={"new": 1}, record={"enabled": True, "path": str(db)})
+    sc = await make_sidecar(cfg)
+    client = sdk(sc)
+    answer = await client.chat.completions.create(model="gpt-4o-mini", messages=MESSAGES)
+    assert answer.model == "gpt-4o-mini"
+    assert new.received[-1].json["model"] == "prov/gpt-4o-mini"
+    chunks = [
+        c
+        async for c in await client.chat.completions.create(
+            model="gpt-4o-mini", messages=MESSAGES, stream=True
+        )
+    ]
+    assert chunks and {c.model for c in chunks} == {"gpt-4o-mini"}
+    assert "".join(c.choices[0].delta.content or "" for c in chunks if c.choices) == (
+        answer.choices[0].message.content
+    )
+    events = [
+        e async for e in await client.responses.create(model="gpt-4o-mini", input="hi", stream=True)
+    ]
+    done = [e for e in events if e.type == "response.completed"]
+    assert done and done[0].response.model == "gpt-4o-mini"  # nested in the event
+    embedded = await client.embeddings.create(model="text-embedding-3-small", input="x")
+    assert embedded.model == "text-embedding-3-small"
+    # The record keeps what the provider said.
+    await sc.stop()
+    con = sqlite3.connect(db)
+    try:
+        rows = con.execute("SELECT response_body FROM responses WHERE role = 'primary'").fetchall()
+    finally:
+        con.close()
+    bodies = [orjson.loads(b) for (b,) in rows if b and b.startswith(b"{")]
+    chat = [b for b in bodies if b.get("object") == "chat.completion"]
+    assert chat and chat[0]["model"] == "prov/gpt-4o-mini"
+
+
 async def test_model_in_path_is_mapped(old, new, make_sidecar) -> None:
     sc = await make_sidecar(base_config(old, new, split={"new": 1}))
     async with (
@@ -141,7 +181,7 @@ async def test_model_in_path_is_mapped(old, new, make_sidecar) -> None:
         s.post(f"{sc.url}/models/flux/run", json={"prompt": "a cat"}) as r,
     ):
         assert r.status == 200
-        assert (await r.json())["model"] == "black-forest/flux"
+        assert (await r.json())["model"] == "flux"  # the provider said black-forest/flux
     assert new.received[-1].path == "/v1/models/black-forest/flux/run"
 
 
