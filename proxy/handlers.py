@@ -362,7 +362,8 @@ class Proxy:
         is_sse: bool,
         unmap: Unmap | None,
     ) -> web.StreamResponse:
-        """Pipe a stream chunk by chunk; SSE is also parsed, to count tokens and strip usage."""
+        """Pipe a stream chunk by chunk; SSE is also parsed to count tokens, and relayed event by
+        event where the usage chunk is held back or the model id put back."""
         resp = web.StreamResponse(status=upr.status, headers=headers)
         if is_sse:
             # No proxy or browser between here and the app may hold events back.

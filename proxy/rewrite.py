@@ -87,11 +87,12 @@ def model_unmapper(sent: str, asked: str) -> Unmap:
     pattern never touches text. An answer that names another id (a dated version, say) keeps
     it, as the app would see it from that provider directly.
     """
-    pattern = re.compile(rb'("model"\s*:\s*)' + re.escape(orjson.dumps(sent)))
+    quoted = orjson.dumps(sent)
+    pattern = re.compile(rb'("model"\s*:\s*)' + re.escape(quoted))
     replacement = rb"\g<1>" + orjson.dumps(asked).replace(b"\\", b"\\\\")
+    bare = quoted[1:-1]  # a memmem test before the regex: most reads don't name the model
 
     def unmap(data: bytes) -> bytes:
-        return pattern.sub(replacement, data) if sent_bytes in data else data
+        return pattern.sub(replacement, data) if bare in data else data
 
-    sent_bytes = orjson.dumps(sent)[1:-1]  # a cheap test before the regex: most reads lack it
     return unmap
