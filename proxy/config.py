@@ -149,8 +149,8 @@ class RecordConfig(_Strict):
 
 class Limits(_Strict):
     max_body_bytes: int = Field(default=32 * 1024 * 1024, ge=1)
-    # Seconds a request body may take to arrive once its headers have: an app that stalls
-    # mid-body gets a 408 instead of holding a connection for ever.
+    # Seconds a request body may go without a byte once its headers are in: an app that
+    # stalls mid-body gets a 408 instead of holding a connection for ever.
     body_timeout: Seconds = 60.0
     # Seconds given to in-flight requests (and open streams) on SIGTERM.
     shutdown_grace: Seconds = 30.0

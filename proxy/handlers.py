@@ -275,23 +275,34 @@ class Proxy:
         if content.is_eof():  # the usual case: the body came with the headers, no wait to bound
             return await self._read_chunks(content, limit)
         try:
-            async with asyncio.timeout(wait):
-                return await self._read_chunks(content, limit)
+            async with asyncio.timeout(None) as deadline:
+                return await self._read_chunks(content, limit, deadline, wait)
         except TimeoutError:
             raise BodyTimeout(
-                f"the request body did not arrive within {wait:g} s "
-                "(limits.body_timeout); send it whole, or raise the limit"
+                f"the request body stopped arriving: nothing for {wait:g} s (limits.body_timeout)"
             ) from None
 
-    async def _read_chunks(self, content: aiohttp.StreamReader, limit: int) -> bytes:
+    async def _read_chunks(
+        self,
+        content: aiohttp.StreamReader,
+        limit: int,
+        deadline: asyncio.Timeout | None = None,
+        idle: float = 0.0,
+    ) -> bytes:
+        """The body, whole; with a `deadline`, each read may wait at most `idle` seconds."""
+        loop = asyncio.get_running_loop()
         chunks: list[bytes] = []
         size = 0
         try:
+            if deadline is not None:
+                deadline.reschedule(loop.time() + idle)
             async for chunk in content.iter_any():
                 size += len(chunk)
                 if size > limit:
                     raise BodyTooLarge(f"request body is over the sidecar's limit of {limit} bytes")
                 chunks.append(chunk)
+                if deadline is not None:
+                    deadline.reschedule(loop.time() + idle)
         except aiohttp.web_exceptions.HTTPException as e:
             raise BadRequest(f"could not read the request body: {e.reason}") from None
         return chunks[0] if len(chunks) == 1 else b"".join(chunks)

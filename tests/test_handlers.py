@@ -337,6 +337,21 @@ async def test_body_that_stalls_mid_way_is_a_408_and_the_connection_closes(
     error = orjson.loads(rest.partition(b"\r\n\r\n")[2])["error"]
     assert error["code"] == "request_timeout" and "limits.body_timeout" in error["message"]
     assert not old.received
+    # A slow body that keeps coming is not cut, though it takes twice the limit in all.
+    body = orjson.dumps({"model": "gpt-4o-mini", "messages": MESSAGES})
+    reader, writer = await asyncio.open_connection("127.0.0.1", sc.port)
+    try:
+        writer.write(head + b"Content-Length: %d\r\nConnection: close\r\n\r\n" % len(body))
+        step = len(body) // 6 + 1
+        for i in range(0, len(body), step):
+            writer.write(body[i : i + step])
+            await writer.drain()
+            await asyncio.sleep(0.1)
+        raw = await asyncio.wait_for(reader.read(), timeout=10)
+    finally:
+        writer.close()
+    assert raw.split(b"\r\n", 1)[0].split()[1] == b"200"
+    assert old.received[-1].json["messages"] == MESSAGES
     # A body that comes whole is not held to the clock, however slow the upstream.
     old.behaviour = Behaviour(latency=0.5)
     answer = await sdk(sc).chat.completions.create(model="gpt-4o-mini", messages=MESSAGES)
