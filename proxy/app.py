@@ -223,20 +223,23 @@ class Sidecar:
     async def _file_changed(self) -> None:
         await self.reload("file")
 
+    def _refuse(self, source: str, reason: str) -> bool:
+        self.live.refuse(reason)
+        log.error(
+            "config refused, keeping the running one",
+            source=source,
+            reason=reason,
+            revision=self.live.current.revision,
+        )
+        return False
+
     async def reload(self, source: str) -> bool:
         """Validate the file completely, then swap; any problem keeps the running config."""
         async with self._reload_lock:
             try:
                 cfg, text = await asyncio.to_thread(config_mod.load, self.path)
             except ConfigError as e:
-                self.live.refuse(str(e))
-                log.error(
-                    "config refused, keeping the running one",
-                    source=source,
-                    reason=str(e),
-                    revision=self.live.current.revision,
-                )
-                return False
+                return self._refuse(source, str(e))
             if self.watcher is not None:
                 self.watcher.seen()
             digest = config_mod.digest(text)
@@ -263,15 +266,7 @@ class Sidecar:
                 try:
                     await recorder.start()
                 except StoreError as e:
-                    reason = f"{self.path}: record.path: {e}"
-                    self.live.refuse(reason)
-                    log.error(
-                        "config refused, keeping the running one",
-                        source=source,
-                        reason=reason,
-                        revision=self.live.current.revision,
-                    )
-                    return False
+                    return self._refuse(source, f"{self.path}: record.path: {e}")
                 self.recorder = self.proxy.recorder = self.shadower.recorder = recorder
                 log.info("recording started", path=cfg.record.path)
             self.digest = digest
