@@ -18,6 +18,8 @@ _EOL = re.compile(rb"[\r\n]")
 # Leftmost alternation takes "\r\n" as one line ending before trying a lone "\r".
 _LINE_SPLIT = re.compile(rb"\r\n|\r|\n")
 _MAX_ERROR = 300  # characters of an error message kept for the record
+# An event held back longer than this is let go as it is (see `SSEDecoder`).
+MAX_EVENT = 32 * 1024 * 1024
 
 
 class Event(NamedTuple):
@@ -59,14 +61,21 @@ class SSEDecoder:
     concatenated `raw` of everything returned is exactly the input.
     """
 
-    __slots__ = ("_resume", "_started", "_tail")
+    __slots__ = ("_held", "_held_size", "_last", "_max", "_resume", "_started", "_tail")
 
-    def __init__(self) -> None:
+    def __init__(self, max_event: int = MAX_EVENT) -> None:
         self._tail = b""
         # Where the separator search may restart in the tail: the tail holds no complete
         # event, so only its last few bytes can begin a separator.
         self._resume = 0
         self._started = False
+        # Reads that came after the tail and end no event, not yet joined to it: joining every
+        # read of a large event (an image's base64, a long tool call) to the tail copied it
+        # again each time, and 32 MB in 16 KB reads held the event loop for 38 s.
+        self._held: list[bytes] = []
+        self._held_size = 0
+        self._last = b""  # the last 3 bytes of tail and held reads, where a separator may begin
+        self._max = max_event
 
     def feed(self, chunk: bytes) -> list[Event]:
         # The usual read of a paced stream: exactly one `data:` line and its blank line.
@@ -80,7 +89,26 @@ class SSEDecoder:
             and b"\r" not in chunk
         ):
             return [Event(chunk, chunk[6 if chunk[5:6] == b" " else 5 : end], None)]
-        buf = self._tail + chunk if self._tail else chunk
+        if self._tail and self._started:
+            # An event ends at a blank line, and every blank line holds "\n\n", "\r\r" or
+            # "\n\r" (whatever the line endings). A read without one ends nothing.
+            edge = self._last + chunk[:3]
+            if not (_may_end(chunk) or _may_end(edge)):
+                self._held.append(chunk)
+                self._held_size += len(chunk)
+                self._last = edge[-3:] if len(chunk) < 3 else chunk[-3:]
+                if len(self._tail) + self._held_size > self._max:
+                    return [self._let_go()]
+                return []
+            if self._held:
+                self._resume = max(0, len(self._tail) + self._held_size - 3)
+                buf = b"".join([self._tail, *self._held, chunk])
+                self._held = []
+                self._held_size = 0
+            else:
+                buf = self._tail + chunk
+        else:
+            buf = self._tail + chunk if self._tail else chunk  # the start of a byte-order mark
         if not self._started:
             if len(buf) < 3 and _BOM.startswith(buf):
                 self._tail = buf  # perhaps the start of a byte-order mark: wait for more
@@ -99,9 +127,22 @@ class SSEDecoder:
             return self._split(buf, b"\r\n", b"\r\n\r\n")
         return self._split_mixed(buf)
 
+    def _let_go(self) -> Event:
+        """An event over `max_event` bytes that has not ended: its bytes go on unread, as an
+        event without fields, so that memory stays bounded and the relay stays byte-exact.
+        The rest of it reads as a field-less event too, up to its blank line."""
+        raw = b"".join([self._tail, *self._held])
+        self._tail = self._last = b""
+        self._held = []
+        self._held_size = self._resume = 0
+        return Event(raw, None, None)
+
     def flush(self) -> list[Event]:
         """At end of stream: whatever is left, as one event (it was never terminated)."""
-        tail, self._tail, self._resume = self._tail, b"", 0
+        tail = b"".join([self._tail, *self._held]) if self._held else self._tail
+        self._tail = self._last = b""
+        self._held = []
+        self._held_size = self._resume = 0
         if not tail:
             return []
         return [_event_of(tail, _LINE_SPLIT.split(tail))]
@@ -142,6 +183,8 @@ class SSEDecoder:
                 out.append(_event_of(buf[pos:nxt], buf[pos:end].split(eol)))
             pos = search = nxt
         self._keep(buf, pos)
+        if len(self._tail) > self._max:
+            out.append(self._let_go())
         return out
 
     def _split_mixed(self, buf: bytes) -> list[Event]:
@@ -164,12 +207,19 @@ class SSEDecoder:
                 pos = nxt
             line = nxt
         self._keep(buf, pos)
+        if len(self._tail) > self._max:
+            out.append(self._let_go())
         return out
 
     def _keep(self, buf: bytes, pos: int) -> None:
         self._tail = tail = buf[pos:] if pos else buf
         # A separator is at most 4 bytes ("\r\n\r\n"), so it can start at most 3 back.
         self._resume = max(0, len(tail) - 3)
+        self._last = tail[-3:]
+
+
+def _may_end(data: bytes) -> bool:
+    return b"\n\n" in data or b"\r\r" in data or b"\n\r" in data
 
 
 class Kind(enum.IntEnum):

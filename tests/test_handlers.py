@@ -542,3 +542,67 @@ async def test_bodies_are_parsed_only_when_something_reads_them(
         assert sc.live.current.inspect_bodies is True, extra
     sc = await make_sidecar(base_config(old, new), name="mapped.yaml")  # `new` maps models
     assert sc.live.current.inspect_bodies is True
+
+
+async def test_a_multi_megabyte_event_in_small_writes_arrives_whole_and_is_counted(
+    make_sidecar, old, new, sdk, tmp_path
+) -> None:
+    # An image's base64 or a long tool call comes as one large event in many TCP reads; the
+    # sidecar parses it (recording) and relays it event by event (the model id is mapped back).
+    from aiohttp import web
+
+    big = "A" * (4 * 1024 * 1024)
+    head = {
+        "id": "c1",
+        "object": "chat.completion.chunk",
+        "created": 1,
+        "model": "prov/gpt-4o-mini",
+    }
+    events = [
+        {**head, "choices": [{"index": 0, "delta": {"role": "assistant", "content": big}}]},
+        {**head, "choices": [{"index": 0, "delta": {}, "finish_reason": "stop"}]},
+        {
+            **head,
+            "choices": [],
+            "usage": {"prompt_tokens": 5, "completion_tokens": 7, "total_tokens": 12},
+        },
+    ]
+    stream = b"".join(b"data: " + orjson.dumps(e) + b"\n\n" for e in events) + b"data: [DONE]\n\n"
+
+    async def sse(request: web.Request) -> web.StreamResponse:
+        resp = web.StreamResponse(headers={"content-type": "text/event-stream"})
+        await resp.prepare(request)
+        for i in range(0, len(stream), 8192):
+            await resp.write(stream[i : i + 8192])
+        await resp.write_eof()
+        return resp
+
+    app = web.Application()
+    app.router.add_post("/v1/chat/completions", sse)
+    runner = web.AppRunner(app)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    port = runner.addresses[0][1]
+    try:
+        cfg = base_config(old, new, split={"new": 1})
+        cfg["upstreams"]["new"]["base_url"] = f"http://127.0.0.1:{port}/v1"
+        cfg["record"] = {"enabled": True, "path": str(tmp_path / "r.db")}
+        sc = await make_sidecar(cfg)
+        chunks = [
+            c
+            async for c in await sdk(sc).chat.completions.create(
+                model="gpt-4o-mini", messages=MESSAGES, stream=True
+            )
+        ]
+        assert "".join(c.choices[0].delta.content or "" for c in chunks if c.choices) == big
+        assert {c.model for c in chunks} == {"gpt-4o-mini"}
+        await sc.stop()
+        con = sqlite3.connect(tmp_path / "r.db")
+        try:
+            row = con.execute("SELECT completion_tokens, stream_done, error_kind FROM responses")
+            assert row.fetchone() == (7, 1, None)
+        finally:
+            con.close()
+    finally:
+        await runner.cleanup()

@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import string
+import time
 
 from hypothesis import given
 from hypothesis import strategies as st
@@ -8,8 +9,8 @@ from hypothesis import strategies as st
 from proxy.sse import Event, Kind, SSEDecoder, StreamTally, ToolCall
 
 
-def decode(*chunks: bytes) -> list[Event]:
-    decoder = SSEDecoder()
+def decode(*chunks: bytes, max_event: int | None = None) -> list[Event]:
+    decoder = SSEDecoder() if max_event is None else SSEDecoder(max_event)
     events = [ev for chunk in chunks for ev in decoder.feed(chunk)]
     return events + decoder.flush()
 
@@ -142,6 +143,31 @@ def test_a_bom_later_in_the_stream_is_left_alone() -> None:
     assert [ev.data for ev in events] == [b"a", None]
 
 
+def test_a_large_event_in_many_small_reads_costs_linear_time() -> None:
+    # Joining each read to the held tail copied it again every time: 24 MB in 2 KB reads
+    # took most of a minute. A generous bound, only to say it did not hang.
+    body = b'data: {"b64_json":"' + b"A" * (24 * 1024 * 1024) + b'"}\n\n'
+    chunks = [body[i : i + 2048] for i in range(0, len(body), 2048)]
+    started = time.perf_counter()
+    events = decode(*chunks, b"data: [DONE]\n\n")
+    assert time.perf_counter() - started < 20
+    assert [ev.raw for ev in events] == [body, b"data: [DONE]\n\n"]
+    assert events[0].data == body[6:-2]
+
+
+def test_an_event_that_never_ends_is_let_go_past_the_limit() -> None:
+    head = b"data: " + b"x" * 250  # no blank line: an upstream that never ends its event
+    rest = b"yz\n\n"
+    chunks = [head[i : i + 10] for i in range(0, len(head), 10)]
+    events = decode(*chunks, rest, b"data: b\n\n", max_event=100)
+    # Bytes go on as they came, held no longer than the limit; the event's remainder reads
+    # as an event without data, and the stream is back in step at the next blank line.
+    assert b"".join(ev.raw for ev in events) == head + rest + b"data: b\n\n"
+    assert max(len(ev.raw) for ev in events) <= 110
+    assert all(ev.data is None for ev in events[:-1])
+    assert events[-1] == Event(b"data: b\n\n", b"b", None)
+
+
 # --- framing properties --------------------------------------------------------------------
 
 _EOLS = (b"\n", b"\r\n", b"\r")
@@ -229,6 +255,8 @@ def test_arbitrary_bytes_are_relayed_unchanged(body: bytes, data: st.DataObject)
     pieces = decode(*chunks)
     assert b"".join(ev.raw for ev in pieces) == body
     assert pieces == decode(body)
+    # Whatever is let go at a limit, every byte still goes on, once and in order.
+    assert b"".join(ev.raw for ev in decode(*chunks, max_event=16)) == body
 
 
 # --- Chat Completions streams (chunks as api.openai.com sends them) ------------------------
