@@ -13,6 +13,7 @@ from typing import Any
 import orjson
 import structlog
 from aiohttp import web
+from aiohttp.http_exceptions import ContentEncodingError
 
 from . import config as config_mod
 from .config import Config, RecordConfig
@@ -41,9 +42,21 @@ class _Protocol(web.RequestHandler):
         if request.writer.output_size > 0:
             raise ConnectionError("a response had begun; the connection is closed instead")
         log.warning("unparseable request", status=status, kind=type(exc).__name__ if exc else None)
+        headers = None
         if status >= 500:
             body = error_body(
                 "the sidecar failed on this request; see its log", "proxy_error", "proxy_error"
+            )
+        elif isinstance(exc, ContentEncodingError):
+            # Raised with the headers only for a coding that aiohttp has no decoder for (br
+            # without Brotli, zstd without zstandard); its message names the coding, no more.
+            status = 415
+            headers = {"accept-encoding": "gzip, deflate"}
+            body = error_body(
+                f"the sidecar cannot decode this request body ({exc.message}); send it "
+                "uncompressed, or as gzip or deflate",
+                "invalid_request_error",
+                "unsupported_content_encoding",
             )
         else:
             # The parser's own message can quote header values, keys among them: name the kind only.
@@ -51,7 +64,9 @@ class _Protocol(web.RequestHandler):
             body = error_body(
                 f"malformed HTTP request ({kind})", "invalid_request_error", "bad_request"
             )
-        resp = web.Response(status=status, body=body, content_type="application/json")
+        resp = web.Response(
+            status=status, body=body, content_type="application/json", headers=headers
+        )
         resp.force_close()
         return resp
 

@@ -17,6 +17,7 @@ from typing import Any, Final, Literal, get_args
 
 import orjson
 from aiohttp import web
+from aiohttp.web_protocol import RequestPayloadError
 from multidict import CIMultiDict, CIMultiDictProxy
 
 from . import fake_replies
@@ -188,7 +189,12 @@ class FakeProvider:
             self._tasks.add(task)
         self.active += 1
         try:
-            body = await request.read()
+            try:
+                body = await request.read()
+            except RequestPayloadError:  # e.g. a content-encoding that does not decode
+                message = "We could not parse the JSON body of your request."
+                body = error_body(message, "invalid_request_error", None)
+                return await self._send(request, self.behaviour, body, status=400)
             try:
                 data: Any = orjson.loads(body) if body else None
                 parsed = bool(body)

@@ -15,6 +15,8 @@ import aiohttp
 import orjson
 import structlog
 from aiohttp import web
+from aiohttp.http_exceptions import HttpProcessingError
+from aiohttp.web_protocol import RequestPayloadError
 from multidict import CIMultiDict
 
 from . import measure
@@ -49,6 +51,10 @@ if TYPE_CHECKING:
     from .store import Recorder
 
 log = structlog.get_logger("proxy.request")
+
+# Content codings aiohttp's server decodes before the handler reads the body (it parses
+# Content-Encoding the same way: one coding, case-insensitive).
+DECODED = frozenset({"gzip", "deflate", "br", "zstd"})
 
 # Non-SSE bodies up to this size are read whole (to measure them); larger ones are piped.
 BUFFER_LIMIT = 32 * 1024 * 1024
@@ -138,8 +144,12 @@ class Proxy:
         tail = raw_path[3:]  # keeps the app's percent-encoding; "/v1" is 3 characters
         query = request.rel_url.raw_query_string
         obj: dict[str, Any] | None = None
+        # aiohttp has already decoded a body sent as gzip, deflate, br or zstd: it goes on
+        # plain, readable like any other (a mapped model id must be rewritten in it too).
+        coding = request.headers.get("content-encoding")
+        decoded = coding is not None and coding.strip().lower() in DECODED
         inspect = rt.inspect_bodies
-        if inspect and body and _looks_like_json(request, body):
+        if inspect and body and (coding is None or decoded) and _looks_like_json(request, body):
             try:
                 parsed = orjson.loads(body)
             except orjson.JSONDecodeError:
@@ -171,6 +181,8 @@ class Proxy:
         up = rt.upstreams[name]
 
         headers = forward_headers(request.headers, REQUEST_DROP)
+        if decoded:
+            headers.popall("content-encoding")
         recording = self.recorder is not None and rt.record.enabled
         # Usage is asked for only to be recorded: with recording off the request goes as sent,
         # and the stream is relayed without being parsed at all.
@@ -305,6 +317,11 @@ class Proxy:
                     deadline.reschedule(loop.time() + idle)
         except aiohttp.web_exceptions.HTTPException as e:
             raise BadRequest(f"could not read the request body: {e.reason}") from None
+        except RequestPayloadError as e:
+            # A body that does not decode (its content-encoding) or a broken chunked framing.
+            cause = e.__cause__
+            why = cause.message if isinstance(cause, HttpProcessingError) else type(cause).__name__
+            raise BadRequest(f"could not read the request body: {why}") from None
         return chunks[0] if len(chunks) == 1 else b"".join(chunks)
 
     async def _forward(
@@ -480,8 +497,6 @@ def response_headers(upr: aiohttp.ClientResponse, rid: str, upstream: str) -> CI
 
 def _looks_like_json(request: web.BaseRequest, body: bytes) -> bool:
     headers = request.headers
-    if "content-encoding" in headers:
-        return False
     # The media type only; aiohttp's `content_type` runs the email header parser per request.
     raw = headers.get("content-type")
     ctype = "application/octet-stream" if raw is None else raw.split(";", 1)[0].strip().lower()

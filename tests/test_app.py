@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 import aiohttp
+import pytest
 import yaml
 
 from proxy.fakes import Behaviour, FakeProvider
@@ -214,6 +215,29 @@ async def test_malformed_http_gets_an_openai_shaped_400(old, new, make_sidecar, 
         sc.port, b"GET /v1/models HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
     )
     assert raw.startswith(b"HTTP/1.1 200")
+
+
+async def test_a_content_coding_without_a_decoder_is_a_415_naming_it(
+    old, new, make_sidecar
+) -> None:
+    import importlib.util
+
+    import orjson
+
+    if importlib.util.find_spec("brotli") or importlib.util.find_spec("brotlicffi"):
+        pytest.skip("Brotli is installed here: br request bodies are decoded")
+    sc = await make_sidecar(base_config(old, new))
+    raw = await raw_exchange(
+        sc.port,
+        b"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nContent-Encoding: br\r\n"
+        b"Content-Length: 2\r\n\r\n\x1b\x00",
+    )
+    head, _, body = raw.partition(b"\r\n\r\n")
+    assert head.split()[1] == b"415", raw[:200]
+    assert b"accept-encoding: gzip, deflate" in head.lower()
+    error = orjson.loads(body)["error"]
+    assert error["code"] == "unsupported_content_encoding" and "br" in error["message"]
+    assert not old.received
 
 
 async def test_second_signal_exits_at_once(old, new, tmp_path) -> None:

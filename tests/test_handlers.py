@@ -606,3 +606,53 @@ async def test_a_multi_megabyte_event_in_small_writes_arrives_whole_and_is_count
             con.close()
     finally:
         await runner.cleanup()
+
+
+async def test_a_compressed_request_body_goes_on_plain_and_is_mapped(
+    old, new, make_sidecar, tmp_path
+) -> None:
+    # aiohttp decodes gzip/deflate before the handler reads the body; forwarding the decoded
+    # bytes under the original Content-Encoding made every provider fail to gunzip them.
+    cfg = base_config(old, new, split={"new": 1})
+    cfg["record"] = {"enabled": True, "path": str(tmp_path / "r.db")}
+    sc = await make_sidecar(cfg)
+    body = orjson.dumps({"model": "gpt-4o-mini", "messages": MESSAGES})
+    headers = {"content-type": "application/json", "content-encoding": "gzip"}
+    async with (
+        aiohttp.ClientSession() as s,
+        s.post(f"{sc.url}/chat/completions", data=gzip.compress(body), headers=headers) as r,
+    ):
+        assert r.status == 200, await r.text()
+        assert (await r.json())["model"] == "gpt-4o-mini"
+    got = new.received[-1]
+    assert "content-encoding" not in got.headers
+    assert got.json["model"] == "prov/gpt-4o-mini"
+
+
+async def test_a_body_that_does_not_decode_is_a_400_from_the_sidecar(
+    old, new, make_sidecar
+) -> None:
+    sc = await make_sidecar(base_config(old, new))
+    headers = {"content-type": "application/json", "content-encoding": "gzip"}
+    async with (
+        aiohttp.ClientSession() as s,
+        s.post(f"{sc.url}/chat/completions", data=b'{"not": "gzip"}', headers=headers) as r,
+    ):
+        assert r.status == 400
+        error = (await r.json())["error"]
+    assert "could not read the request body" in error["message"]
+    assert "gzip" in error["message"]
+    assert not old.received
+
+
+async def test_a_coding_the_sidecar_does_not_decode_goes_on_as_sent(old, new, make_sidecar) -> None:
+    sc = await make_sidecar(base_config(old, new))
+    headers = {"content-type": "application/json", "content-encoding": "x-custom"}
+    async with (
+        aiohttp.ClientSession() as s,
+        s.post(f"{sc.url}/chat/completions", data=b"\x00opaque", headers=headers) as r,
+    ):
+        await r.read()
+    got = old.received[-1]
+    assert got.headers["content-encoding"] == "x-custom"
+    assert got.body == b"\x00opaque"
