@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import random
-from typing import TYPE_CHECKING, Any
+import re
+from typing import TYPE_CHECKING, Any, Final
 
 import aiohttp
 import structlog
@@ -25,6 +26,50 @@ if TYPE_CHECKING:
     from .upstream import UpstreamClient
 
 log = structlog.get_logger("proxy.shadow")
+
+# Object APIs: a copy would create, change or delete something at the other upstream (upload a
+# file, start a batch or a fine-tuning job, twice at the primary for a noise copy), or it
+# names an object that lives only where it was made, and fails there for that reason alone.
+_OBJECT_APIS: Final = (
+    "/files",
+    "/uploads",
+    "/batches",
+    "/fine_tuning",
+    "/vector_stores",
+    "/assistants",
+    "/threads",
+    "/conversations",
+    "/containers",
+    "/evals",
+    "/organization",
+    "/realtime",
+    "/responses/",  # a stored response: cancel, input items, delete
+    "/chat/completions/",  # a stored chat completion: update, delete
+)
+# A body field naming a stored object: a chained response, a conversation, a reusable prompt,
+# an uploaded file, a vector store. Only a string, list or object value is a reference (a
+# legacy completion's "prompt" is its text); quotes inside JSON strings are escaped, so a
+# message that quotes such a name does not match.
+_REFERENCE: Final = re.compile(
+    rb'"(?:previous_response_id|conversation|file_id|file_ids|input_file_id|vector_store_ids'
+    rb'|assistant_id|thread_id)"\s*:\s*[\["{]|"prompt"\s*:\s*\{'
+)
+
+
+def unrepeatable(method: str, tail: str, body: bytes) -> bool:
+    """Would a copy of this request change state, or fail only for naming a stored object?
+
+    Shadowing measures inference calls: a POST that creates nothing lasting and names nothing
+    stored. Everything else goes to the serving upstream only.
+    """
+    if method != "POST":
+        return True
+    for prefix in _OBJECT_APIS:
+        if tail.startswith(prefix) and (
+            prefix[-1] == "/" or len(tail) == len(prefix) or tail[len(prefix)] == "/"
+        ):
+            return True
+    return _REFERENCE.search(body) is not None
 
 
 class Shadower:
@@ -62,6 +107,9 @@ class Shadower:
         once the app has its answer, so a copy's work never sits on the primary's own path.
         """
         if self._closed or (stream and not cfg.streams):
+            return False
+        if unrepeatable(method, tail, body):
+            self.stats.shadow_skipped_state += 1
             return False
         targets: list[tuple[Role, str]] = []
         if cfg.sample >= 1.0 or random.random() < cfg.sample:

@@ -16,6 +16,7 @@ class Stats:
         "shadow_sent",
         "shadow_skipped_cap",
         "shadow_skipped_same",
+        "shadow_skipped_state",
         "started_at",
     )
 
@@ -28,6 +29,7 @@ class Stats:
         self.shadow_failed = 0
         self.shadow_skipped_cap = 0
         self.shadow_skipped_same = 0
+        self.shadow_skipped_state = 0  # not copied: an object API, or names a stored object
 
     def as_dict(self) -> dict[str, Any]:
         return {
@@ -40,5 +42,6 @@ class Stats:
                 "failed": self.shadow_failed,
                 "skipped_in_flight_cap": self.shadow_skipped_cap,
                 "skipped_same_upstream": self.shadow_skipped_same,
+                "skipped_not_repeatable": self.shadow_skipped_state,
             },
         }

@@ -192,7 +192,8 @@ async def test_in_flight_cap_skips_and_counts(old, new, make_sidecar, tmp_path) 
     async with aiohttp.ClientSession() as s:
 
         async def one() -> None:
-            async with s.get(f"{sc.url}/models") as r:
+            body = {"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "hi"}]}
+            async with s.post(f"{sc.url}/chat/completions", json=body) as r:
                 assert r.status == 200
 
         await asyncio.gather(*(one() for _ in range(3)))
@@ -395,3 +396,61 @@ async def test_copy_is_sent_once_the_app_has_its_answer(old, new, make_sidecar, 
             break
         await asyncio.sleep(0.02)
     assert len(new.received) == 1 and sc.stats_view()["shadow"]["sent"] == 1
+
+
+@pytest.mark.parametrize(
+    ("method", "tail", "body", "copied"),
+    [
+        ("POST", "/chat/completions", b'{"model": "m", "messages": []}', True),
+        ("POST", "/responses", b'{"model": "m", "input": "hi"}', True),
+        ("POST", "/embeddings", b'{"model": "m", "input": "x"}', True),
+        ("POST", "/models/flux/run", b'{"prompt": "a cat"}', True),
+        ("POST", "/completions", b'{"model": "m", "prompt": "Once upon"}', True),
+        # A message that quotes a field name is text, not a reference.
+        ("POST", "/chat/completions", b'{"messages": [{"content": "\\"file_id\\": 3"}]}', True),
+        ("POST", "/responses", b'{"previous_response_id": null, "input": "hi"}', True),
+        ("POST", "/filesystem/search", b"{}", True),  # a prefix of an object API is not one
+        ("GET", "/models", b"", False),
+        ("DELETE", "/responses/resp_1", b"", False),
+        ("POST", "/files", b"--boundary\r\n...", False),
+        ("POST", "/batches", b'{"input_file_id": "file-1"}', False),
+        ("POST", "/fine_tuning/jobs", b'{"training_file": "file-1"}', False),
+        ("POST", "/vector_stores/vs_1/files", b"{}", False),
+        ("POST", "/responses/resp_1/cancel", b"", False),
+        ("POST", "/chat/completions/chatcmpl-1", b'{"metadata": {}}', False),
+        ("POST", "/responses", b'{"previous_response_id": "resp_1", "input": "and?"}', False),
+        ("POST", "/responses", b'{"conversation": {"id": "conv_1"}, "input": "hi"}', False),
+        ("POST", "/responses", b'{"prompt": {"id": "pmpt_1"}, "input": "hi"}', False),
+        ("POST", "/responses", b'{"tools": [{"type": "file_search", "vector_store_ids": ["vs_1"]}]}', False),
+        ("POST", "/chat/completions", b'{"messages": [{"content": [{"type": "file", "file": {"file_id": "file-1"}}]}]}', False),
+    ],
+)  # fmt: skip
+def test_only_inference_calls_that_name_nothing_stored_are_copied(
+    method: str, tail: str, body: bytes, copied: bool
+) -> None:
+    from proxy.shadow import unrepeatable
+
+    assert unrepeatable(method, tail, body) is not copied
+
+
+async def test_object_apis_and_chained_calls_are_not_copied(
+    old, new, make_sidecar, sdk, tmp_path
+) -> None:
+    # A copy of a file upload or a batch would create it at the shadow upstream as well, and a
+    # chained response names one that exists only at the primary: that copy could only fail,
+    # and the report would blame the new gateway for it.
+    sc = await make_sidecar(base_config(old, new, shadow=shadowing(noise_sample=1.0)))
+    client = sdk(sc)
+    first = await client.responses.create(model="gpt-4o-mini", input="hi")
+    assert sc.stats.shadow_sent == 2  # a plain call: its shadow and its noise copy
+    await client.responses.create(model="gpt-4o-mini", input="and?", previous_response_id=first.id)
+    async with aiohttp.ClientSession() as s:
+        for path, data in (("/files", b"--x\r\n"), ("/batches", b'{"input_file_id": "f"}')):
+            async with s.post(f"{sc.url}{path}", data=data) as r:
+                await r.read()
+        async with s.get(f"{sc.url}/models") as r:
+            await r.read()
+    await asyncio.sleep(0.2)
+    assert sc.stats.shadow_sent == 2
+    assert sc.stats_view()["shadow"]["skipped_not_repeatable"] == 4
+    assert [r.path for r in new.received] == ["/v1/responses"]  # the first call's copy only
