@@ -15,6 +15,7 @@ import orjson
 
 _BOM = b"\xef\xbb\xbf"
 _EOL = re.compile(rb"[\r\n]")
+_EOL_BYTES = (0x0D, 0x0A)
 # Leftmost alternation takes "\r\n" as one line ending before trying a lone "\r".
 _LINE_SPLIT = re.compile(rb"\r\n|\r|\n")
 _MAX_ERROR = 300  # characters of an error message kept for the record
@@ -90,10 +91,11 @@ class SSEDecoder:
         ):
             return [Event(chunk, chunk[6 if chunk[5:6] == b" " else 5 : end], None)]
         if self._tail and self._started:
-            # An event ends at a blank line, and every blank line holds "\n\n", "\r\r" or
-            # "\n\r" (whatever the line endings). A read without one ends nothing.
+            # An event ends at a blank line, and every blank line after the first line holds
+            # "\n\n", "\r\r" or "\n\r" (whatever the line endings). A read without one ends
+            # nothing, unless the tail is itself a blank line (a lone "\r" waiting for "\n").
             edge = self._last + chunk[:3]
-            if not (_may_end(chunk) or _may_end(edge)):
+            if self._tail[0] not in _EOL_BYTES and not (_may_end(chunk) or _may_end(edge)):
                 self._held.append(chunk)
                 self._held_size += len(chunk)
                 self._last = edge[-3:] if len(chunk) < 3 else chunk[-3:]

@@ -155,6 +155,16 @@ def test_a_large_event_in_many_small_reads_costs_linear_time() -> None:
     assert events[0].data == body[6:-2]
 
 
+def test_a_lone_cr_then_its_lf_in_the_next_read_is_one_blank_line() -> None:
+    # Found by the chunking property below: the held-reads path took "\r" + "\ndata: " for
+    # a read that ends nothing.
+    assert decode(b"\r", b"\ndata: ") == [Event(b"\r\n", None, None), Event(b"data: ", b"", None)]
+    assert decode(b"data: a\r\n\r", b"\nx") == [
+        Event(b"data: a\r\n\r\n", b"a", None),
+        Event(b"x", None, None),
+    ]
+
+
 def test_an_event_that_never_ends_is_let_go_past_the_limit() -> None:
     head = b"data: " + b"x" * 250  # no blank line: an upstream that never ends its event
     rest = b"yz\n\n"
