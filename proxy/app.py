@@ -217,6 +217,7 @@ class Sidecar:
     def stats_view(self) -> dict[str, Any]:
         out = self.stats.as_dict()
         out["shadow"]["in_flight"] = self.shadower.in_flight
+        out["affinity"] = {"ids": len(self.proxy.affinity), "routed": self.proxy.affinity.routed}
         out["upstreams_in_flight"] = {
             n: u.in_flight for n, u in self.live.current.upstreams.items()
         }

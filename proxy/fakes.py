@@ -6,6 +6,7 @@ import argparse
 import asyncio
 import collections
 import gzip
+import hashlib
 import itertools
 import random
 import signal
@@ -116,6 +117,8 @@ class FakeProvider:
         self._known = frozenset(self.models)
         self._rng = random.Random(seed)
         self._ids = itertools.count(1)
+        # Ids differ between fakes, as between providers: an id names one provider's object.
+        self._id_tag = hashlib.sha256(name.encode()).hexdigest()[:6]
         self._models_body, self._model_bodies = fake_replies.model_bodies(self.models, name)
         self._posts: dict[str, _Endpoint] = {
             "/v1/chat/completions": self._chat,
@@ -171,7 +174,7 @@ class FakeProvider:
         await runner.cleanup()
 
     def _next_id(self, prefix: str) -> str:
-        return f"{prefix}{next(self._ids):012x}"
+        return f"{prefix}{self._id_tag}{next(self._ids):012x}"
 
     def _client_left(self) -> None:
         if not self._closing:

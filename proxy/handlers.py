@@ -20,6 +20,7 @@ from aiohttp.web_protocol import RequestPayloadError
 from multidict import CIMultiDict
 
 from . import measure
+from .affinity import HEAD_BYTES, Affinity, answer_id, creates
 from .errors import (
     BadRequest,
     BodyTimeout,
@@ -88,6 +89,7 @@ class Proxy:
         self.stats = stats
         self.recorder = recorder
         self.shadower = shadower
+        self.affinity = Affinity()
 
     async def handle(self, request: web.BaseRequest) -> web.StreamResponse:
         rt = self.live.current
@@ -177,7 +179,15 @@ class Proxy:
                 v = obj.get(s.body_field)
                 key = str(v) if v is not None else None
             sticky = key
-        name = route.split.pick(sticky_point(sticky) if sticky is not None else random.random())
+        # A call naming an object goes where the object was made, whatever the weights say;
+        # only the rollback switch sends it to the primary regardless (and it fails there).
+        affinity = self.affinity
+        owner = affinity.owner(tail, body)
+        if owner is not None and owner in rt.upstreams and not rt.config.rollback:
+            name = owner
+            affinity.routed += 1
+        else:
+            name = route.split.pick(sticky_point(sticky) if sticky is not None else random.random())
         up = rt.upstreams[name]
 
         headers = forward_headers(request.headers, REQUEST_DROP)
@@ -223,6 +233,9 @@ class Proxy:
         )
 
         meter = Meter("primary", name, sent_model, json_mode)
+        learn = creates(request.method, tail)
+        if learn:
+            meter.head = bytearray()  # a streamed answer names its object in its first event
         up.enter()
         try:
             return await self._forward(
@@ -248,6 +261,10 @@ class Proxy:
                 answered.set_result(None)
             up.leave()
             meter.done()
+            if learn and meter.error_kind is None:
+                made = answer_id(meter.body if meter.body is not None else bytes(meter.head or b""))
+                if made is not None:
+                    affinity.learn(made, name)
             self.stats.requests[name] += 1
             if meter.error_kind is not None:
                 self.stats.errors[name] += 1
@@ -405,6 +422,7 @@ class Proxy:
         loop = asyncio.get_running_loop()
         content = upr.content
         tally = meter.tally
+        head = meter.head
         # Whole events go out, not raw reads, when one may be held back or rewritten.
         framed = is_sse and (strip or unmap is not None)
         decoder = SSEDecoder() if tally is not None or framed else None
@@ -417,6 +435,8 @@ class Proxy:
                     if not chunk:
                         break
                     meter.bytes += len(chunk)
+                    if head is not None and len(head) < HEAD_BYTES:
+                        head += chunk[:HEAD_BYTES]
                     if decoder is None:
                         await _write(resp, chunk)
                     elif framed:

@@ -20,6 +20,7 @@ class Meter:
         "bytes",
         "error",
         "error_kind",
+        "head",
         "json_mode",
         "model_sent",
         "role",
@@ -48,6 +49,8 @@ class Meter:
         self.bytes = 0
         self.tally: StreamTally | None = None
         self.body: bytes | None = None
+        # The start of a streamed answer, kept when something reads it (see `affinity`).
+        self.head: bytearray | None = None
 
     def elapsed_ms(self) -> float:
         return (time.perf_counter() - self._t0) * 1000.0

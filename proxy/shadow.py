@@ -11,6 +11,7 @@ import aiohttp
 import structlog
 from multidict import CIMultiDict
 
+from .affinity import may_reference
 from .config import ShadowConfig
 from .errors import UpstreamTimeout, UpstreamUnreachable
 from .meter import Meter
@@ -69,7 +70,7 @@ def unrepeatable(method: str, tail: str, body: bytes) -> bool:
             prefix[-1] == "/" or len(tail) == len(prefix) or tail[len(prefix)] == "/"
         ):
             return True
-    return _REFERENCE.search(body) is not None
+    return may_reference(tail, body) and _REFERENCE.search(body) is not None
 
 
 class Shadower:

@@ -1,0 +1,131 @@
+"""A call that names a stored object goes to the upstream that made it."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import orjson
+import pytest
+
+from proxy.affinity import Affinity, answer_id, creates
+
+from .conftest import base_config
+from .test_reload import write_rename
+
+
+@pytest.mark.parametrize(
+    ("method", "tail", "made"),
+    [
+        ("POST", "/responses", True),
+        ("POST", "/files", True),
+        ("POST", "/vector_stores/vs_1/files", True),
+        ("POST", "/fine_tuning/jobs", True),
+        ("POST", "/chat/completions", False),
+        ("POST", "/embeddings", False),
+        ("POST", "/responsesx", False),
+        ("GET", "/responses/resp_1", False),
+        ("DELETE", "/files/file-1", False),
+    ],
+)
+def test_creates_names_the_calls_that_make_objects(method: str, tail: str, made: bool) -> None:
+    assert creates(method, tail) is made
+
+
+def test_answer_id_reads_plain_answers_and_stream_starts() -> None:
+    assert answer_id(b'{"id": "resp_1", "object": "response"}') == "resp_1"
+    assert answer_id(b'{"object": "file", "bytes": 3, "id": "file-9"}') == "file-9"
+    created = (
+        b"event: response.created\n"
+        b'data: {"type":"response.created","sequence_number":0,"response":{"id":"resp_7",'
+    )
+    assert answer_id(created) == "resp_7"
+    for nothing in (b"", b"[]", b'{"id": 5}', b"not json", b'{"object": "list"}'):
+        assert answer_id(nothing) is None
+
+
+def test_owner_is_found_in_the_path_and_in_referencing_fields() -> None:
+    a = Affinity()
+    a.learn("resp_1", "new")
+    a.learn("file-1", "new")
+    a.learn("conv_1", "old")
+    assert a.owner("/responses/resp_1", b"") == "new"
+    assert a.owner("/responses/resp_1/input_items", b"") == "new"
+    assert a.owner("/files/file-1/content", b"") == "new"
+    assert a.owner("/responses", b'{"previous_response_id": "resp_1", "input": "x"}') == "new"
+    assert a.owner("/responses", b'{"conversation": {"id": "conv_1"}}') == "old"
+    assert a.owner("/responses", b'{"conversation":"conv_1"}') == "old"
+    assert a.owner("/batches", b'{"input_file_id": "file-1"}') == "new"
+    assert a.owner("/vector_stores", b'{"file_ids": ["file-0", "file-1"]}') == "new"
+    # Not a reference: a message that mentions an id, or an unknown one.
+    assert a.owner("/chat/completions", b'{"messages": [{"content": "resp_1"}]}') is None
+    assert a.owner("/responses", b'{"previous_response_id": "resp_2"}') is None
+    assert a.owner("/files", b"--boundary\r\nfile-1") is None
+
+
+def test_the_oldest_id_is_forgotten_first() -> None:
+    a = Affinity(size=2)
+    a.learn("a", "old")
+    a.learn("b", "old")
+    a.learn("a", "new")  # learnt again: now the newest
+    a.learn("c", "new")
+    assert len(a) == 2
+    assert a.owner("/x/b", b"") is None
+    assert a.owner("/x/a", b"") == "new"
+    assert a.owner("/x/c", b"") == "new"
+
+
+async def _get(url: str) -> int:
+    async with aiohttp.ClientSession() as s, s.get(url) as r:
+        await r.read()
+        return r.status
+
+
+@pytest.mark.parametrize("stream", [False, True])
+async def test_a_chained_response_follows_its_first_across_a_split_change(
+    old, new, make_sidecar, sdk, stream: bool
+) -> None:
+    cfg = base_config(old, new, split={"new": 1})
+    sc = await make_sidecar(cfg)
+    client = sdk(sc)
+    if stream:
+        events = [
+            e
+            async for e in await client.responses.create(
+                model="gpt-4o-mini", input="hi", stream=True
+            )
+        ]
+        first_id = next(e.response.id for e in events if e.type == "response.created")
+    else:
+        first_id = (await client.responses.create(model="gpt-4o-mini", input="hi")).id
+    assert [r.path for r in new.received] == ["/v1/responses"]
+    # The canary is dialled down: new conversations go to the old provider, a conversation
+    # begun at the new one carries on there.
+    write_rename(Path(sc.path), {**cfg, "split": {"old": 1}})
+    assert await sc.reload("test")
+    await client.responses.create(model="gpt-4o-mini", input="and?", previous_response_id=first_id)
+    assert new.received[-1].json["previous_response_id"] == first_id
+    await _get(f"{sc.url}/responses/{first_id}")
+    assert new.received[-1].path == f"/v1/responses/{first_id}"
+    await client.responses.create(model="gpt-4o-mini", input="a new one")
+    assert old.received[-1].json["input"] == "a new one"
+    assert sc.stats_view()["affinity"] == {"ids": 3, "routed": 2}  # each response is one
+    # The rollback switch sends everything to the primary, chained calls included.
+    write_rename(Path(sc.path), {**cfg, "split": {"old": 1}, "rollback": True})
+    assert await sc.reload("test")
+    await client.responses.create(model="gpt-4o-mini", input="then?", previous_response_id=first_id)
+    assert old.received[-1].json["previous_response_id"] == first_id
+
+
+async def test_failed_creates_and_plain_calls_teach_nothing(old, new, make_sidecar, sdk) -> None:
+    sc = await make_sidecar(base_config(old, new, split={"new": 1}))
+    client = sdk(sc)
+    await client.chat.completions.create(
+        model="gpt-4o-mini", messages=[{"role": "user", "content": "hi"}]
+    )
+    async with aiohttp.ClientSession() as s:
+        body: dict[str, Any] = {"model": "no-such-model", "input": "hi"}
+        async with s.post(f"{sc.url}/responses", data=orjson.dumps(body)) as r:
+            assert r.status == 404
+    assert sc.stats_view()["affinity"] == {"ids": 0, "routed": 0}
