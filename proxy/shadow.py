@@ -50,10 +50,11 @@ _OBJECT_APIS: Final = (
 # A body field naming a stored object: a chained response, a conversation, a reusable prompt,
 # an uploaded file, a vector store. Only a string, list or object value is a reference (a
 # legacy completion's "prompt" is its text); quotes inside JSON strings are escaped, so a
-# message that quotes such a name does not match.
+# message that quotes such a name does not match. Also a background response: its answer is
+# a queued stub, fetched later from the upstream that has it, so a copy measures nothing.
 _REFERENCE: Final = re.compile(
     rb'"(?:previous_response_id|conversation|file_id|file_ids|input_file_id|vector_store_ids'
-    rb'|assistant_id|thread_id)"\s*:\s*[\["{]|"prompt"\s*:\s*\{'
+    rb'|assistant_id|thread_id)"\s*:\s*[\["{]|"prompt"\s*:\s*\{|"background"\s*:\s*true'
 )
 
 
