@@ -337,7 +337,11 @@ class Proxy:
         except RequestPayloadError as e:
             # A body that does not decode (its content-encoding) or a broken chunked framing.
             cause = e.__cause__
-            why = cause.message if isinstance(cause, HttpProcessingError) else type(cause).__name__
+            why = (
+                cause.message
+                if isinstance(cause, HttpProcessingError)
+                else "it was cut off or malformed"
+            )
             raise BadRequest(f"could not read the request body: {why}") from None
         return chunks[0] if len(chunks) == 1 else b"".join(chunks)
 
