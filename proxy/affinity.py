@@ -21,9 +21,8 @@ import orjson
 
 MAX_IDS: Final = 100_000  # ~15 MB at most; the oldest is forgotten first
 
-# POST to these (or below them) creates an object whose id the answer carries at the top.
-CREATES: Final = (
-    "/responses",
+# The object APIs: files, batches, vector stores and the like, made, read and deleted by id.
+OBJECT_APIS: Final = (
     "/files",
     "/uploads",
     "/batches",
@@ -35,6 +34,8 @@ CREATES: Final = (
     "/containers",
     "/evals",
 )
+# POST to these (or below them) creates an object whose id the answer carries at the top.
+CREATES: Final = ("/responses", *OBJECT_APIS)
 # Body fields holding one id: a string, or an object with an "id" (a conversation).
 _REFERENCE: Final = re.compile(
     rb'"(?:previous_response_id|conversation|file_id|input_file_id|training_file'

@@ -11,7 +11,7 @@ import aiohttp
 import structlog
 from multidict import CIMultiDict
 
-from .affinity import may_reference
+from .affinity import OBJECT_APIS, may_reference
 from .config import ShadowConfig
 from .errors import UpstreamTimeout, UpstreamUnreachable
 from .meter import Meter
@@ -32,16 +32,7 @@ log = structlog.get_logger("proxy.shadow")
 # file, start a batch or a fine-tuning job, twice at the primary for a noise copy), or it
 # names an object that lives only where it was made, and fails there for that reason alone.
 _OBJECT_APIS: Final = (
-    "/files",
-    "/uploads",
-    "/batches",
-    "/fine_tuning",
-    "/vector_stores",
-    "/assistants",
-    "/threads",
-    "/conversations",
-    "/containers",
-    "/evals",
+    *OBJECT_APIS,
     "/organization",
     "/realtime",
     "/responses/",  # a stored response: cancel, input items, delete

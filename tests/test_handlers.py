@@ -12,6 +12,7 @@ import aiohttp
 import openai
 import orjson
 import pytest
+from aiohttp import web
 from yarl import URL
 
 from proxy.fakes import Behaviour, FakeProvider
@@ -480,8 +481,17 @@ async def test_json_under_any_plausible_label_is_still_mapped(
     assert new.received[-1].json["model"] == "prov/gpt-4o-mini"
 
 
+async def serve(path: str, handler: Any) -> tuple[web.AppRunner, int]:
+    """A hand-written upstream on 127.0.0.1, for answers the fake provider does not give."""
+    app = web.Application()
+    app.router.add_post(path, handler)
+    runner = web.AppRunner(app)
+    await runner.setup()
+    await web.TCPSite(runner, "127.0.0.1", 0).start()
+    return runner, runner.addresses[0][1]
+
+
 async def test_ndjson_stream_is_piped_not_buffered(make_sidecar, old, new) -> None:
-    from aiohttp import web
 
     release = asyncio.Event()
 
@@ -494,13 +504,7 @@ async def test_ndjson_stream_is_piped_not_buffered(make_sidecar, old, new) -> No
         await resp.write_eof()
         return resp
 
-    app = web.Application()
-    app.router.add_post("/v1/stream", ndjson)
-    runner = web.AppRunner(app)
-    await runner.setup()
-    site = web.TCPSite(runner, "127.0.0.1", 0)
-    await site.start()
-    port = runner.addresses[0][1]
+    runner, port = await serve("/v1/stream", ndjson)
     try:
         cfg = base_config(old, new)
         cfg["upstreams"]["old"]["base_url"] = f"http://127.0.0.1:{port}/v1"
@@ -549,7 +553,6 @@ async def test_a_multi_megabyte_event_in_small_writes_arrives_whole_and_is_count
 ) -> None:
     # An image's base64 or a long tool call comes as one large event in many TCP reads; the
     # sidecar parses it (recording) and relays it event by event (the model id is mapped back).
-    from aiohttp import web
 
     big = "A" * (4 * 1024 * 1024)
     head = {
@@ -577,13 +580,7 @@ async def test_a_multi_megabyte_event_in_small_writes_arrives_whole_and_is_count
         await resp.write_eof()
         return resp
 
-    app = web.Application()
-    app.router.add_post("/v1/chat/completions", sse)
-    runner = web.AppRunner(app)
-    await runner.setup()
-    site = web.TCPSite(runner, "127.0.0.1", 0)
-    await site.start()
-    port = runner.addresses[0][1]
+    runner, port = await serve("/v1/chat/completions", sse)
     try:
         cfg = base_config(old, new, split={"new": 1})
         cfg["upstreams"]["new"]["base_url"] = f"http://127.0.0.1:{port}/v1"
