@@ -13,7 +13,8 @@ from typing import Any
 import orjson
 import structlog
 from aiohttp import web
-from aiohttp.http_exceptions import ContentEncodingError
+from aiohttp.http_exceptions import ContentEncodingError, HttpProcessingError
+from aiohttp.web_protocol import RequestPayloadError
 
 from . import config as config_mod
 from .config import Config, RecordConfig
@@ -69,6 +70,22 @@ class _Protocol(web.RequestHandler):
         )
         resp.force_close()
         return resp
+
+    def data_received(self, data: bytes) -> None:
+        # aiohttp's parser, on a framing error in a body it is still reading (a bad chunk
+        # size), queues a 400 for after the request and drops that body without a word: the
+        # handler would wait on it until limits.body_timeout. Tell the body instead, as
+        # aiohttp itself does when the connection is lost.
+        queued = len(self._messages)
+        super().data_received(data)
+        request = self._current_request
+        if request is None or len(self._messages) <= queued:
+            return
+        exc = getattr(self._messages[-1][0], "exc", None)
+        if isinstance(exc, HttpProcessingError) and not request.content.is_eof():
+            error = RequestPayloadError("the request body's framing is broken")
+            error.__cause__ = exc
+            request.content.set_exception(error)
 
 
 class _Server(web.Server):

@@ -133,8 +133,9 @@ class Proxy:
                              None, None, None)
                 )  # fmt: skip
                 self.recorder.response(meter.record(rid, "none", paired=False))
-            if isinstance(e, BodyTimeout):
-                # Answer, then close: aiohttp would wait up to 10 s more for the rest of the body.
+            if isinstance(e, BodyTimeout | BadRequest):
+                # Answer, then close: aiohttp would wait up to 10 s more for the rest of the
+                # body, or read on in a body whose framing is broken.
                 resp.force_close()
                 with contextlib.suppress(ConnectionError):
                     await resp.prepare(request)
@@ -337,9 +338,10 @@ class Proxy:
         except RequestPayloadError as e:
             # A body that does not decode (its content-encoding) or a broken chunked framing.
             cause = e.__cause__
+            # The first line only: the rest quotes the bytes the parser choked on.
             why = (
-                cause.message
-                if isinstance(cause, HttpProcessingError)
+                cause.message.splitlines()[0].rstrip(":")
+                if isinstance(cause, HttpProcessingError) and cause.message
                 else "it was cut off or malformed"
             )
             raise BadRequest(f"could not read the request body: {why}") from None

@@ -217,6 +217,36 @@ async def test_malformed_http_gets_an_openai_shaped_400(old, new, make_sidecar, 
     assert raw.startswith(b"HTTP/1.1 200")
 
 
+async def test_a_broken_chunk_in_a_body_being_read_is_a_400_at_once(
+    old, new, make_sidecar, capfd
+) -> None:
+    import orjson
+
+    # aiohttp's parser drops a body it is reading on a framing error and queues its own 400
+    # for later: the handler waited for limits.body_timeout (60 s) before this was fixed.
+    sc = await make_sidecar(base_config(old, new))
+    reader, writer = await asyncio.open_connection("127.0.0.1", sc.port)
+    try:
+        writer.write(
+            b"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\n"
+            b'Transfer-Encoding: chunked\r\n\r\n5\r\n{"mod\r\n'
+        )
+        await writer.drain()
+        await asyncio.sleep(0.2)  # the handler is reading the body now
+        writer.write(b"ZZ\r\nxx\r\n0\r\n\r\n")
+        await writer.drain()
+        raw = await asyncio.wait_for(reader.read(), timeout=10)  # read() ends: it closed
+    finally:
+        writer.close()
+        await writer.wait_closed()
+    head, _, body = raw.partition(b"\r\n\r\n")
+    assert head.split()[1] == b"400", raw[:200]
+    error = orjson.loads(body)["error"]
+    assert error["message"] == "could not read the request body: Invalid character in chunk size"
+    assert not old.received
+    assert "Traceback" not in "".join(capfd.readouterr())
+
+
 async def test_a_content_coding_without_a_decoder_is_a_415_naming_it(
     old, new, make_sidecar
 ) -> None:
