@@ -68,6 +68,10 @@ class Meter:
             self.ttft_ms = self.elapsed_ms()
 
     def fail(self, kind: ErrorKind, reason: str) -> None:
+        if kind == "client_disconnect" and self.tally is not None and self.tally.done:
+            # The app had the whole stream: the SDKs close at `[DONE]`, and an upstream that
+            # is slow to end its response after it does not make that a failure.
+            return
         # The first failure is the cause; a later one (e.g. the client leaving) is a consequence.
         if self.error is None or self.error_kind in (None, "http_4xx", "http_5xx", "rate_limit"):
             self.error_kind = kind

@@ -653,3 +653,51 @@ async def test_a_coding_the_sidecar_does_not_decode_goes_on_as_sent(old, new, ma
     got = old.received[-1]
     assert got.headers["content-encoding"] == "x-custom"
     assert got.body == b"\x00opaque"
+
+
+async def test_an_app_that_leaves_at_done_is_not_a_failure(
+    make_sidecar, old, new, sdk, tmp_path
+) -> None:
+    # The SDKs stop reading at [DONE] and close; an upstream that takes its time to end the
+    # response after [DONE] must not turn a complete stream into a client_disconnect.
+    events = [
+        {"id": "c", "object": "chat.completion.chunk", "model": "gpt-4o-mini",
+         "choices": [{"index": 0, "delta": {"content": "hi"}}]},
+        {"id": "c", "object": "chat.completion.chunk", "model": "gpt-4o-mini",
+         "choices": [{"index": 0, "delta": {}, "finish_reason": "stop"}],
+         "usage": {"prompt_tokens": 1, "completion_tokens": 1, "total_tokens": 2}},
+    ]  # fmt: skip
+
+    release = asyncio.Event()
+
+    async def slow_end(request: web.Request) -> web.StreamResponse:
+        resp = web.StreamResponse(headers={"content-type": "text/event-stream"})
+        await resp.prepare(request)
+        for e in events:
+            await resp.write(b"data: " + orjson.dumps(e) + b"\n\n")
+        await resp.write(b"data: [DONE]\n\n")
+        await release.wait()  # the response is not ended for as long as the test runs
+        return resp
+
+    runner, port = await serve("/v1/chat/completions", slow_end)
+    try:
+        cfg = base_config(old, new)
+        cfg["upstreams"]["old"]["base_url"] = f"http://127.0.0.1:{port}/v1"
+        cfg["record"] = {"enabled": True, "path": str(tmp_path / "r.db")}
+        sc = await make_sidecar(cfg)
+        stream = await sdk(sc).chat.completions.create(
+            model="gpt-4o-mini", messages=MESSAGES, stream=True
+        )
+        async with stream:
+            assert [c.choices[0].delta.content async for c in stream if c.choices] == ["hi", None]
+        await asyncio.sleep(0.2)
+        await sc.stop()
+        con = sqlite3.connect(tmp_path / "r.db")
+        try:
+            row = con.execute("SELECT error_kind, stream_done, total_tokens FROM responses")
+            assert row.fetchone() == (None, 1, 2)
+        finally:
+            con.close()
+    finally:
+        release.set()
+        await runner.cleanup()
