@@ -221,6 +221,11 @@ class Shadower:
                         meter.bytes += len(chunk)
                         for ev in decoder.feed(chunk):
                             meter.event(tally.add(ev))
+                        if tally.done:
+                            # Complete: an upstream slow to end its response after `[DONE]`
+                            # (or `response.completed`) must not make this copy a timeout.
+                            upr.close()
+                            break
                     for ev in decoder.flush():
                         tally.add(ev)
                 finally:

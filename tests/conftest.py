@@ -9,6 +9,7 @@ from typing import Any
 import openai
 import pytest
 import yaml
+from aiohttp import web
 
 from proxy import config as config_mod
 from proxy.app import Sidecar
@@ -107,3 +108,13 @@ async def sdk() -> AsyncIterator[Callable[[Sidecar], openai.AsyncOpenAI]]:
     yield make
     for client in clients:
         await client.close()
+
+
+async def serve(path: str, handler: Any) -> tuple[web.AppRunner, int]:
+    """A hand-written upstream on 127.0.0.1, for answers the fake provider does not give."""
+    app = web.Application()
+    app.router.add_post(path, handler)
+    runner = web.AppRunner(app)
+    await runner.setup()
+    await web.TCPSite(runner, "127.0.0.1", 0).start()
+    return runner, runner.addresses[0][1]

@@ -17,7 +17,7 @@ from yarl import URL
 
 from proxy.fakes import Behaviour, FakeProvider
 
-from .conftest import CLIENT_KEY, NEW_KEY, OLD_KEY, base_config
+from .conftest import CLIENT_KEY, NEW_KEY, OLD_KEY, base_config, serve
 
 TOOLS: list[Any] = [
     {
@@ -479,16 +479,6 @@ async def test_json_under_any_plausible_label_is_still_mapped(
     ):
         assert r.status == 200
     assert new.received[-1].json["model"] == "prov/gpt-4o-mini"
-
-
-async def serve(path: str, handler: Any) -> tuple[web.AppRunner, int]:
-    """A hand-written upstream on 127.0.0.1, for answers the fake provider does not give."""
-    app = web.Application()
-    app.router.add_post(path, handler)
-    runner = web.AppRunner(app)
-    await runner.setup()
-    await web.TCPSite(runner, "127.0.0.1", 0).start()
-    return runner, runner.addresses[0][1]
 
 
 async def test_ndjson_stream_is_piped_not_buffered(make_sidecar, old, new) -> None:

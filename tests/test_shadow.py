@@ -16,7 +16,7 @@ import pytest
 from proxy.app import Sidecar
 from proxy.fakes import Behaviour
 
-from .conftest import CLIENT_KEY, NEW_KEY, OLD_KEY, base_config
+from .conftest import CLIENT_KEY, NEW_KEY, OLD_KEY, base_config, serve
 
 MESSAGES: list[Any] = [{"role": "user", "content": "Tell me about sidecars"}]
 
@@ -456,3 +456,38 @@ async def test_object_apis_and_chained_calls_are_not_copied(
     assert sc.stats.shadow_sent == 2
     assert sc.stats_view()["shadow"]["skipped_not_repeatable"] == 4
     assert [r.path for r in new.received] == ["/v1/responses"]  # the first call's copy only
+
+
+async def test_a_shadow_stream_is_complete_at_done_even_if_the_upstream_lingers(
+    old, new, make_sidecar, sdk, tmp_path
+) -> None:
+    from aiohttp import web
+
+    release = asyncio.Event()
+
+    async def lingering(request: web.Request) -> web.StreamResponse:
+        resp = web.StreamResponse(headers={"content-type": "text/event-stream"})
+        await resp.prepare(request)
+        chunk = {"id": "c", "object": "chat.completion.chunk", "model": "prov/gpt-4o-mini",
+                 "choices": [{"index": 0, "delta": {"content": "hi"}, "finish_reason": "stop"}]}  # fmt: skip
+        await resp.write(b"data: " + orjson.dumps(chunk) + b"\n\ndata: [DONE]\n\n")
+        await release.wait()  # and the response never ends while the test runs
+        return resp
+
+    runner, port = await serve("/v1/chat/completions", lingering)
+    try:
+        cfg = base_config(old, new, shadow=shadowing(), record=recording(tmp_path))
+        cfg["upstreams"]["new"]["base_url"] = f"http://127.0.0.1:{port}/v1"
+        cfg["upstreams"]["new"]["timeouts"] = {"idle": 30}
+        sc = await make_sidecar(cfg)
+        stream = await sdk(sc).chat.completions.create(
+            model="gpt-4o-mini", messages=MESSAGES, stream=True
+        )
+        assert [c async for c in stream]
+        db = str(tmp_path / "rec.db")
+        await settled(sc, db, 1, 2)
+        shadow = rows(db, "SELECT error_kind, stream_done FROM responses WHERE role = 'shadow'")
+        assert tuple(shadow[0]) == (None, 1)
+    finally:
+        release.set()
+        await runner.cleanup()
