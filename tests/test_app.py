@@ -291,3 +291,30 @@ async def test_second_signal_exits_at_once(old, new, tmp_path) -> None:
         if proc.returncode is None:
             proc.kill()
             await proc.wait()
+
+
+async def test_serve_raises_a_low_open_file_limit(old, new, tmp_path) -> None:
+    import resource
+
+    hard = resource.getrlimit(resource.RLIMIT_NOFILE)[1]
+    if hard != resource.RLIM_INFINITY and hard < 2048:
+        pytest.skip(f"the hard limit here is {hard}: nothing to raise to")
+    path = tmp_path / "config.yaml"
+    path.write_text(yaml.safe_dump(base_config(old, new)))
+
+    def low() -> None:  # a shell's usual 1,024, in the child only
+        resource.setrlimit(resource.RLIMIT_NOFILE, (1024, hard))
+
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "proxy", "serve", "--config", str(path),
+        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE, preexec_fn=low,
+    )  # fmt: skip
+    try:
+        assert proc.stdout is not None
+        await asyncio.wait_for(proc.stdout.readline(), timeout=30)  # listening
+        limits = Path(f"/proc/{proc.pid}/limits").read_text()
+        line = next(x for x in limits.splitlines() if x.startswith("Max open files"))
+        assert int(line.split()[3]) > 1024, line
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        await asyncio.wait_for(proc.wait(), timeout=30)
