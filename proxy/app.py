@@ -138,6 +138,9 @@ class Sidecar:
         if self.recorder is not None:
             await self.recorder.start()
             self.recorder.revision(self.live.current.revision_record())
+            # Calls naming objects made before a restart still go where those were made.
+            for object_id, upstream in await self.recorder.objects():
+                self.proxy.affinity.learn(object_id, upstream)
         cfg = self.live.current.config
         server = _Server(self.dispatch, handler_cancellation=True, access_log=None)
         self._runner = web.ServerRunner(server, shutdown_timeout=cfg.limits.shutdown_grace)

@@ -33,7 +33,7 @@ from .errors import (
     error_body,
 )
 from .meter import Meter
-from .records import Exchange
+from .records import Exchange, StoredObject
 from .rewrite import USAGE_OPT_IN_PATHS, Unmap, for_upstream, model_unmapper, path_model
 from .router import sticky_point
 from .sse import Kind, SSEDecoder
@@ -266,6 +266,8 @@ class Proxy:
                 made = answer_id(meter.body if meter.body is not None else bytes(meter.head or b""))
                 if made is not None:
                     affinity.learn(made, name)
+                    if self.recorder is not None and recording:
+                        self.recorder.stored(StoredObject(made, name, time.time()))
             self.stats.requests[name] += 1
             if meter.error_kind is not None:
                 self.stats.errors[name] += 1

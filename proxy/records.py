@@ -77,3 +77,11 @@ class Revision(NamedTuple):
     rollback: bool
     split: str  # JSON of the effective default split
     path: str  # the config file
+
+
+class StoredObject(NamedTuple):
+    """An object an upstream made (a stored response, a file, a batch), for `affinity`."""
+
+    id: str
+    upstream: str
+    ts: float

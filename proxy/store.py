@@ -20,7 +20,8 @@ from typing import Any, Final, cast
 import aiosqlite
 import structlog
 
-from proxy.records import Exchange, Response, Revision
+from proxy.affinity import MAX_IDS
+from proxy.records import Exchange, Response, Revision, StoredObject
 
 log = structlog.get_logger(__name__)
 
@@ -35,7 +36,7 @@ sqlite3.register_adapter(type(None), cast("Callable[[None], None]", {}.get))  # 
 sqlite3.register_adapter(bytes, bytes)  # bytes(b) is b
 sqlite3.register_adapter(bool, int)
 
-_Record = Exchange | Response | Revision
+_Record = Exchange | Response | Revision | StoredObject
 
 
 class StoreError(Exception):
@@ -93,7 +94,18 @@ MIGRATIONS: Final[tuple[tuple[str, ...], ...]] = (
             path TEXT NOT NULL
         )""",
     ),
+    (
+        # Which upstream made each object the app was given an id for (see `affinity`), so
+        # that calls naming it still find it after a restart. The newest row has the highest
+        # rowid (INSERT OR REPLACE), which is the order they are read back in.
+        """CREATE TABLE objects (
+            id TEXT PRIMARY KEY,
+            upstream TEXT NOT NULL,
+            ts REAL NOT NULL
+        )""",
+    ),
 )
+
 SCHEMA_VERSION: Final = len(MIGRATIONS)
 
 
@@ -133,6 +145,7 @@ class _Insert:
 _EXCHANGES = _Insert("INSERT OR IGNORE", "exchanges", Exchange)
 _RESPONSES = _Insert("INSERT OR REPLACE", "responses", Response)
 _REVISIONS = _Insert("INSERT OR REPLACE", "revisions", Revision)
+_OBJECTS = _Insert("INSERT OR REPLACE", "objects", StoredObject)
 
 # A failed batch is tried this many times in all, `retry_interval` apart, then dropped.
 _ATTEMPTS: Final = 3
@@ -146,6 +159,9 @@ _OLDEST = "SELECT id FROM exchanges ORDER BY ts LIMIT ?"
 _DELETE_ORPHANS = """DELETE FROM responses WHERE rowid IN (
     SELECT r.rowid FROM responses r WHERE r.ts < ?
     AND NOT EXISTS (SELECT 1 FROM exchanges e WHERE e.id = r.exchange_id) LIMIT ?)"""
+_NEWEST_OBJECTS = "SELECT id, upstream FROM objects ORDER BY rowid DESC LIMIT ?"
+_PRUNE_OBJECTS = """DELETE FROM objects WHERE rowid <=
+    (SELECT rowid FROM objects ORDER BY rowid DESC LIMIT 1 OFFSET ?)"""
 # These leave the connection usable: wait and try again. Anything else (read-only, I/O error,
 # file replaced, "no such table") gets a fresh connection, which also re-creates a deleted db.
 _TRANSIENT: Final = frozenset({sqlite3.SQLITE_BUSY, sqlite3.SQLITE_LOCKED, sqlite3.SQLITE_FULL})
@@ -273,9 +289,10 @@ class Recorder:
         if n + 1 >= self._batch_size:
             self._wake.set()
 
-    exchange = submit  # one method under three names: a record is a record to the writer
+    exchange = submit  # one method under four names: a record is a record to the writer
     response = submit
     revision = submit
+    stored = submit
 
     def _drop(self, n: int, reason: str) -> None:
         self._dropped += n
@@ -454,13 +471,16 @@ class Recorder:
         exchanges: list[Exchange] = []
         responses: list[Response] = []
         revisions: list[Revision] = []
+        objects: list[StoredObject] = []
         for record in batch:
             if isinstance(record, Response):
                 responses.append(record)
             elif isinstance(record, Exchange):
                 exchanges.append(record)
-            else:
+            elif isinstance(record, Revision):
                 revisions.append(record)
+            else:
+                objects.append(record)
         loop = asyncio.get_running_loop()
         for attempt in range(1, _ATTEMPTS + 1):
             async with self._lock:
@@ -470,6 +490,7 @@ class Recorder:
                         (_EXCHANGES, exchanges),
                         (_RESPONSES, responses),
                         (_REVISIONS, revisions),
+                        (_OBJECTS, objects),
                     ):
                         for sql, params in insert.statements(records):
                             await db.execute(sql, params)
@@ -520,8 +541,44 @@ class Recorder:
             if oldest is not None:
                 while n := await self._delete_orphans(oldest):
                     deleted += n
+        # The objects' table is the affinity's memory: no older than the exchanges kept, and
+        # no longer than the affinity remembers.
+        before = None if self._max_age_days is None else time.time() - self._max_age_days * 86_400
+        deleted += await self._prune_objects(before)
         if deleted:
             log.info("recorder retention deleted rows", rows=deleted, path=self._path)
+
+    async def _prune_objects(self, before: float | None) -> int:
+        async with self._lock:
+            try:
+                db = await self._connection()
+                n = 0
+                if before is not None:
+                    async with db.execute("DELETE FROM objects WHERE ts < ?", (before,)) as c:
+                        n += max(c.rowcount, 0)
+                async with db.execute(_PRUNE_OBJECTS, (MAX_IDS,)) as cursor:
+                    n += max(cursor.rowcount, 0)
+                await db.commit()
+            except _DB_ERRORS as exc:
+                await self._failed(exc)
+                raise
+        return n
+
+    async def objects(self) -> list[tuple[str, str]]:
+        """(id, upstream) of the objects recorded, oldest first, at most `affinity.MAX_IDS`.
+
+        Read at start, to give the affinity back what it knew; [] if the read fails. Older
+        rows are deleted first: without retention configured, nothing else bounds the table.
+        """
+        try:
+            await self._prune_objects(None)
+            async with self._lock:
+                db = await self._connection()
+                rows = await db.execute_fetchall(_NEWEST_OBJECTS, (MAX_IDS,))
+        except _DB_ERRORS as exc:
+            await self._failed(exc)
+            return []
+        return [(str(r[0]), str(r[1])) for r in reversed(list(rows))]
 
     async def _scalar(self, sql: str) -> Any:
         async with self._lock:

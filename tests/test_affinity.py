@@ -129,3 +129,20 @@ async def test_failed_creates_and_plain_calls_teach_nothing(old, new, make_sidec
         async with s.post(f"{sc.url}/responses", data=orjson.dumps(body)) as r:
             assert r.status == 404
     assert sc.stats_view()["affinity"] == {"ids": 0, "routed": 0}
+
+
+async def test_a_restart_remembers_where_objects_were_made(
+    old, new, make_sidecar, sdk, tmp_path
+) -> None:
+    record = {"enabled": True, "path": str(tmp_path / "r.db")}
+    first = await make_sidecar(base_config(old, new, split={"new": 1}, record=record))
+    made = (await sdk(first).responses.create(model="gpt-4o-mini", input="hi")).id
+    await first.stop()
+    # A new process on the same record, with the canary dialled down to 0.
+    second = await make_sidecar(
+        base_config(old, new, split={"old": 1}, record=record), name="b.yaml"
+    )
+    assert second.stats_view()["affinity"]["ids"] == 1
+    await sdk(second).responses.create(model="gpt-4o-mini", input="and?", previous_response_id=made)
+    assert new.received[-1].json["previous_response_id"] == made
+    assert second.stats_view()["affinity"]["routed"] == 1

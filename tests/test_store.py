@@ -12,7 +12,7 @@ from typing import Any
 import pytest
 from structlog.testing import capture_logs
 
-from proxy.records import Exchange, Response, Revision
+from proxy.records import Exchange, Response, Revision, StoredObject
 from proxy.store import SCHEMA_VERSION, Recorder, RecorderStats, StoreError, open_readonly
 
 # Short waits everywhere: a failing batch costs _ATTEMPTS x (busy_timeout + retry_interval).
@@ -350,6 +350,7 @@ async def test_empty_file_is_migrated_to_the_current_schema(
         ("index", "responses_ts"),
         ("index", "responses_upstream_role"),
         ("table", "exchanges"),
+        ("table", "objects"),
         ("table", "responses"),
         ("table", "revisions"),
     ]
@@ -451,3 +452,18 @@ def test_readonly_open_refuses_a_file_that_is_not_a_recording(tmp_path: Path) ->
         open_readonly(str(tmp_path / "other.db"))
     with pytest.raises(StoreError):
         open_readonly(str(tmp_path / "absent.db"))
+
+
+async def test_objects_are_kept_for_the_affinity_newest_last_and_bounded(
+    db: Path, recorders: Callable[..., Recorder], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import proxy.store
+
+    monkeypatch.setattr(proxy.store, "MAX_IDS", 3)
+    rec = await started(recorders, db)
+    for i in range(5):
+        rec.stored(StoredObject(f"resp_{i}", "new" if i % 2 else "old", 1000.0 + i))
+    rec.stored(StoredObject("resp_1", "new", 1010.0))  # made again: now the newest
+    await wait_until(lambda: rec.stats().written == 6)
+    assert await rec.objects() == [("resp_3", "new"), ("resp_4", "old"), ("resp_1", "new")]
+    assert rows(db, "SELECT count(*) FROM objects") == [(3,)]
