@@ -42,6 +42,7 @@ from .upstream import (
     RESPONSE_DROP,
     UpstreamClient,
     forward_headers,
+    parser_reason,
     push_deadline,
 )
 
@@ -340,10 +341,9 @@ class Proxy:
         except RequestPayloadError as e:
             # A body that does not decode (its content-encoding) or a broken chunked framing.
             cause = e.__cause__
-            # The first line only: the rest quotes the bytes the parser choked on.
             why = (
-                cause.message.splitlines()[0].rstrip(":")
-                if isinstance(cause, HttpProcessingError) and cause.message
+                parser_reason(cause.message)
+                if isinstance(cause, HttpProcessingError)
                 else "it was cut off or malformed"
             )
             raise BadRequest(f"could not read the request body: {why}") from None

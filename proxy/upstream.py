@@ -68,6 +68,18 @@ def forward_headers(headers: Mapping[str, str], drop: frozenset[str]) -> CIMulti
     return CIMultiDict([(k, v) for k, v in headers.items() if k.lower() not in drop])
 
 
+def parser_reason(message: str) -> str:
+    """An HTTP parser's reason, without the bytes it quotes after it.
+
+    The quote is a line of what the upstream sent, and that goes into the app's error, the
+    log and the record: an upstream that echoes request headers would put our key there.
+    """
+    line = message.strip().split("\n", 1)[0]
+    for quote in (": b'", ': b"'):
+        line = line.split(quote, 1)[0]
+    return line.rstrip(": ") or "unparseable"
+
+
 def _loopback(host: str) -> bool:
     if host == "localhost" or host.endswith(".localhost"):
         return True
@@ -198,7 +210,8 @@ class UpstreamClient:
             ) from e
         except aiohttp.ClientResponseError as e:
             raise UpstreamUnreachable(
-                f"upstream {self.name!r} ({self.host}) sent a malformed response: {e.message}"
+                f"upstream {self.name!r} ({self.host}) sent a malformed response: "
+                f"{parser_reason(e.message)}"
             ) from e
 
     def enter(self) -> None:

@@ -691,3 +691,33 @@ async def test_an_app_that_leaves_at_done_is_not_a_failure(
     finally:
         release.set()
         await runner.cleanup()
+
+
+async def test_a_malformed_upstream_answer_is_described_without_quoting_it(
+    old, new, make_sidecar, sdk
+) -> None:
+    # The parser quotes the line it choked on; an upstream that echoes request headers would
+    # put the sidecar's key into the app's error, the log and the record.
+    async def echo_key(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        while await reader.readline() not in (b"\r\n", b""):
+            pass
+        writer.write(b"HTTP/1.1 200 OK\r\nX-Echo: " + OLD_KEY.encode() * 400 + b"\r\n\r\n")
+        await writer.drain()
+        writer.close()
+
+    server = await asyncio.start_server(echo_key, "127.0.0.1", 0)
+    try:
+        cfg = base_config(old, new)
+        cfg["upstreams"]["old"]["base_url"] = (
+            f"http://127.0.0.1:{server.sockets[0].getsockname()[1]}/v1"
+        )
+        sc = await make_sidecar(cfg)
+        with pytest.raises(openai.APIStatusError) as e:
+            await sdk(sc).with_options(max_retries=0).models.list()
+        assert e.value.status_code == 502
+        message = e.value.body["message"]  # type: ignore[index]
+        assert message.endswith("sent a malformed response: Got more than 8190 bytes when reading")
+        assert OLD_KEY not in message
+    finally:
+        server.close()
+        await server.wait_closed()
