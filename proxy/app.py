@@ -78,12 +78,16 @@ class _Protocol(web.RequestHandler):
         # size), queues a 400 for after the request and drops that body without a word: the
         # handler would wait on it until limits.body_timeout. Tell the body instead, as
         # aiohttp itself does when the connection is lost.
-        queued = len(self._messages)
-        super().data_received(data)
-        request = self._current_request
-        if request is None or len(self._messages) <= queued:
+        messages = getattr(self, "_messages", None)  # private: an aiohttp without it is left be
+        if messages is None:
+            super().data_received(data)
             return
-        exc = getattr(self._messages[-1][0], "exc", None)
+        queued = len(messages)
+        super().data_received(data)
+        request = getattr(self, "_current_request", None)
+        if request is None or len(messages) <= queued:
+            return
+        exc = getattr(messages[-1][0], "exc", None)
         if isinstance(exc, HttpProcessingError) and not request.content.is_eof():
             error = RequestPayloadError("the request body's framing is broken")
             error.__cause__ = exc
