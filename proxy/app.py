@@ -31,6 +31,10 @@ from .store import Recorder, StoreError
 log = structlog.get_logger("proxy.app")
 
 
+_parent_data_received = web.RequestHandler.data_received
+_HOOKED = {"_messages", "_current_request"} <= set(getattr(web.RequestHandler, "__slots__", ()))
+
+
 class _Protocol(web.RequestHandler):
     """aiohttp answers HTTP it cannot parse itself, in text/plain; the SDKs expect the OpenAI shape."""
 
@@ -77,21 +81,24 @@ class _Protocol(web.RequestHandler):
         # aiohttp's parser, on a framing error in a body it is still reading (a bad chunk
         # size), queues a 400 for after the request and drops that body without a word: the
         # handler would wait on it until limits.body_timeout. Tell the body instead, as
-        # aiohttp itself does when the connection is lost.
-        messages = getattr(self, "_messages", None)  # private: an aiohttp without it is left be
-        if messages is None:
-            super().data_received(data)
-            return
+        # aiohttp itself does when the connection is lost. (On every read: no super(), no
+        # getattr; `_HOOKED` checked the private fields once.)
+        messages = self._messages
         queued = len(messages)
-        super().data_received(data)
-        request = getattr(self, "_current_request", None)
-        if request is None or len(messages) <= queued:
-            return
-        exc = getattr(messages[-1][0], "exc", None)
+        _parent_data_received(self, data)
+        if len(messages) > queued and self._current_request is not None:
+            self._body_broken(self._current_request, messages[-1][0])
+
+    @staticmethod
+    def _body_broken(request: web.BaseRequest, info: object) -> None:
+        exc = getattr(info, "exc", None)
         if isinstance(exc, HttpProcessingError) and not request.content.is_eof():
             error = RequestPayloadError("the request body's framing is broken")
             error.__cause__ = exc
             request.content.set_exception(error)
+
+    if not _HOOKED:  # an aiohttp without those private fields keeps its own behaviour
+        del data_received
 
 
 class _Server(web.Server):
