@@ -15,6 +15,7 @@ Pure: no I/O; the request path asks and tells it.
 from __future__ import annotations
 
 import re
+from collections import OrderedDict
 from typing import Final
 
 import orjson
@@ -95,7 +96,9 @@ class Affinity:
     __slots__ = ("_owner", "_size", "routed")
 
     def __init__(self, size: int = MAX_IDS) -> None:
-        self._owner: dict[str, str] = {}  # insertion order is age: the first key is the oldest
+        # Order is age, the first key the oldest. An OrderedDict, not a dict: a dict that
+        # drops its first key again and again scans the dead slots before it each time.
+        self._owner: OrderedDict[str, str] = OrderedDict()
         self._size = size
         self.routed = 0  # calls sent to an object's upstream instead of by weight
 
@@ -104,10 +107,10 @@ class Affinity:
 
     def learn(self, object_id: str, upstream: str) -> None:
         owner = self._owner
-        owner.pop(object_id, None)
         owner[object_id] = upstream
+        owner.move_to_end(object_id)
         if len(owner) > self._size:
-            del owner[next(iter(owner))]
+            owner.popitem(last=False)
 
     def owner(self, tail: str, body: bytes) -> str | None:
         """The upstream that made an object this call names, if any: path first, then body."""
