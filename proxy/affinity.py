@@ -38,13 +38,24 @@ OBJECT_APIS: Final = (
 # POST to these (or below them) creates an object whose id the answer carries at the top.
 CREATES: Final = ("/responses", *OBJECT_APIS)
 # Body fields holding one id: a string, or an object with an "id" (a conversation).
-_REFERENCE: Final = re.compile(
-    rb'"(?:previous_response_id|conversation|file_id|input_file_id|training_file'
-    rb'|validation_file|vector_store_id|assistant_id|thread_id)"\s*:\s*(?:\{\s*"id"\s*:\s*)?'
-    rb'"([^"\\]{1,256})"'
+ID_FIELDS: Final = (
+    "previous_response_id",
+    "conversation",
+    "file_id",
+    "input_file_id",
+    "training_file",
+    "validation_file",
+    "vector_store_id",
+    "assistant_id",
+    "thread_id",
 )
-# Body fields holding a list of ids.
-_REFERENCES: Final = re.compile(rb'"(?:file_ids|vector_store_ids)"\s*:\s*\[([^\]]{0,65536})\]')
+ID_LIST_FIELDS: Final = ("file_ids", "vector_store_ids")  # body fields holding a list of ids
+_REFERENCE: Final = re.compile(
+    rb'"(?:' + "|".join(ID_FIELDS).encode() + rb')"\s*:\s*(?:\{\s*"id"\s*:\s*)?"([^"\\]{1,256})"'
+)
+_REFERENCES: Final = re.compile(
+    rb'"(?:' + "|".join(ID_LIST_FIELDS).encode() + rb')"\s*:\s*\[([^\]]{0,65536})\]'
+)
 _STRING: Final = re.compile(rb'"([^"\\]{1,256})"')
 # The id of a plain answer is its first member in every OpenAI-style API; a streamed
 # response names it in its first event, `response.created`.

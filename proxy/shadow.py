@@ -11,7 +11,7 @@ import aiohttp
 import structlog
 from multidict import CIMultiDict
 
-from .affinity import OBJECT_APIS, may_reference
+from .affinity import ID_FIELDS, ID_LIST_FIELDS, OBJECT_APIS, may_reference
 from .config import ShadowConfig
 from .errors import UpstreamTimeout, UpstreamUnreachable
 from .meter import Meter
@@ -44,8 +44,8 @@ _OBJECT_APIS: Final = (
 # message that quotes such a name does not match. Also a background response: its answer is
 # a queued stub, fetched later from the upstream that has it, so a copy measures nothing.
 _REFERENCE: Final = re.compile(
-    rb'"(?:previous_response_id|conversation|file_id|file_ids|input_file_id|vector_store_ids'
-    rb'|assistant_id|thread_id)"\s*:\s*[\["{]|"prompt"\s*:\s*\{|"background"\s*:\s*true'
+    rb'"(?:' + "|".join((*ID_FIELDS, *ID_LIST_FIELDS)).encode() + rb')"\s*:\s*[\["{]'
+    rb'|"prompt"\s*:\s*\{|"background"\s*:\s*true'
 )
 
 
