@@ -237,10 +237,54 @@ def _interpolate(
     return node
 
 
+_MERGE = "tag:yaml.org,2002:merge"
+
+
+def _duplicates(node: yaml.Node, key: str, seen: set[int], out: list[tuple[str, str]]) -> None:
+    """Keys given twice in one mapping. YAML keeps the last silently: `rollback: true` added at
+    the top of a file that still says `rollback: false` below would change nothing."""
+    if id(node) in seen:  # an alias: checked where its anchor is (and it may be recursive)
+        return
+    seen.add(id(node))
+    if isinstance(node, yaml.MappingNode):
+        lines: dict[tuple[str, str], int] = {}
+        for k, v in node.value:
+            if k.tag == _MERGE or not isinstance(k, yaml.ScalarNode):
+                continue  # `<<: *base` is meant to be overridden; complex keys fail validation
+            name = f"{key}.{k.value}" if key else str(k.value)
+            line = k.start_mark.line + 1
+            first = lines.get((k.tag, k.value))
+            if first is None:
+                lines[(k.tag, k.value)] = line
+            else:
+                at = f"lines {first} and {line}" if first != line else f"line {line}"
+                why = f"given twice ({at}); YAML would silently keep the last one, so say it once"
+                out.append((name, why))
+            _duplicates(v, name, seen, out)
+    elif isinstance(node, yaml.SequenceNode):
+        for i, v in enumerate(node.value):
+            _duplicates(v, f"{key}.{i}", seen, out)
+
+
+def _load_yaml(text: bytes, path: str) -> Any:
+    loader = yaml.SafeLoader(text)
+    try:
+        node = loader.get_single_node()
+        if node is None:
+            return None
+        problems: list[tuple[str, str]] = []
+        _duplicates(node, "", set(), problems)
+        if problems:
+            raise ConfigError(path, problems)
+        return loader.construct_document(node)
+    finally:
+        loader.dispose()
+
+
 def parse(text: bytes, path: str, env: dict[str, str] | None = None) -> Config:
     """Validate a config file's bytes; raises ConfigError listing every problem found."""
     try:
-        raw = yaml.safe_load(text)
+        raw = _load_yaml(text, path)
     except yaml.YAMLError as e:
         mark = getattr(e, "problem_mark", None)
         where = f"line {mark.line + 1}, column {mark.column + 1}: " if mark else ""

@@ -80,6 +80,38 @@ def test_invalid_yaml_says_where() -> None:
     assert problems[0][1].startswith("invalid YAML: line")
 
 
+def test_a_key_given_twice_is_refused_with_both_lines() -> None:
+    # The urgent edit: `rollback: true` put at the top while `rollback: false` is still below.
+    # YAML keeps the last one, so the switch would silently stay off.
+    problems = refused("rollback: true\n" + GOOD + "rollback: false\n")
+    assert problems == [
+        (
+            "rollback",
+            "given twice (lines 1 and 8); YAML would silently keep the last one, so say it once",
+        )
+    ]
+
+
+def test_a_nested_key_given_twice_is_named_by_its_path() -> None:
+    text = GOOD.replace("split: {a: 90, b: 10}", "split:\n  a: 90\n  b: 10\n  a: 0")
+    assert [k for k, _ in refused(text)] == ["split.a"]
+    text = GOOD.replace("{gpt-4o: p/gpt-4o}", "{gpt-4o: p/gpt-4o, gpt-4o: q/gpt-4o}")
+    assert [k for k, _ in refused(text)] == ["upstreams.b.models.gpt-4o"]
+
+
+def test_merge_keys_and_aliases_are_not_duplicates() -> None:
+    text = """
+base: &base {base_url: "http://127.0.0.1:1/v1", api_key: "k"}
+upstreams:
+  a: *base
+  b: {<<: *base, base_url: "http://127.0.0.1:2/v1"}
+primary: a
+"""
+    # `base` is an unknown key, refused for that alone; a merge overridden is no duplicate.
+    assert refused(text) == [("base", "unknown key")]
+    assert [k for k, _ in refused("a: &x [*x]\na: 1\n")] == ["a"]  # a recursive alias ends
+
+
 def test_unreadable_file_is_refused(tmp_path: Path) -> None:
     with pytest.raises(ConfigError) as e:
         config_mod.load(str(tmp_path / "nope.yaml"))

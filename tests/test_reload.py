@@ -165,6 +165,10 @@ async def test_broken_file_keeps_old_config_until_fixed(old, new, make_sidecar) 
         assert await served_by(s, sc) == "old"
         write_rename(path, {**cfg, "split": {"old": 100, "bogus": 1}})
         await wait_for(lambda: _error_mentions(s, sc, "split.bogus"), timeout=1.5)
+        # The switch given twice: YAML would keep the last, `false`; the file is refused.
+        path.write_text("rollback: true\n" + yaml.safe_dump(cfg) + "rollback: false\n")
+        await wait_for(lambda: _error_mentions(s, sc, "rollback: given twice"), timeout=1.5)
+        assert (await health(s, sc))["revision"] == revision
         write_rename(path, {**cfg, "split": {"new": 1}})
         await wait_for(lambda: _serves(s, sc, "new"), timeout=1.5)
         h = await health(s, sc)
