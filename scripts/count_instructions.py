@@ -14,6 +14,7 @@ under load. Under valgrind a sidecar starts in ~40 s and runs ~50x slower.
     .venv/bin/python scripts/count_instructions.py sidecar record     # ~2 minutes
     .venv/bin/python scripts/count_instructions.py --requests 500 record record+shadow
     .venv/bin/python scripts/count_instructions.py --keep /tmp/cg sidecar record
+    .venv/bin/python scripts/count_instructions.py --concurrency 16 sidecar record  # batches as under load
     .venv/bin/python scripts/count_instructions.py --load bursts bare sidecar record  # per stream
     callgrind_annotate --inclusive=yes /tmp/cg/callgrind.record | head -60
 """
@@ -28,6 +29,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from urllib.parse import urlsplit
 
@@ -39,7 +41,15 @@ import bench  # the bench's process handling and configurations, reused as-is
 TOTALS = re.compile(rb"^(?:totals|summary): (\d+)", re.MULTILINE)
 
 
-def post_many(url: str, n: int, stream: bool = False) -> None:
+def post_many(url: str, n: int, stream: bool = False, concurrency: int = 1) -> None:
+    if concurrency > 1:
+        # Each worker its own connection; under valgrind the sidecar is the bottleneck, so
+        # requests queue as under load and the recorder's batches fill as they do there.
+        share = [n // concurrency + (i < n % concurrency) for i in range(concurrency)]
+        with ThreadPoolExecutor(concurrency) as pool:
+            for done in [pool.submit(post_many, url, k, stream) for k in share if k]:
+                done.result()
+        return
     parts = urlsplit(url)
     conn = http.client.HTTPConnection(parts.hostname or "127.0.0.1", parts.port, timeout=120)
     headers = {"content-type": "application/json", "authorization": f"Bearer {bench.KEY_CLIENT}"}
@@ -70,6 +80,7 @@ def count(
     n: int,
     keep: Path | None = None,
     stream: bool = False,
+    concurrency: int = 1,
 ) -> int:
     out = tmp / f"cg-{bench._slug(setup.name)}"
     argv = ["valgrind", "--tool=callgrind", f"--callgrind-out-file={out}.%p", "--"]
@@ -86,7 +97,7 @@ def count(
     post_many(proc.url, 20, stream)
     settle(proc.url)
     subprocess.run(["callgrind_control", "--zero", str(proc.pid)], capture_output=True, check=True)
-    post_many(proc.url, n, stream)
+    post_many(proc.url, n, stream, concurrency)
     settle(proc.url)
     subprocess.run(["callgrind_control", "--dump", str(proc.pid)], capture_output=True, check=True)
     dumps = sorted(tmp.glob(f"{out.name}.{proc.pid}.*"))
@@ -111,6 +122,12 @@ def main() -> int:
         choices=("requests", "bursts"),
         default="requests",
         help="plain answers, or streams of bench.CHUNKS events sent back to back (per stream)",
+    )
+    p.add_argument(
+        "--concurrency",
+        type=int,
+        default=1,
+        help="requests in flight at once (default 1: one after another on one connection)",
     )
     p.add_argument(
         "--keep",
@@ -147,6 +164,7 @@ def main() -> int:
                 args.requests,
                 args.keep,
                 args.load == "bursts",
+                args.concurrency,
             )
             results[name] = total / args.requests
             unit = "stream" if args.load == "bursts" else "request"
