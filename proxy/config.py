@@ -24,7 +24,9 @@ from .thresholds import ReportSettings
 
 
 class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    # `.inf` and `.nan` are YAML floats: a weight of .inf made every share NaN, and an infinite
+    # timeout is no timeout. Both are refused as "Input should be a finite number".
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
 
 
 Weight = Annotated[float, Field(ge=0)]

@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import hashlib
+import math
 import re
 from bisect import bisect_right
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from fnmatch import translate
 
@@ -26,18 +27,26 @@ class Split:
         return self.names[min(bisect_right(self.bounds, u), len(self.names) - 1)]
 
     def shares(self) -> dict[str, float]:
-        total = sum(self.weights)
-        return {n: w / total for n, w in zip(self.names, self.weights, strict=True)}
+        scale = _scale(self.weights)
+        total = sum(w / scale for w in self.weights)
+        return {n: w / scale / total for n, w in zip(self.names, self.weights, strict=True)}
+
+
+def _scale(weights: Sequence[float]) -> float:
+    """What to divide weights by before adding them up: 1, unless their sum overflows."""
+    return 1.0 if sum(weights) < math.inf else max(weights)
 
 
 def split_of(weights: Mapping[str, float]) -> Split:
     """Zero weights are dropped: a weight of 0 must send nothing, not "almost nothing"."""
     items = [(n, float(w)) for n, w in weights.items() if w > 0]
-    total = sum(w for _, w in items)
+    # Weights near the float maximum sum to infinity: then they are added up scaled down.
+    scale = _scale([w for _, w in items])
+    total = sum(w / scale for _, w in items)
     bounds: list[float] = []
     acc = 0.0
     for _, w in items:
-        acc += w
+        acc += w / scale
         bounds.append(acc / total)
     bounds[-1] = 1.0
     return Split(tuple(n for n, _ in items), tuple(bounds), tuple(w for _, w in items))

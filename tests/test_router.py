@@ -40,6 +40,21 @@ def test_zero_weights_are_never_picked(weights: dict[str, float]) -> None:
     assert all(weights[n] > 0 for n in picked)
 
 
+@given(
+    st.dictionaries(
+        st.sampled_from("abcdef"), st.floats(0, allow_infinity=False, allow_nan=False), min_size=1
+    ).filter(lambda d: max(d.values()) > 0)
+)
+def test_shares_follow_the_weights_up_to_the_float_maximum(weights: dict[str, float]) -> None:
+    # 1e308 + 1e308 is infinity: added up unscaled, every share was 0 and bounds were NaN.
+    s = split_of(weights)
+    shares = s.shares()
+    assert abs(sum(shares.values()) - 1.0) < 1e-9
+    assert all(0.0 <= v <= 1.0 for v in shares.values())  # 1e-300 next to 1e300 rounds to 0
+    assert list(s.bounds) == sorted(s.bounds) and s.bounds[-1] == 1.0
+    assert split_of({"a": 1e308, "b": 1e308}).shares() == {"a": 0.5, "b": 0.5}
+
+
 @given(st.floats(0, 1, exclude_max=True))
 def test_every_point_lands_on_a_listed_upstream(u: float) -> None:
     assert split_of({"a": 1, "b": 2, "c": 0}).pick(u) in {"a", "b"}
