@@ -59,7 +59,15 @@ def _report(args: argparse.Namespace) -> int:
     from . import report, report_html, report_text
     from .thresholds import ReportSettings
 
-    settings = config_mod.load(args.config)[0].report if args.config else ReportSettings()
+    cfg = config_mod.load(args.config)[0] if args.config else None
+    settings = cfg.report if cfg is not None else ReportSettings()
+    db = args.db or (cfg.record.path if cfg is not None else None)
+    if db is None:
+        print(
+            "error: name the recording with --db, or give --config to read its record.path",
+            file=sys.stderr,
+        )
+        return 2
     try:
         flt = report.ReportFilter(
             since=report.parse_time(args.since) if args.since else None,
@@ -71,7 +79,7 @@ def _report(args: argparse.Namespace) -> int:
     except ValueError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
-    rep = report.build_report(args.db, flt, settings)
+    rep = report.build_report(db, flt, settings)
     with _reader_may_leave():
         if args.json:
             sys.stdout.buffer.write(report_text.render_json(rep) + b"\n")
@@ -131,8 +139,14 @@ def parser() -> argparse.ArgumentParser:
     r = sub.add_parser(
         "report", help="is the new gateway safe? a report from the recorded database"
     )
-    r.add_argument("--db", required=True, help="the SQLite file the sidecar records into")
-    r.add_argument("--config", "-c", help="config with report.thresholds and report.pricing")
+    r.add_argument(
+        "--db", help="the SQLite file the sidecar records into (default: the config's record.path)"
+    )
+    r.add_argument(
+        "--config",
+        "-c",
+        help="the sidecar's config: report.thresholds, report.pricing, record.path",
+    )
     r.add_argument("--since", help="ISO time, unix seconds, or relative like 2h / 3d")
     r.add_argument("--until")
     r.add_argument("--route")

@@ -55,3 +55,18 @@ def test_report_rejects_a_bad_time(tmp_path: Path) -> None:
     out = run("report", "--db", str(tmp_path / "x.db"), "--since", "yesterdayish")
     assert out.returncode == 2
     assert "yesterdayish" in out.stderr
+
+
+def test_report_finds_the_recording_through_the_config(tmp_path: Path) -> None:
+    db = basic_recording(tmp_path / "basic.db")
+    cfg = tmp_path / "config.yaml"
+    cfg.write_text(
+        "upstreams: {a: {base_url: 'http://127.0.0.1:1/v1'}}\nprimary: a\n"
+        f"record: {{path: '{db}'}}\n"
+    )
+    out = run("report", "--config", str(cfg), "--json")
+    assert out.returncode == 0, out.stderr
+    assert db in out.stdout  # the report names the recording it read
+    out = run("report")
+    assert out.returncode == 2
+    assert "--db" in out.stderr and "record.path" in out.stderr
