@@ -399,7 +399,8 @@ class Proxy:
             meter.fail("connection", err.message)
             return err.response(rid)
         meter.bytes = len(data)
-        meter.body = data  # recorded as the provider sent it
+        data = up.scrub(upr.status, data)
+        meter.body = data  # recorded as the provider sent it (less a key it quoted)
         if unmap is not None and "json" in ctype:
             data = unmap(data)
         return web.Response(status=upr.status, body=data, headers=out_headers)

@@ -207,8 +207,9 @@ class Shadower:
                     meter.headers(upr.status, is_sse)
                     tally = meter.tally
                     if not is_sse or tally is None:
-                        meter.body = await upr.read()
-                        meter.bytes = len(meter.body)
+                        data = await upr.read()
+                        meter.bytes = len(data)
+                        meter.body = up.scrub(upr.status, data)
                         return
                     decoder = SSEDecoder()
                     content = upr.content

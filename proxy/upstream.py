@@ -45,6 +45,8 @@ REQUEST_DROP = HOP_BY_HOP | {
 # The body reaches the app decompressed and re-framed, so its length and encoding change.
 RESPONSE_DROP = HOP_BY_HOP | {"content-length", "content-encoding"}
 _URL_CACHE = 256  # upstream URLs kept per client
+MIN_REDACTED_KEY = 8
+REDACTED = b"[key redacted by the sidecar]"
 
 
 def push_deadline(timer: asyncio.Timeout, armed: float, now: float, idle: float) -> float:
@@ -129,8 +131,11 @@ class UpstreamClient:
         self.first_byte = cfg.timeouts.first_byte
         self.idle = cfg.timeouts.idle
         headers = dict(cfg.headers)
+        self._key: bytes | None = None
         if cfg.api_key is not None:
             key = cfg.api_key.get_secret_value()
+            # Shorter than this it is a placeholder, and replacing it could mangle a body.
+            self._key = key.encode() if len(key) >= MIN_REDACTED_KEY else None
             headers[cfg.auth_header] = (
                 f"Bearer {key}" if cfg.auth_header == "authorization" else key
             )
@@ -139,6 +144,14 @@ class UpstreamClient:
         self._session: aiohttp.ClientSession | None = None
         self._idle = asyncio.Event()
         self._idle.set()
+
+    def scrub(self, status: int, body: bytes) -> bytes:
+        """An error answer that quotes the key the sidecar sent (some gateways echo it whole in
+        a 401) has it replaced: the app never had that key, and the record must not keep it."""
+        key = self._key
+        if key is None or status < 400 or key not in body:
+            return body
+        return body.replace(key, REDACTED)
 
     @property
     def session(self) -> aiohttp.ClientSession:

@@ -721,3 +721,44 @@ async def test_a_malformed_upstream_answer_is_described_without_quoting_it(
     finally:
         server.close()
         await server.wait_closed()
+
+
+async def test_a_key_an_upstream_quotes_in_its_error_reaches_neither_app_nor_record(
+    old, new, make_sidecar, sdk, tmp_path
+) -> None:
+    # Some gateways answer a refused key with it whole. The sidecar put that key there; the app
+    # never had it and must not get it in an exception it may log, nor may the record keep it.
+    async def refuse(request: web.Request) -> web.Response:
+        key = request.headers["authorization"].removeprefix("Bearer ")
+        await request.read()
+        error = {"message": f"Invalid API key: {key}. Check {key!r}.", "type": "auth"}
+        return web.json_response({"error": error}, status=401)
+
+    runner, port = await serve("/v1/chat/completions", refuse)
+    try:
+        cfg = base_config(old, new, split={"old": 1})
+        for name in ("old", "new"):
+            cfg["upstreams"][name]["base_url"] = f"http://127.0.0.1:{port}/v1"
+        cfg["shadow"] = {"upstream": "new", "sample": 1.0}
+        cfg["record"] = {"enabled": True, "path": str(tmp_path / "r.db")}
+        sc = await make_sidecar(cfg)
+        with pytest.raises(openai.AuthenticationError) as e:
+            await (
+                sdk(sc)
+                .with_options(max_retries=0)
+                .chat.completions.create(model="gpt-4o-mini", messages=MESSAGES)
+            )
+        message = e.value.body["message"]  # type: ignore[index]
+        assert message.startswith("Invalid API key: [key redacted by the sidecar]")
+        assert OLD_KEY not in str(e.value.body) and OLD_KEY not in e.value.response.text
+        for _ in range(250):
+            if sc.stats.shadow_sent == 1 and sc.shadower.in_flight == 0:
+                break
+            await asyncio.sleep(0.02)
+        assert sc.stats.shadow_sent == 1
+        await sc.stop()
+        recorded = b"".join(p.read_bytes() for p in tmp_path.glob("r.db*"))
+        assert b"key redacted by the sidecar" in recorded  # the bodies are there...
+        assert OLD_KEY.encode() not in recorded and NEW_KEY.encode() not in recorded  # ...less keys
+    finally:
+        await runner.cleanup()
