@@ -59,9 +59,10 @@ def _report(args: argparse.Namespace) -> int:
     from . import report, report_html, report_text
     from .thresholds import ReportSettings
 
-    cfg = config_mod.load(args.config)[0] if args.config else None
-    settings = cfg.report if cfg is not None else ReportSettings()
-    db = args.db or (cfg.record.path if cfg is not None else None)
+    settings, record = (
+        config_mod.load_for_report(args.config) if args.config else (ReportSettings(), None)
+    )
+    db = args.db or (record.path if record is not None else None)
     if db is None:
         print(
             "error: name the recording with --db, or give --config to read its record.path",

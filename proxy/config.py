@@ -285,6 +285,75 @@ def _load_yaml(text: bytes, path: str) -> Any:
 
 def parse(text: bytes, path: str, env: dict[str, str] | None = None) -> Config:
     """Validate a config file's bytes; raises ConfigError listing every problem found."""
+    raw = _mapping(text, path)
+    problems: list[tuple[str, str]] = []
+    raw = _interpolate(raw, "", os.environ if env is None else env, problems)
+    if problems:
+        raise ConfigError(path, problems)
+    try:
+        cfg = Config.model_validate(raw)
+    except ValidationError as e:
+        raise ConfigError(path, _problems(e)) from None
+    problems = _references(cfg)
+    if problems:
+        raise ConfigError(path, problems)
+    return cfg
+
+
+def _problems(e: ValidationError, prefix: str = "") -> list[tuple[str, str]]:
+    out = []
+    # include_input=False: values may be API keys; the reason and key path are enough.
+    for err in e.errors(include_url=False, include_input=False):
+        loc = ".".join([prefix, *map(str, err["loc"])] if prefix else map(str, err["loc"]))
+        msg = err["msg"].removeprefix("Value error, ")
+        if err["type"] == "extra_forbidden":
+            msg = "unknown key"
+        out.append((loc, msg))
+    return out
+
+
+def load_for_report(path: str) -> tuple[ReportSettings, RecordConfig]:
+    """Only what the report reads (`report`, `record`) from the sidecar's config file.
+
+    The report runs where the sidecar's secrets may not be set (a shell, not the service),
+    and needs neither the keys nor the upstreams, so the rest of the file is not checked.
+    """
+    raw = _mapping(_read(path), path)
+    problems: list[tuple[str, str]] = []
+    parts = {
+        k: _interpolate(raw.get(k) or {}, k, os.environ, problems) for k in ("report", "record")
+    }
+    if problems:
+        raise ConfigError(path, problems)
+    try:
+        report = ReportSettings.model_validate(parts["report"])
+    except ValidationError as e:
+        problems += _problems(e, "report")
+    try:
+        record = RecordConfig.model_validate(parts["record"])
+    except ValidationError as e:
+        problems += _problems(e, "record")
+    if problems:
+        raise ConfigError(path, problems)
+    return report, record
+
+
+def load(path: str) -> tuple[Config, bytes]:
+    """Read and validate a file (blocking: call from a thread when a loop is running)."""
+    text = _read(path)
+    return parse(text, path), text
+
+
+def _read(path: str) -> bytes:
+    try:
+        with open(path, "rb") as f:
+            return f.read()
+    except OSError as e:
+        raise ConfigError(path, [("", f"cannot read: {e.strerror}")]) from None
+
+
+def _mapping(text: bytes, path: str) -> dict[Any, Any]:
+    """The file's top-level mapping, or ConfigError saying where the YAML broke."""
     try:
         raw = _load_yaml(text, path)
     except yaml.YAMLError as e:
@@ -296,35 +365,7 @@ def parse(text: bytes, path: str, env: dict[str, str] | None = None) -> Config:
         raise ConfigError(
             path, [("", "the file must hold a mapping of keys (upstreams, primary, ...)")]
         )
-    problems: list[tuple[str, str]] = []
-    raw = _interpolate(raw, "", os.environ if env is None else env, problems)
-    if problems:
-        raise ConfigError(path, problems)
-    try:
-        cfg = Config.model_validate(raw)
-    except ValidationError as e:
-        # include_input=False: values may be API keys; the reason and key path are enough.
-        for err in e.errors(include_url=False, include_input=False):
-            loc = ".".join(str(p) for p in err["loc"])
-            msg = err["msg"].removeprefix("Value error, ")
-            if err["type"] == "extra_forbidden":
-                msg = "unknown key"
-            problems.append((loc, msg))
-        raise ConfigError(path, problems) from None
-    problems = _references(cfg)
-    if problems:
-        raise ConfigError(path, problems)
-    return cfg
-
-
-def load(path: str) -> tuple[Config, bytes]:
-    """Read and validate a file (blocking: call from a thread when a loop is running)."""
-    try:
-        with open(path, "rb") as f:
-            text = f.read()
-    except OSError as e:
-        raise ConfigError(path, [("", f"cannot read: {e.strerror}")]) from None
-    return parse(text, path), text
+    return raw
 
 
 def digest(text: bytes) -> str:

@@ -60,13 +60,19 @@ def test_report_rejects_a_bad_time(tmp_path: Path) -> None:
 def test_report_finds_the_recording_through_the_config(tmp_path: Path) -> None:
     db = basic_recording(tmp_path / "basic.db")
     cfg = tmp_path / "config.yaml"
+    # The service's secrets are not set in the shell the report runs in: it needs none of them.
     cfg.write_text(
-        "upstreams: {a: {base_url: 'http://127.0.0.1:1/v1'}}\nprimary: a\n"
-        f"record: {{path: '{db}'}}\n"
+        "upstreams: {a: {base_url: 'http://127.0.0.1:1/v1', api_key: '${SIDECAR_TEST_UNSET}'}}\n"
+        f"primary: a\nrecord: {{path: '{db}'}}\n"
     )
-    out = run("report", "--config", str(cfg), "--json")
+    env = {k: v for k, v in os.environ.items() if k != "SIDECAR_TEST_UNSET"}
+    out = run("report", "--config", str(cfg), "--json", env=env)
     assert out.returncode == 0, out.stderr
     assert db in out.stdout  # the report names the recording it read
+    cfg.write_text(f"record: {{path: '{db}', bodies: bogus}}\nreport: {{nope: 1}}\n")
+    out = run("report", "--config", str(cfg))
+    assert out.returncode == 2
+    assert "record.bodies" in out.stderr and "report.nope: unknown key" in out.stderr
     out = run("report")
     assert out.returncode == 2
     assert "--db" in out.stderr and "record.path" in out.stderr
