@@ -34,7 +34,15 @@ from .errors import (
 )
 from .meter import Meter
 from .records import Exchange, StoredObject
-from .rewrite import USAGE_OPT_IN_PATHS, Unmap, for_upstream, model_unmapper, path_model
+from .rewrite import (
+    USAGE_OPT_IN_PATHS,
+    ModelAt,
+    Unmap,
+    for_upstream,
+    model_unmapper,
+    multipart_model,
+    path_model,
+)
 from .router import sticky_point
 from .sse import Kind, SSEDecoder
 from .upstream import (
@@ -161,14 +169,20 @@ class Proxy:
             if isinstance(parsed, dict):
                 obj = parsed
         stream = False
-        in_path = False
+        at: ModelAt = "body"
         if obj is not None:
             m = obj.get("model")
             model = m if isinstance(m, str) else None
             stream = obj.get("stream") is True
+        elif inspect and body and (coding is None or decoded) and _is_form(request):
+            # An audio upload names its model in a form field; found, it is mapped like any.
+            found = multipart_model(request.headers["content-type"], body)
+            if found is not None:
+                model, at = found
         if model is None and inspect:
             model = path_model(tail)
-            in_path = model is not None
+            if model is not None:
+                at = "path"
 
         table = rt.table
         route = table.match(path, model)
@@ -217,7 +231,7 @@ class Proxy:
                 obj,
                 body,
                 model,
-                in_path,
+                at,
                 stream,
                 want_usage,
                 json_mode,
@@ -225,7 +239,7 @@ class Proxy:
             )
 
         send_tail, send_body, sent_model, strip = for_upstream(
-            up, tail, obj, body, model, in_path, want_usage
+            up, tail, obj, body, model, at, want_usage
         )
         # The answer names the id the provider was sent; the app gets back the one it asked for.
         unmap = (
@@ -534,6 +548,11 @@ def _looks_like_json(request: web.BaseRequest, body: bytes) -> bool:
     return ctype.endswith("json") or (
         (ctype in _UNLABELLED or "/" not in ctype) and body[:1] == b"{"
     )
+
+
+def _is_form(request: web.BaseRequest) -> bool:
+    raw = request.headers.get("content-type")
+    return raw is not None and raw[:19].lower() == "multipart/form-data"
 
 
 _UNLABELLED = frozenset(

@@ -5,7 +5,7 @@ from __future__ import annotations
 import re
 from collections.abc import Callable
 from functools import lru_cache
-from typing import Any
+from typing import Any, Literal
 from urllib.parse import quote, unquote
 
 import orjson
@@ -21,6 +21,45 @@ def path_model(tail: str) -> str | None:
     if tail.startswith("/models/"):
         seg = tail[8:].split("/", 1)[0]
         return unquote(seg) if seg else None
+    return None
+
+
+# Where a request names its model: its JSON body, its path (`/models/{model}/...`), or the
+# (start, end) of the `model` field's value in a multipart/form-data body (audio uploads).
+ModelAt = Literal["body", "path"] | tuple[int, int]
+
+_BOUNDARY = re.compile(r'boundary=(?:"([^"]+)"|([^\s;]+))', re.IGNORECASE)
+# The part's Content-Disposition names the field `model`; `filename="model"` does not count.
+_MODEL_PART = re.compile(rb'(?im)^content-disposition:[^\r\n]*;\s*name="?model"?\s*(?:;|$)')
+
+
+def multipart_model(content_type: str, body: bytes) -> tuple[str, tuple[int, int]] | None:
+    """The `model` form field of a multipart/form-data body, and where its value lies.
+
+    Only the part boundaries and headers are searched (memchr speed over a large file part);
+    nothing is decoded or copied. None when the body has no such field or is malformed.
+    """
+    m = _BOUNDARY.search(content_type)
+    if m is None:
+        return None
+    delim = b"\r\n--" + (m.group(1) or m.group(2)).encode("latin-1")
+    # The first boundary may open the body without a CRLF before it.
+    pos = 0 if body.startswith(delim[2:]) else body.find(delim)
+    while pos != -1:
+        pos = body.find(b"\n", pos + 2)  # the end of the boundary line
+        head_end = body.find(b"\r\n\r\n", pos) if pos != -1 else -1
+        if head_end == -1:
+            return None
+        start = head_end + 4
+        end = body.find(delim, start)
+        if end == -1:
+            return None
+        if _MODEL_PART.search(body, pos, head_end + 2):
+            try:
+                return body[start:end].decode(), (start, end)
+            except UnicodeDecodeError:
+                return None
+        pos = end + 2
     return None
 
 
@@ -64,13 +103,16 @@ def for_upstream(
     obj: dict[str, Any] | None,
     raw: bytes,
     model: str | None,
-    model_in_path: bool,
+    at: ModelAt,
     want_usage: bool,
 ) -> tuple[str, bytes, str | None, bool]:
     """(path tail, body, model sent, strip usage chunk) for sending this request to `up`."""
-    if model_in_path and model is not None and model in up.models:
+    if at != "body" and model is not None and model in up.models:
         mapped = up.models[model]
-        return rewrite_path_model(tail, mapped), raw, mapped, False
+        if at == "path":
+            return rewrite_path_model(tail, mapped), raw, mapped, False
+        start, end = at
+        return tail, raw[:start] + mapped.encode() + raw[end:], mapped, False
     body, sent, strip = upstream_body(up, obj, raw, model, want_usage)
     return tail, body, sent, strip
 

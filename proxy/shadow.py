@@ -16,7 +16,7 @@ from .config import ShadowConfig
 from .errors import UpstreamTimeout, UpstreamUnreachable
 from .meter import Meter
 from .records import Role
-from .rewrite import for_upstream
+from .rewrite import ModelAt, for_upstream
 from .sse import SSEDecoder
 from .upstream import push_deadline
 
@@ -88,7 +88,7 @@ class Shadower:
         obj: dict[str, Any] | None,
         body: bytes,
         model: str | None,
-        in_path: bool,
+        at: ModelAt,
         stream: bool,
         want_usage: bool,
         json_mode: bool,
@@ -120,9 +120,7 @@ class Shadower:
                 self.stats.shadow_skipped_cap += 1
                 continue
             up = rt.upstreams[name]
-            send_tail, send_body, sent, _ = for_upstream(
-                up, tail, obj, body, model, in_path, want_usage
-            )
+            send_tail, send_body, sent, _ = for_upstream(up, tail, obj, body, model, at, want_usage)
             self.in_flight += 1
             task = asyncio.get_running_loop().create_task(
                 self._run(

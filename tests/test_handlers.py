@@ -762,3 +762,50 @@ async def test_a_key_an_upstream_quotes_in_its_error_reaches_neither_app_nor_rec
         assert OLD_KEY.encode() not in recorded and NEW_KEY.encode() not in recorded  # ...less keys
     finally:
         await runner.cleanup()
+
+
+async def test_a_model_named_in_an_upload_form_is_mapped_for_each_upstream(
+    old, new, make_sidecar, sdk, tmp_path
+) -> None:
+    # Audio transcription names its model in a multipart form field, not in JSON.
+    seen: list[tuple[str, str, int]] = []
+
+    async def transcribe(request: web.Request) -> web.Response:
+        form = await request.post()
+        audio = form["file"]
+        assert isinstance(audio, web.FileField)
+        seen.append((request.headers["authorization"], str(form["model"]), len(audio.file.read())))
+        return web.json_response({"text": "hello"})
+
+    runner, port = await serve("/v1/audio/transcriptions", transcribe)
+    try:
+        cfg = base_config(old, new, split={"new": 1})
+        for name in ("old", "new"):
+            cfg["upstreams"][name]["base_url"] = f"http://127.0.0.1:{port}/v1"
+        cfg["upstreams"]["new"]["models"]["whisper-1"] = "prov/whisper-1"
+        cfg["shadow"] = {"upstream": "old", "sample": 1.0}
+        cfg["record"] = {"enabled": True, "path": str(tmp_path / "r.db")}
+        sc = await make_sidecar(cfg)
+        audio = b"RIFF" + bytes(range(256)) * 400
+        got = await sdk(sc).audio.transcriptions.create(
+            model="whisper-1", file=("a.wav", audio, "audio/wav"), language="en"
+        )
+        assert got.text == "hello"
+        for _ in range(250):
+            if len(seen) == 2 and sc.shadower.in_flight == 0:
+                break
+            await asyncio.sleep(0.02)
+        assert seen == [
+            (f"Bearer {NEW_KEY}", "prov/whisper-1", len(audio)),  # the app's answer
+            (f"Bearer {OLD_KEY}", "whisper-1", len(audio)),  # the shadow copy, unmapped
+        ]
+        await sc.stop()
+        con = sqlite3.connect(tmp_path / "r.db")
+        try:
+            assert con.execute("SELECT model FROM exchanges").fetchall() == [("whisper-1",)]
+            rows = con.execute("SELECT role, model_sent FROM responses ORDER BY role").fetchall()
+            assert rows == [("primary", "prov/whisper-1"), ("shadow", "whisper-1")]
+        finally:
+            con.close()
+    finally:
+        await runner.cleanup()
