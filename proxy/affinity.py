@@ -7,7 +7,8 @@ a batch reads an `input_file_id` uploaded there. Sent to the other upstream, eac
 a "not found" that neither the app nor the report can tell from a real fault.
 
 `Affinity` remembers the id of every object an upstream answered a create call with (the
-object APIs and `POST /v1/responses`, streamed or not), the most recent `MAX_IDS`, in memory.
+object APIs, `POST /v1/responses` and chat completions made with `store: true`, streamed or
+not), the most recent `MAX_IDS`, in memory.
 A later call naming one, in its path or in a referencing body field, goes to that upstream.
 Pure: no I/O; the request path asks and tells it.
 """
@@ -16,7 +17,7 @@ from __future__ import annotations
 
 import re
 from collections import OrderedDict
-from typing import Final
+from typing import Any, Final
 
 import orjson
 
@@ -61,6 +62,8 @@ _STRING: Final = re.compile(rb'"([^"\\]{1,256})"')
 # response names it in its first event, `response.created`.
 _FIRST_ID: Final = re.compile(rb'\A\s*\{\s*"id"\s*:\s*"([^"\\]{1,256})"')
 _STREAMED_ID: Final = re.compile(rb'"response"\s*:\s*\{\s*"id"\s*:\s*"([^"\\]{1,256})"')
+# A streamed chat completion names it first in every chunk.
+_CHUNK_ID: Final = re.compile(rb'^data:[ \t]*\{\s*"id"\s*:\s*"([^"\\]{1,256})"', re.MULTILINE)
 HEAD_BYTES: Final = 16384  # how much of a streamed answer is searched for its id
 _PARSE_LIMIT: Final = 1024 * 1024  # a plain answer whose id is not first is parsed up to this
 
@@ -71,6 +74,19 @@ _CREATE_ROOTS: Final = frozenset(prefix[1:] for prefix in CREATES)
 def creates(method: str, tail: str) -> bool:
     """Does this call make an object whose id the app will name again?"""
     return method == "POST" and tail[1:].partition("/")[0] in _CREATE_ROOTS
+
+
+def stores_completion(tail: str, obj: dict[str, Any] | None, body: bytes) -> bool:
+    """A chat completion made with `store: true`: the app may fetch, list, update or delete it
+    later under `/chat/completions/{id}`. `obj` is the body already parsed, if it was."""
+    if tail != "/chat/completions" or b'"store"' not in body:  # a plain chat call: no parse
+        return False
+    if obj is None:
+        try:
+            obj = orjson.loads(body)
+        except orjson.JSONDecodeError:
+            return False
+    return isinstance(obj, dict) and obj.get("store") is True
 
 
 def may_reference(tail: str, body: bytes) -> bool:
@@ -88,7 +104,11 @@ def may_reference(tail: str, body: bytes) -> bool:
 
 def answer_id(body: bytes) -> str | None:
     """The id of the object a create call answered with, from its body or a stream's start."""
-    m = _FIRST_ID.match(body) or _STREAMED_ID.search(body, 0, HEAD_BYTES)
+    m = (
+        _FIRST_ID.match(body)
+        or _STREAMED_ID.search(body, 0, HEAD_BYTES)
+        or _CHUNK_ID.search(body, 0, HEAD_BYTES)
+    )
     if m is not None:
         return m.group(1).decode("utf-8", "replace")
     if body[:1] != b"{" or len(body) > _PARSE_LIMIT:

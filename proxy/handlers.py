@@ -20,7 +20,7 @@ from aiohttp.web_protocol import RequestPayloadError
 from multidict import CIMultiDict
 
 from . import measure
-from .affinity import HEAD_BYTES, Affinity, answer_id, creates
+from .affinity import HEAD_BYTES, Affinity, answer_id, creates, stores_completion
 from .errors import (
     BadRequest,
     BodyTimeout,
@@ -249,7 +249,7 @@ class Proxy:
         )
 
         meter = Meter("primary", name, sent_model, json_mode)
-        learn = creates(request.method, tail)
+        learn = creates(request.method, tail) or stores_completion(tail, obj, body)
         if learn:
             meter.head = bytearray()  # a streamed answer names its object in its first event
         up.enter()

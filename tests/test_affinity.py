@@ -10,7 +10,7 @@ import aiohttp
 import orjson
 import pytest
 
-from proxy.affinity import Affinity, answer_id, creates
+from proxy.affinity import Affinity, answer_id, creates, stores_completion
 
 from .conftest import base_config
 from .test_reload import write_rename
@@ -42,8 +42,20 @@ def test_answer_id_reads_plain_answers_and_stream_starts() -> None:
         b'data: {"type":"response.created","sequence_number":0,"response":{"id":"resp_7",'
     )
     assert answer_id(created) == "resp_7"
+    chunk = b': hi\n\ndata: {"id":"chatcmpl-3","object":"chat.completion.chunk","choices":[]}\n\n'
+    assert answer_id(chunk) == "chatcmpl-3"
     for nothing in (b"", b"[]", b'{"id": 5}', b"not json", b'{"object": "list"}'):
         assert answer_id(nothing) is None
+
+
+def test_only_a_chat_completion_made_with_store_true_is_kept() -> None:
+    stored = b'{"model": "m", "store": true, "messages": []}'
+    assert stores_completion("/chat/completions", None, stored)
+    assert stores_completion("/chat/completions", {"store": True}, stored)
+    assert not stores_completion("/chat/completions", None, b'{"store": false}')
+    assert not stores_completion("/chat/completions", None, b'{"messages": "\\"store\\""}')
+    assert not stores_completion("/chat/completions", None, b'{"store": true')  # not JSON
+    assert not stores_completion("/completions", None, stored)
 
 
 def test_owner_is_found_in_the_path_and_in_referencing_fields() -> None:
@@ -130,6 +142,30 @@ async def test_a_chained_response_follows_its_first_across_a_split_change(
     assert await sc.reload("test")
     await client.responses.create(model="gpt-4o-mini", input="then?", previous_response_id=first_id)
     assert old.received[-1].json["previous_response_id"] == first_id
+
+
+@pytest.mark.parametrize("stream", [False, True])
+async def test_a_stored_chat_completion_is_fetched_where_it_was_made(
+    old, new, make_sidecar, sdk, stream: bool
+) -> None:
+    cfg = base_config(old, new, split={"new": 1})
+    sc = await make_sidecar(cfg)
+    client = sdk(sc)
+    ask: dict[str, Any] = {"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "x"}]}
+    if stream:
+        chunks = [
+            c async for c in await client.chat.completions.create(**ask, stream=True, store=True)
+        ]
+        made = chunks[0].id
+    else:
+        made = (await client.chat.completions.create(**ask, store=True)).id
+    await client.chat.completions.create(**ask)  # not stored: nothing to remember
+    assert sc.stats_view()["affinity"] == {"ids": 1, "routed": 0}
+    write_rename(Path(sc.path), {**cfg, "split": {"old": 1}})
+    assert await sc.reload("test")
+    await _get(f"{sc.url}/chat/completions/{made}/messages")
+    assert new.received[-1].path == f"/v1/chat/completions/{made}/messages"
+    assert sc.stats_view()["affinity"] == {"ids": 1, "routed": 1}
 
 
 async def test_failed_creates_and_plain_calls_teach_nothing(old, new, make_sidecar, sdk) -> None:
