@@ -395,6 +395,14 @@ class Recorder:
         # report, a backup) is waited out inside SQLite. "IMMEDIATE" makes the implicit
         # BEGIN before our first INSERT/DELETE take the write lock at once, so a batch
         # never fails half-way for a lock, and costs one thread hop per statement.
+        # A missing directory is made, as for a new database file: SQLite would only say
+        # "unable to open database file".
+        parent = os.path.dirname(self._path)
+        if parent:
+            try:
+                os.makedirs(parent, exist_ok=True)
+            except FileExistsError:
+                raise NotADirectoryError(f"{parent} is a file, not a directory") from None
         return sqlite3.connect(
             self._path,
             timeout=self._busy_timeout,

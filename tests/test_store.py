@@ -383,11 +383,21 @@ async def test_newer_schema_version_is_refused_at_start(
     assert f"version {SCHEMA_VERSION + 1}" in message and str(SCHEMA_VERSION) in message
 
 
-async def test_unopenable_path_is_refused_at_start(
+async def test_unopenable_path_is_refused_at_start_with_the_reason(
     tmp_path: Path, recorders: Callable[..., Recorder]
 ) -> None:
-    with pytest.raises(StoreError, match="missing"):
-        await recorders(tmp_path / "missing" / "sidecar.db").start()
+    (tmp_path / "a-file").write_text("")
+    with pytest.raises(StoreError, match="a-file is a file, not a directory"):
+        await recorders(tmp_path / "a-file" / "sidecar.db").start()
+
+
+async def test_a_missing_directory_is_made(
+    tmp_path: Path, recorders: Callable[..., Recorder]
+) -> None:
+    rec = await started(recorders, tmp_path / "data" / "sub" / "sidecar.db")
+    rec.exchange(exchange(1))
+    await rec.close()
+    assert rec.stats().written == 1
 
 
 async def test_retention_keeps_the_newest_max_rows_with_their_responses(
