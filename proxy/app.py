@@ -8,6 +8,7 @@ import gc
 import os
 import resource
 import signal
+import sys
 import time
 from http import HTTPStatus
 from typing import Any
@@ -19,6 +20,7 @@ from aiohttp.http_exceptions import ContentEncodingError, HttpProcessingError
 from aiohttp.web_protocol import RequestPayloadError
 
 from . import config as config_mod
+from . import logs
 from .config import Config, RecordConfig
 from .errors import BadRequest, ConfigError, NotFound, ProxyError, error_body
 from .handlers import Proxy
@@ -266,6 +268,7 @@ class Sidecar:
             }
         else:
             out["records"] = None
+        out["log_lines_dropped"] = logs.SINK.dropped
         out["revision"] = self.live.current.revision
         return out
 
@@ -375,11 +378,14 @@ async def serve(path: str) -> int:
     loop.add_signal_handler(signal.SIGTERM, stop.set)
     loop.add_signal_handler(signal.SIGINT, stop.set)
     loop.add_signal_handler(signal.SIGHUP, on_hup)
-    print(
-        f"sidecar listening on {sidecar.url}  (config {path}, revision "
-        f"{sidecar.live.current.revision})",
-        flush=True,
-    )
+    try:
+        print(
+            f"sidecar listening on {sidecar.url}  (config {path}, revision "
+            f"{sidecar.live.current.revision})",
+            flush=True,
+        )
+    except BrokenPipeError:  # stdout's reader has gone: serving goes on
+        logs.gone(sys.stdout)
     await stop.wait()
     t = time.perf_counter()
     log.info(

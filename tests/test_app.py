@@ -181,6 +181,40 @@ async def test_one_json_log_line_per_request_and_no_key(old, new, tmp_path) -> N
         assert key.encode() not in err
 
 
+async def test_a_log_reader_that_went_away_breaks_no_request(old, new, tmp_path) -> None:
+    # `serve 2>&1 | head`, or a log collector that died: every log line then fails with EPIPE.
+    # Raised from the request's own log call, that failed every request after the first.
+    import openai
+
+    cfg = base_config(old, new, log={"requests": True})
+    path = tmp_path / "config.yaml"
+    path.write_text(yaml.safe_dump(cfg))
+    read, write = os.pipe()
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "proxy", "serve", "--config", str(path),
+        stdout=asyncio.subprocess.PIPE, stderr=write,
+    )  # fmt: skip
+    os.close(write)
+    os.close(read)  # the reader is gone before the first line
+    try:
+        assert proc.stdout is not None
+        line = await asyncio.wait_for(proc.stdout.readline(), timeout=30)
+        client = openai.AsyncOpenAI(base_url=line.decode().split()[3], api_key="k", max_retries=0)
+        for _ in range(3):
+            got = await client.chat.completions.create(model="gpt-4o-mini", messages=MESSAGES)
+            assert got.choices[0].message.content
+        await client.close()
+        stats = f"{client.base_url}".replace("/v1/", "/_proxy/stats")
+        async with aiohttp.ClientSession() as s, s.get(stats) as r:
+            assert (await r.json())["log_lines_dropped"] >= 3
+        proc.send_signal(signal.SIGTERM)
+        assert await asyncio.wait_for(proc.wait(), timeout=20) == 0
+    finally:
+        if proc.returncode is None:
+            proc.kill()
+            await proc.wait()
+
+
 async def raw_exchange(port: int, data: bytes) -> bytes:
     reader, writer = await asyncio.open_connection("127.0.0.1", port)
     try:
