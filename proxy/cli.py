@@ -169,7 +169,19 @@ def parser() -> argparse.ArgumentParser:
     return p
 
 
+def _standard_fds_open() -> None:
+    """Started with stdin, stdout or stderr closed (`2>&-`, some daemon managers), the next
+    file the process opened took that number: the event loop's epoll fd became fd 1, and the
+    exit aborted. /dev/null holds the place instead (sys.stdout/stderr stay None: no output)."""
+    for fd in (0, 1, 2):
+        try:
+            os.fstat(fd)
+        except OSError:
+            os.open(os.devnull, os.O_RDWR)  # the lowest free number: this one
+
+
 def main(argv: list[str] | None = None) -> int:
+    _standard_fds_open()
     argv = sys.argv[1:] if argv is None else argv
     # These pass their own options through; argparse's REMAINDER drops a leading "--flag".
     if argv and argv[0] == "fake":

@@ -29,8 +29,8 @@ class Sink:
 
     __slots__ = ("_file", "dropped")
 
-    def __init__(self, file: BinaryIO) -> None:
-        self._file: BinaryIO | None = file
+    def __init__(self, file: BinaryIO | None) -> None:
+        self._file = file
         self.dropped = 0
 
     def msg(self, message: bytes) -> None:
@@ -63,7 +63,8 @@ def gone(file: IO[Any]) -> None:
         pass
 
 
-SINK = Sink(sys.stderr.buffer)
+# None when the process was started with stderr closed (`2>&-`): every line is dropped.
+SINK = Sink(sys.stderr.buffer if sys.stderr is not None else None)
 
 
 def configure(level: str = "info") -> None:

@@ -215,6 +215,56 @@ async def test_a_log_reader_that_went_away_breaks_no_request(old, new, tmp_path)
             await proc.wait()
 
 
+async def test_started_with_stdout_and_stderr_closed_it_serves_and_exits_cleanly(
+    old, new, tmp_path
+) -> None:
+    # The next file opened took fd 1 (the event loop's epoll fd): the exit aborted (SIGABRT).
+    import socket
+
+    import openai
+
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    cfg = base_config(old, new, listen={"host": "127.0.0.1", "port": port}, log={"requests": True})
+    cfg["record"] = {"enabled": True, "path": str(tmp_path / "r.db")}
+    path = tmp_path / "config.yaml"
+    path.write_text(yaml.safe_dump(cfg))
+
+    def close_output() -> None:
+        os.close(1)
+        os.close(2)
+
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "proxy", "serve", "--config", str(path), preexec_fn=close_output
+    )
+    try:
+        client = openai.AsyncOpenAI(base_url=f"http://127.0.0.1:{port}/v1", api_key="k")
+        for _ in range(150):  # up to ~30 s to start
+            try:
+                got = await client.with_options(max_retries=0).chat.completions.create(
+                    model="gpt-4o-mini", messages=MESSAGES
+                )
+                break
+            except openai.APIConnectionError:
+                await asyncio.sleep(0.2)
+        else:
+            raise AssertionError("the sidecar did not start")
+        assert got.choices[0].message.content
+        await client.close()
+        proc.send_signal(signal.SIGTERM)
+        assert await asyncio.wait_for(proc.wait(), timeout=20) == 0
+    finally:
+        if proc.returncode is None:
+            proc.kill()
+            await proc.wait()
+    con = sqlite3.connect(tmp_path / "r.db")
+    try:
+        assert con.execute("SELECT count(*) FROM exchanges").fetchone() == (1,)
+    finally:
+        con.close()
+
+
 async def raw_exchange(port: int, data: bytes) -> bytes:
     reader, writer = await asyncio.open_connection("127.0.0.1", port)
     try:
