@@ -337,7 +337,8 @@ async def test_recording_that_cannot_open_its_database_refuses_the_reload(
     cfg = base_config(old, new)
     sc = await make_sidecar(cfg)
     revision = sc.live.current.revision
-    bad = str(tmp_path / "no-such-dir" / "rec.db")
+    (tmp_path / "a-file").write_text("")
+    bad = str(tmp_path / "a-file" / "rec.db")  # a file where its directory should be
     write_rename(Path(sc.path), {**cfg, "record": {"enabled": True, "path": bad}})
     assert not await sc.reload("test")
     async with aiohttp.ClientSession() as s:
@@ -346,4 +347,4 @@ async def test_recording_that_cannot_open_its_database_refuses_the_reload(
         assert await _written(s, sc) == 0
     assert sc.recorder is None
     reason = sc.live.last_error or ""
-    assert sc.path in reason and "record.path" in reason and "no-such-dir" in reason
+    assert sc.path in reason and "record.path" in reason and "a-file is a file" in reason
