@@ -151,6 +151,33 @@ async def test_broken_config_at_startup_exits_non_zero_with_reason(tmp_path) -> 
     assert f"{path}: upstreams.a.base_url:" in err.decode()
 
 
+async def test_a_port_in_use_exits_with_the_reason_and_does_not_hang(old, new, tmp_path) -> None:
+    # With recording on, the recorder's database thread kept the process alive after the
+    # error was printed: a service manager saw a process that never ended.
+    import socket
+
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        cfg = base_config(old, new, listen={"host": "127.0.0.1", "port": port})
+        cfg["record"] = {"enabled": True, "path": str(tmp_path / "r.db")}
+        path = tmp_path / "config.yaml"
+        path.write_text(yaml.safe_dump(cfg))
+        proc = await asyncio.create_subprocess_exec(
+            sys.executable, "-m", "proxy", "serve", "--config", str(path),
+            stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+        )  # fmt: skip
+        try:
+            _, err = await asyncio.wait_for(proc.communicate(), timeout=30)
+        finally:
+            if proc.returncode is None:
+                proc.kill()
+                await proc.wait()
+    assert proc.returncode == 1
+    assert f"cannot listen on 127.0.0.1:{port}" in err.decode()
+
+
 async def test_one_json_log_line_per_request_and_no_key(old, new, tmp_path) -> None:
     import orjson
 
