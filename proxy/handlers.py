@@ -46,12 +46,14 @@ from .rewrite import (
 from .router import sticky_point
 from .sse import Kind, SSEDecoder
 from .upstream import (
+    BUFFER_LIMIT,
     REQUEST_DROP,
     RESPONSE_DROP,
     UpstreamClient,
     forward_headers,
     parser_reason,
     push_deadline,
+    read_upto,
 )
 
 if TYPE_CHECKING:
@@ -65,9 +67,6 @@ log = structlog.get_logger("proxy.request")
 # Content codings aiohttp's server decodes before the handler reads the body (it parses
 # Content-Encoding the same way: one coding, case-insensitive).
 DECODED = frozenset({"gzip", "deflate", "br", "zstd"})
-
-# Non-SSE bodies up to this size are read whole (to measure them); larger ones are piped.
-BUFFER_LIMIT = 32 * 1024 * 1024
 
 
 class _ClientGone(Exception):
@@ -391,7 +390,12 @@ class Proxy:
                         return await self._relay(
                             request, upr, up, meter, out_headers, strip, is_sse, unmap
                         )
-                    data = await upr.read()
+                    data, whole = await read_upto(upr.content, BUFFER_LIMIT)
+                    if not whole:  # larger than it said, or than it could say: piped on
+                        deadline.reschedule(None)
+                        return await self._relay(
+                            request, upr, up, meter, out_headers, strip, False, unmap, data
+                        )
                 finally:
                     upr.release()
         except TimeoutError:
@@ -429,9 +433,11 @@ class Proxy:
         strip: bool,
         is_sse: bool,
         unmap: Unmap | None,
+        start: bytes = b"",
     ) -> web.StreamResponse:
         """Pipe a stream chunk by chunk; SSE is also parsed to count tokens, and relayed event by
-        event where the usage chunk is held back or the model id put back."""
+        event where the usage chunk is held back or the model id put back. `start`: the part
+        of a plain answer already read before it proved too large to hold."""
         resp = web.StreamResponse(status=upr.status, headers=headers)
         if is_sse:
             # No proxy or browser between here and the app may hold events back.
@@ -450,6 +456,11 @@ class Proxy:
         framed = is_sse and (strip or unmap is not None)
         decoder = SSEDecoder() if tally is not None or framed else None
         try:
+            if start:
+                meter.bytes += len(start)
+                if head is not None:
+                    head += start[:HEAD_BYTES]
+                await _write(resp, start)
             async with asyncio.timeout(None) as idle:
                 armed = -up.idle
                 while True:

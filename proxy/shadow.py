@@ -18,7 +18,7 @@ from .meter import Meter
 from .records import Role
 from .rewrite import ModelAt, for_upstream
 from .sse import SSEDecoder
-from .upstream import push_deadline
+from .upstream import BUFFER_LIMIT, push_deadline, read_upto
 
 if TYPE_CHECKING:
     from .runtime import Runtime
@@ -205,8 +205,12 @@ class Shadower:
                     meter.headers(upr.status, is_sse)
                     tally = meter.tally
                     if not is_sse or tally is None:
-                        data = await upr.read()
+                        data, whole = await read_upto(upr.content, BUFFER_LIMIT)
                         meter.bytes = len(data)
+                        if not whole:  # too large to keep: counted to the end, not held
+                            while chunk := await upr.content.readany():
+                                meter.bytes += len(chunk)
+                            return
                         meter.body = up.scrub(upr.status, data)
                         return
                     decoder = SSEDecoder()

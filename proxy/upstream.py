@@ -45,6 +45,9 @@ REQUEST_DROP = HOP_BY_HOP | {
 # The body reaches the app decompressed and re-framed, so its length and encoding change.
 RESPONSE_DROP = HOP_BY_HOP | {"content-length", "content-encoding"}
 _URL_CACHE = 256  # upstream URLs kept per client
+# Non-SSE answers up to this size (decompressed) are read whole, to be measured; larger ones
+# are piped to the app as they come.
+BUFFER_LIMIT = 32 * 1024 * 1024
 MIN_REDACTED_KEY = 8
 REDACTED = b"[key redacted by the sidecar]"
 
@@ -112,6 +115,20 @@ def proxy_for(base_url: str, setting: str) -> URL | None:
     if not found or urllib.request.proxy_bypass(host):  # NO_PROXY
         return None
     return URL(found if "://" in found else f"http://{found}")
+
+
+async def read_upto(content: aiohttp.StreamReader, limit: int) -> tuple[bytes, bool]:
+    """An answer's body, decompressed, and True; or, once it passes `limit`, what was read so
+    far and False. A length header does not bound it: a small gzip body can inflate to
+    gigabytes, and a chunked one may never end."""
+    chunks: list[bytes] = []
+    size = 0
+    while chunk := await content.readany():
+        chunks.append(chunk)
+        size += len(chunk)
+        if size > limit:
+            return b"".join(chunks), False
+    return (chunks[0] if len(chunks) == 1 else b"".join(chunks)), True
 
 
 class UpstreamClient:

@@ -809,3 +809,53 @@ async def test_a_model_named_in_an_upload_form_is_mapped_for_each_upstream(
             con.close()
     finally:
         await runner.cleanup()
+
+
+@pytest.mark.parametrize("framing", ["gzip", "chunked"])
+async def test_an_answer_larger_than_it_said_is_piped_not_held(
+    old, new, make_sidecar, tmp_path, monkeypatch, framing: str
+) -> None:
+    # A 3 KB gzip body may inflate to gigabytes, and chunked JSON may never end: both were read
+    # whole into memory. Past the buffer limit the sidecar now pipes the rest as it comes.
+    import proxy.handlers
+
+    monkeypatch.setattr(proxy.handlers, "BUFFER_LIMIT", 1024 * 1024)
+    big = b'{"data": "' + b"x" * (3 * 1024 * 1024) + b'"}'
+
+    async def large(request: web.Request) -> web.StreamResponse:
+        await request.read()
+        if framing == "gzip":
+            packed = gzip.compress(big)
+            assert len(packed) < 64 * 1024
+            headers = {"content-type": "application/json", "content-encoding": "gzip"}
+            return web.Response(body=packed, headers=headers)
+        resp = web.StreamResponse(headers={"content-type": "application/json"})
+        resp.enable_chunked_encoding()
+        await resp.prepare(request)
+        for i in range(0, len(big), 65536):
+            await resp.write(big[i : i + 65536])
+        await resp.write_eof()
+        return resp
+
+    runner, port = await serve("/v1/embeddings", large)
+    try:
+        cfg = base_config(old, new)
+        cfg["upstreams"]["old"]["base_url"] = f"http://127.0.0.1:{port}/v1"
+        cfg["record"] = {"enabled": True, "path": str(tmp_path / "r.db")}
+        sc = await make_sidecar(cfg)
+        body = {"model": "text-embedding-3-small", "input": "x"}
+        async with (
+            aiohttp.ClientSession() as s,
+            s.post(f"{sc.url}/embeddings", json=body) as r,
+        ):
+            assert r.status == 200
+            assert await r.read() == big
+        await sc.stop()
+        con = sqlite3.connect(tmp_path / "r.db")
+        try:
+            row = con.execute("SELECT status, bytes, response_body, error_kind FROM responses")
+            assert row.fetchone() == (200, len(big), None, None)
+        finally:
+            con.close()
+    finally:
+        await runner.cleanup()
