@@ -146,3 +146,24 @@ def test_arbitrary_yaml_is_refused_cleanly_or_accepted(doc: object) -> None:
         config_mod.parse(yaml.safe_dump(doc).encode(), "fuzz.yaml", env={})
     except ConfigError as e:
         assert str(e).startswith("fuzz.yaml")
+
+
+@given(
+    st.lists(
+        st.sampled_from(
+            [
+                *("a:", " b:", "  - x", "&n ", "*n", "<<: *n", "? k", ": v", "{", "}", "[", "]"),
+                *("rollback: true", "rollback: false", "'q'", '"q"', "\t", "#c", "---", "1: 2"),
+                *(",", "!!str"),
+            ]
+        ),
+        max_size=12,
+    ).map(lambda parts: "\n".join(parts))
+)
+def test_arbitrary_text_is_refused_with_a_config_error_or_accepted(text: str) -> None:
+    # Anchors, aliases, merges, complex keys and broken syntax: the duplicate-key walk and the
+    # YAML reader end in a ConfigError naming the file, never another exception.
+    try:
+        config_mod.parse(text.encode(), "fuzz.yaml", env={})
+    except ConfigError as e:
+        assert str(e).startswith("fuzz.yaml")

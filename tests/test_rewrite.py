@@ -65,3 +65,11 @@ def test_whatever_the_fields_only_the_model_value_is_found(
         start, end = found[1]
         mapped = body[:start] + b"prov/x" + body[end:]
         assert multipart_model(ctype, mapped) == ("prov/x", (start, start + 6))
+
+
+@given(st.binary(max_size=300), st.sampled_from(["b", '"b"', "b; x=1", "", "=="]))
+def test_any_bytes_give_a_field_or_none_never_an_error(body: bytes, boundary: str) -> None:
+    found = multipart_model(f"multipart/form-data; boundary={boundary}", b"--b\r\n" + body)
+    if found is not None:
+        start, end = found[1]
+        assert 0 <= start <= end and (b"--b\r\n" + body)[start:end].decode() == found[0]
