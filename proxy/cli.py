@@ -197,6 +197,16 @@ def main(argv: list[str] | None = None) -> int:
         code: int = args.func(args)
     except ConfigError as e:
         print(f"error: config refused\n{e}", file=sys.stderr)
+        if (
+            e.path == "config.yaml"
+            and not os.path.exists(e.path)
+            and os.path.exists("config.example.yaml")
+        ):
+            print(
+                "start from the example: cp config.example.yaml config.yaml "
+                "(or pass --config config.example.yaml)",
+                file=sys.stderr,
+            )
         return 2
     except StoreError as e:
         print(f"error: {e}", file=sys.stderr)

@@ -76,3 +76,15 @@ def test_report_finds_the_recording_through_the_config(tmp_path: Path) -> None:
     out = run("report")
     assert out.returncode == 2
     assert "--db" in out.stderr and "record.path" in out.stderr
+
+
+def test_serve_without_a_config_points_at_the_example(tmp_path: Path) -> None:
+    (tmp_path / "config.example.yaml").write_text("primary: a\n")
+    out = subprocess.run(
+        [sys.executable, "-m", "proxy", "serve"],
+        capture_output=True, text=True, cwd=tmp_path, timeout=60,
+        env={**os.environ, "PYTHONPATH": str(ROOT)},
+    )  # fmt: skip
+    assert out.returncode == 2
+    assert "config.yaml: cannot read" in out.stderr
+    assert "cp config.example.yaml config.yaml" in out.stderr
