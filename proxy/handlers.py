@@ -246,6 +246,12 @@ class Proxy:
             if model is not None and sent_model is not None and sent_model != model
             else None
         )
+        if (
+            up.unmap_ids is not None
+            and request.method == "GET"
+            and (tail == "/models" or (at == "path" and "/" not in tail[8:]))
+        ):
+            unmap = up.unmap_ids  # the model list, or one model: ids as the app knows them
 
         meter = Meter("primary", name, sent_model, json_mode)
         learn = creates(request.method, tail) or stores_completion(tail, obj, body)

@@ -3,14 +3,15 @@
 from __future__ import annotations
 
 import re
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from functools import lru_cache
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 from urllib.parse import quote, unquote
 
 import orjson
 
-from .upstream import UpstreamClient
+if TYPE_CHECKING:
+    from .upstream import UpstreamClient
 
 # Streams on these paths carry usage only when asked with stream_options.include_usage.
 USAGE_OPT_IN_PATHS = frozenset({"/chat/completions", "/completions"})
@@ -136,5 +137,26 @@ def model_unmapper(sent: str, asked: str) -> Unmap:
 
     def unmap(data: bytes) -> bytes:
         return pattern.sub(replacement, data) if bare in data else data
+
+    return unmap
+
+
+def model_id_unmapper(models: Mapping[str, str]) -> Unmap | None:
+    """The model list and a model object (`GET /models`, `GET /models/{id}`) from an upstream
+    with its own ids name its mapped models by the ids the app asks for.
+
+    Only `"id": "<one of the upstream's ids in the map>"` members change; the provider's other
+    models keep their ids. Two app ids mapped to one provider id come back as the first.
+    """
+    back: dict[bytes, bytes] = {}
+    for asked, sent in models.items():
+        back.setdefault(orjson.dumps(sent), orjson.dumps(asked))
+    if not back:
+        return None
+    ids = b"|".join(re.escape(q) for q in sorted(back, key=len, reverse=True))
+    pattern = re.compile(rb'("id"\s*:\s*)(' + ids + rb")")
+
+    def unmap(data: bytes) -> bytes:
+        return pattern.sub(lambda m: m.group(1) + back[m.group(2)], data)
 
     return unmap

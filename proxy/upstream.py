@@ -14,6 +14,7 @@ from yarl import URL
 
 from .config import UpstreamConfig
 from .errors import UpstreamTimeout, UpstreamUnreachable
+from .rewrite import model_id_unmapper
 
 # RFC 9110 7.6.1 hop-by-hop headers, plus what the sidecar sets itself on the way out.
 HOP_BY_HOP = frozenset(
@@ -140,6 +141,8 @@ class UpstreamClient:
         self.base = cfg.base_url
         self.host = urlsplit(cfg.base_url).netloc
         self.models = cfg.models
+        # Its model list and model objects, with the ids the app asks for (see `rewrite`).
+        self.unmap_ids = model_id_unmapper(cfg.models)
         self._urls: dict[tuple[str, str], URL] = {}
         self.inject_usage = cfg.inject_usage
         self.proxy = proxy_for(cfg.base_url, cfg.proxy)

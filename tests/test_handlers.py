@@ -186,6 +186,21 @@ async def test_model_in_path_is_mapped(old, new, make_sidecar) -> None:
     assert new.received[-1].path == "/v1/models/black-forest/flux/run"
 
 
+async def test_the_model_list_and_a_model_name_the_ids_the_app_asks_for(
+    old, new, make_sidecar, sdk
+) -> None:
+    # An app that checks its model with models.retrieve() or models.list() must find it by its
+    # own id, whichever provider answers.
+    sc = await make_sidecar(base_config(old, new, split={"new": 1}))
+    client = sdk(sc)
+    got = await client.models.retrieve("gpt-4o-mini")
+    assert got.id == "gpt-4o-mini" and got.owned_by == "new"
+    assert new.received[-1].path == "/v1/models/prov/gpt-4o-mini"
+    listed = [m.id async for m in client.models.list()]
+    assert listed == ["gpt-4o-mini", "text-embedding-3-small", "flux"]
+    assert new.received[-1].path == "/v1/models"
+
+
 async def test_non_json_body_is_forwarded_byte_for_byte(old, new, make_sidecar) -> None:
     sc = await make_sidecar(base_config(old, new))
     payload = bytes(range(256)) * 40
