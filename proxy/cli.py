@@ -87,7 +87,12 @@ def _report(args: argparse.Namespace) -> int:
         else:
             print(report_text.render_text(rep))
     if args.html:
-        report_html.write_html(rep, args.html)
+        try:
+            report_html.write_html(rep, args.html)
+        except OSError as e:
+            why = e.strerror if e.filename is not None else str(e)
+            print(f"error: cannot write {args.html}: {why}", file=sys.stderr)
+            return 2
         with _reader_may_leave():
             print(f"HTML report: {args.html}", file=sys.stderr if args.json else sys.stdout)
     return 0

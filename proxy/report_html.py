@@ -45,7 +45,12 @@ del{background:#fdd;text-decoration:none}ins{background:#dfd;text-decoration:non
 
 
 def write_html(report: Report, out_path: str) -> None:
-    Path(out_path).write_text(render_html(report), encoding="utf-8")
+    out = Path(out_path)
+    try:
+        out.parent.mkdir(parents=True, exist_ok=True)
+    except FileExistsError:
+        raise NotADirectoryError(f"{out.parent} is a file, not a directory") from None
+    out.write_text(render_html(report), encoding="utf-8")
 
 
 def render_html(report: Report) -> str:

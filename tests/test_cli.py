@@ -88,3 +88,14 @@ def test_serve_without_a_config_points_at_the_example(tmp_path: Path) -> None:
     assert out.returncode == 2
     assert "config.yaml: cannot read" in out.stderr
     assert "cp config.example.yaml config.yaml" in out.stderr
+
+
+def test_report_html_goes_into_new_directories_or_says_why_not(tmp_path: Path) -> None:
+    db = basic_recording(tmp_path / "basic.db")
+    out = run("report", "--db", db, "--html", str(tmp_path / "a" / "b" / "r.html"))
+    assert out.returncode == 0, out.stderr
+    assert (tmp_path / "a" / "b" / "r.html").read_text().startswith("<!doctype html>")
+    (tmp_path / "file").write_text("")
+    out = run("report", "--db", db, "--html", str(tmp_path / "file" / "r.html"))
+    assert out.returncode == 2
+    assert "file is a file, not a directory" in out.stderr and "Traceback" not in out.stderr
