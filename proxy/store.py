@@ -677,7 +677,13 @@ def open_readonly(path: str) -> sqlite3.Connection:
 
     Raises `StoreError` if the file is missing, not a recording, or of another schema version.
     """
-    uri = Path(path).absolute().as_uri() + "?mode=ro"
+    where = Path(path).absolute()
+    if not where.exists():
+        raise StoreError(
+            f"no recording at {path} ({where}): the sidecar makes it at its record.path, "
+            "relative to the directory it runs in; name it with --db"
+        )
+    uri = where.as_uri() + "?mode=ro"
     try:
         conn = sqlite3.connect(uri, uri=True)
     except sqlite3.Error as exc:
