@@ -13,13 +13,12 @@ from typing import TYPE_CHECKING, Any
 
 import aiohttp
 import orjson
-import structlog
 from aiohttp import web
 from aiohttp.http_exceptions import HttpProcessingError
 from aiohttp.web_protocol import RequestPayloadError
 from multidict import CIMultiDict
 
-from . import measure
+from . import logs, measure
 from .affinity import HEAD_BYTES, Affinity, answer_id, creates, stores_completion
 from .errors import (
     BadRequest,
@@ -62,7 +61,6 @@ if TYPE_CHECKING:
     from .stats import Stats
     from .store import Recorder
 
-log = structlog.get_logger("proxy.request")
 
 # Content codings aiohttp's server decodes before the handler reads the body (it parses
 # Content-Encoding the same way: one coding, case-insensitive).
@@ -534,15 +532,8 @@ class Proxy:
         t0: float,
     ) -> None:
         if enabled:
-            log.info(
-                "request",
-                request_id=rid,
-                route=route,
-                upstream=upstream,
-                model=model,
-                status=status,
-                ms=round((time.perf_counter() - t0) * 1000.0, 2),
-            )
+            ms = round((time.perf_counter() - t0) * 1000.0, 2)
+            logs.request(rid, route, upstream, model, status, ms)
 
 
 def response_headers(upr: aiohttp.ClientResponse, rid: str, upstream: str) -> CIMultiDict[str]:
