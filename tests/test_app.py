@@ -22,15 +22,20 @@ from .conftest import base_config
 MESSAGES: list[Any] = [{"role": "user", "content": "count slowly"}]
 
 
+async def spawn(cfg: dict[str, Any], tmp_path: Path, **how: Any) -> asyncio.subprocess.Process:
+    """`python -m proxy serve` on `cfg`; `how`: create_subprocess_exec's stdout, stderr, ..."""
+    path = tmp_path / "config.yaml"
+    path.write_text(yaml.safe_dump(cfg))
+    return await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "proxy", "serve", "--config", str(path), **how
+    )
+
+
 async def start_process(
     cfg: dict[str, Any], tmp_path: Path
 ) -> tuple[asyncio.subprocess.Process, str]:
-    path = tmp_path / "config.yaml"
-    path.write_text(yaml.safe_dump(cfg))
-    proc = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "proxy", "serve", "--config", str(path),
-        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
-    )  # fmt: skip
+    pipe = asyncio.subprocess.PIPE
+    proc = await spawn(cfg, tmp_path, stdout=pipe, stderr=pipe)
     assert proc.stdout is not None
     line = await asyncio.wait_for(proc.stdout.readline(), timeout=30)
     url = line.decode().split()[3]
@@ -162,12 +167,8 @@ async def test_a_port_in_use_exits_with_the_reason_and_does_not_hang(old, new, t
         port = taken.getsockname()[1]
         cfg = base_config(old, new, listen={"host": "127.0.0.1", "port": port})
         cfg["record"] = {"enabled": True, "path": str(tmp_path / "r.db")}
-        path = tmp_path / "config.yaml"
-        path.write_text(yaml.safe_dump(cfg))
-        proc = await asyncio.create_subprocess_exec(
-            sys.executable, "-m", "proxy", "serve", "--config", str(path),
-            stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
-        )  # fmt: skip
+        pipe = asyncio.subprocess.PIPE
+        proc = await spawn(cfg, tmp_path, stdout=pipe, stderr=pipe)
         try:
             _, err = await asyncio.wait_for(proc.communicate(), timeout=30)
         finally:
@@ -213,14 +214,9 @@ async def test_a_log_reader_that_went_away_breaks_no_request(old, new, tmp_path)
     # Raised from the request's own log call, that failed every request after the first.
     import openai
 
-    cfg = base_config(old, new, log={"requests": True})
-    path = tmp_path / "config.yaml"
-    path.write_text(yaml.safe_dump(cfg))
     read, write = os.pipe()
-    proc = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "proxy", "serve", "--config", str(path),
-        stdout=asyncio.subprocess.PIPE, stderr=write,
-    )  # fmt: skip
+    cfg = base_config(old, new, log={"requests": True})
+    proc = await spawn(cfg, tmp_path, stdout=asyncio.subprocess.PIPE, stderr=write)
     os.close(write)
     os.close(read)  # the reader is gone before the first line
     try:
@@ -255,16 +251,12 @@ async def test_started_with_stdout_and_stderr_closed_it_serves_and_exits_cleanly
         port = probe.getsockname()[1]
     cfg = base_config(old, new, listen={"host": "127.0.0.1", "port": port}, log={"requests": True})
     cfg["record"] = {"enabled": True, "path": str(tmp_path / "r.db")}
-    path = tmp_path / "config.yaml"
-    path.write_text(yaml.safe_dump(cfg))
 
     def close_output() -> None:
         os.close(1)
         os.close(2)
 
-    proc = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "proxy", "serve", "--config", str(path), preexec_fn=close_output
-    )
+    proc = await spawn(cfg, tmp_path, preexec_fn=close_output)
     try:
         client = openai.AsyncOpenAI(base_url=f"http://127.0.0.1:{port}/v1", api_key="k")
         for _ in range(150):  # up to ~30 s to start
