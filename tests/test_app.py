@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import signal
 import sqlite3
 import sys
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import Any
 
@@ -20,6 +21,17 @@ from proxy.fakes import Behaviour, FakeProvider
 from .conftest import base_config
 
 MESSAGES: list[Any] = [{"role": "user", "content": "count slowly"}]
+
+
+@contextlib.asynccontextmanager
+async def reaped(proc: asyncio.subprocess.Process) -> AsyncIterator[asyncio.subprocess.Process]:
+    """The process is killed on the way out if it has not ended (a failed assertion, say)."""
+    try:
+        yield proc
+    finally:
+        if proc.returncode is None:
+            proc.kill()
+            await proc.wait()
 
 
 async def spawn(cfg: dict[str, Any], tmp_path: Path, **how: Any) -> asyncio.subprocess.Process:
@@ -53,7 +65,7 @@ async def sigterm_mid_streams(
     """Start the sidecar, open `n` streams, SIGTERM it while `upstream` serves them all:
     every stream must still end with [DONE] and the process exit 0."""
     proc, url = await start_process(cfg, tmp_path)
-    try:
+    async with reaped(proc):
         async with aiohttp.ClientSession() as s:
 
             async def stream() -> bytes:
@@ -69,10 +81,6 @@ async def sigterm_mid_streams(
             bodies = await asyncio.wait_for(asyncio.gather(*tasks), timeout=20)
         assert all(b.rstrip().endswith(b"data: [DONE]") for b in bodies)
         assert await asyncio.wait_for(proc.wait(), timeout=20) == 0
-    finally:
-        if proc.returncode is None:
-            proc.kill()
-            await proc.wait()
 
 
 async def test_sigterm_finishes_in_flight_streams_and_flushes_records(old, new, tmp_path) -> None:
@@ -126,7 +134,7 @@ async def test_sigterm_still_sends_and_records_copies_waiting_for_their_primary(
 async def test_sighup_reloads_the_config(old, new, tmp_path) -> None:
     cfg = base_config(old, new, split={"old": 1}, listen={"host": "127.0.0.1", "port": 0})
     proc, url = await start_process(cfg, tmp_path)
-    try:
+    async with reaped(proc):
         async with aiohttp.ClientSession() as s:
             (tmp_path / "config.yaml").write_text(yaml.safe_dump({**cfg, "split": {"new": 1}}))
             os.kill(proc.pid, signal.SIGHUP)
@@ -138,10 +146,6 @@ async def test_sighup_reloads_the_config(old, new, tmp_path) -> None:
             assert r.headers["x-sidecar-upstream"] == "new"
         proc.send_signal(signal.SIGINT)
         assert await asyncio.wait_for(proc.wait(), timeout=20) == 0
-    finally:
-        if proc.returncode is None:
-            proc.kill()
-            await proc.wait()
 
 
 async def test_broken_config_at_startup_exits_non_zero_with_reason(tmp_path) -> None:
@@ -169,12 +173,8 @@ async def test_a_port_in_use_exits_with_the_reason_and_does_not_hang(old, new, t
         cfg["record"] = {"enabled": True, "path": str(tmp_path / "r.db")}
         pipe = asyncio.subprocess.PIPE
         proc = await spawn(cfg, tmp_path, stdout=pipe, stderr=pipe)
-        try:
+        async with reaped(proc):
             _, err = await asyncio.wait_for(proc.communicate(), timeout=30)
-        finally:
-            if proc.returncode is None:
-                proc.kill()
-                await proc.wait()
     assert proc.returncode == 1
     assert f"cannot listen on 127.0.0.1:{port}" in err.decode()
 
@@ -186,7 +186,7 @@ async def test_one_json_log_line_per_request_and_no_key(old, new, tmp_path) -> N
 
     cfg = base_config(old, new, listen={"host": "127.0.0.1", "port": 0}, log={"requests": True})
     proc, url = await start_process(cfg, tmp_path)
-    try:
+    async with reaped(proc):
         async with aiohttp.ClientSession() as s:
             for _ in range(3):
                 body = {"model": "gpt-4o-mini", "messages": MESSAGES}
@@ -195,10 +195,6 @@ async def test_one_json_log_line_per_request_and_no_key(old, new, tmp_path) -> N
                     assert r.status == 200
         proc.send_signal(signal.SIGTERM)
         _, err = await asyncio.wait_for(proc.communicate(), timeout=20)
-    finally:
-        if proc.returncode is None:
-            proc.kill()
-            await proc.wait()
     lines = [orjson.loads(line) for line in err.splitlines() if line.startswith(b"{")]
     requests = [line for line in lines if line["event"] == "request"]
     assert len(requests) == 3
@@ -219,7 +215,7 @@ async def test_a_log_reader_that_went_away_breaks_no_request(old, new, tmp_path)
     proc = await spawn(cfg, tmp_path, stdout=asyncio.subprocess.PIPE, stderr=write)
     os.close(write)
     os.close(read)  # the reader is gone before the first line
-    try:
+    async with reaped(proc):
         assert proc.stdout is not None
         line = await asyncio.wait_for(proc.stdout.readline(), timeout=30)
         client = openai.AsyncOpenAI(base_url=line.decode().split()[3], api_key="k", max_retries=0)
@@ -232,10 +228,6 @@ async def test_a_log_reader_that_went_away_breaks_no_request(old, new, tmp_path)
             assert (await r.json())["log_lines_dropped"] >= 3
         proc.send_signal(signal.SIGTERM)
         assert await asyncio.wait_for(proc.wait(), timeout=20) == 0
-    finally:
-        if proc.returncode is None:
-            proc.kill()
-            await proc.wait()
 
 
 async def test_started_with_stdout_and_stderr_closed_it_serves_and_exits_cleanly(
@@ -257,7 +249,7 @@ async def test_started_with_stdout_and_stderr_closed_it_serves_and_exits_cleanly
         os.close(2)
 
     proc = await spawn(cfg, tmp_path, preexec_fn=close_output)
-    try:
+    async with reaped(proc):
         client = openai.AsyncOpenAI(base_url=f"http://127.0.0.1:{port}/v1", api_key="k")
         for _ in range(150):  # up to ~30 s to start
             try:
@@ -273,10 +265,6 @@ async def test_started_with_stdout_and_stderr_closed_it_serves_and_exits_cleanly
         await client.close()
         proc.send_signal(signal.SIGTERM)
         assert await asyncio.wait_for(proc.wait(), timeout=20) == 0
-    finally:
-        if proc.returncode is None:
-            proc.kill()
-            await proc.wait()
     con = sqlite3.connect(tmp_path / "r.db")
     try:
         assert con.execute("SELECT count(*) FROM exchanges").fetchone() == (1,)
@@ -377,23 +365,18 @@ async def test_second_signal_exits_at_once(old, new, tmp_path) -> None:
     old.behaviour = Behaviour(fail="hang")
     cfg = base_config(old, new, listen={"host": "127.0.0.1", "port": 0})
     proc, url = await start_process(cfg, tmp_path)
-    try:
-        async with aiohttp.ClientSession() as s:
-            body = {"model": "gpt-4o-mini", "messages": MESSAGES}
-            pending = asyncio.create_task(s.post(f"{url}/chat/completions", json=body))
-            while old.active < 1:
-                await asyncio.sleep(0.01)
-            proc.send_signal(signal.SIGTERM)  # would wait 30 s for the hanging request
-            await asyncio.sleep(0.3)
-            assert proc.returncode is None
-            proc.send_signal(signal.SIGTERM)
-            assert await asyncio.wait_for(proc.wait(), timeout=10) == 130
-            pending.cancel()
-            await asyncio.gather(pending, return_exceptions=True)
-    finally:
-        if proc.returncode is None:
-            proc.kill()
-            await proc.wait()
+    async with reaped(proc), aiohttp.ClientSession() as s:
+        body = {"model": "gpt-4o-mini", "messages": MESSAGES}
+        pending = asyncio.create_task(s.post(f"{url}/chat/completions", json=body))
+        while old.active < 1:
+            await asyncio.sleep(0.01)
+        proc.send_signal(signal.SIGTERM)  # would wait 30 s for the hanging request
+        await asyncio.sleep(0.3)
+        assert proc.returncode is None
+        proc.send_signal(signal.SIGTERM)
+        assert await asyncio.wait_for(proc.wait(), timeout=10) == 130
+        pending.cancel()
+        await asyncio.gather(pending, return_exceptions=True)
 
 
 async def test_serve_raises_a_low_open_file_limit(old, new, tmp_path) -> None:
