@@ -110,6 +110,19 @@ async def sdk() -> AsyncIterator[Callable[[Sidecar], openai.AsyncOpenAI]]:
         await client.close()
 
 
+async def send_in_pieces(
+    request: web.Request, data: bytes, content_type: str, piece: int
+) -> web.StreamResponse:
+    """Answer with `data` in writes of `piece` bytes, chunked: a provider streaming its answer."""
+    resp = web.StreamResponse(headers={"content-type": content_type})
+    resp.enable_chunked_encoding()
+    await resp.prepare(request)
+    for i in range(0, len(data), piece):
+        await resp.write(data[i : i + piece])
+    await resp.write_eof()
+    return resp
+
+
 async def serve(path: str, handler: Any) -> tuple[web.AppRunner, int]:
     """A hand-written upstream on 127.0.0.1, for answers the fake provider does not give."""
     app = web.Application()

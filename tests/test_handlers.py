@@ -17,7 +17,7 @@ from yarl import URL
 
 from proxy.fakes import Behaviour, FakeProvider
 
-from .conftest import CLIENT_KEY, NEW_KEY, OLD_KEY, base_config, serve
+from .conftest import CLIENT_KEY, NEW_KEY, OLD_KEY, base_config, send_in_pieces, serve
 
 TOOLS: list[Any] = [
     {
@@ -578,12 +578,7 @@ async def test_a_multi_megabyte_event_in_small_writes_arrives_whole_and_is_count
     stream = b"".join(b"data: " + orjson.dumps(e) + b"\n\n" for e in events) + b"data: [DONE]\n\n"
 
     async def sse(request: web.Request) -> web.StreamResponse:
-        resp = web.StreamResponse(headers={"content-type": "text/event-stream"})
-        await resp.prepare(request)
-        for i in range(0, len(stream), 8192):
-            await resp.write(stream[i : i + 8192])
-        await resp.write_eof()
-        return resp
+        return await send_in_pieces(request, stream, "text/event-stream", 8192)
 
     runner, port = await serve("/v1/chat/completions", sse)
     try:
@@ -844,13 +839,7 @@ async def test_an_answer_larger_than_it_said_is_piped_not_held(
             assert len(packed) < 64 * 1024
             headers = {"content-type": "application/json", "content-encoding": "gzip"}
             return web.Response(body=packed, headers=headers)
-        resp = web.StreamResponse(headers={"content-type": "application/json"})
-        resp.enable_chunked_encoding()
-        await resp.prepare(request)
-        for i in range(0, len(big), 65536):
-            await resp.write(big[i : i + 65536])
-        await resp.write_eof()
-        return resp
+        return await send_in_pieces(request, big, "application/json", 65536)
 
     runner, port = await serve("/v1/embeddings", large)
     try:
