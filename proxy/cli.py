@@ -14,10 +14,10 @@ import sys
 from collections.abc import Coroutine, Iterator
 from typing import Any
 
-from . import __version__
-from . import config as config_mod
-from .errors import ConfigError
-from .store import StoreError
+from proxy import __version__
+from proxy import config as config_mod
+from proxy.errors import ConfigError
+from proxy.record.writer import StoreError
 
 
 def run(coro: Coroutine[Any, Any, int]) -> int:
@@ -31,7 +31,8 @@ def run(coro: Coroutine[Any, Any, int]) -> int:
 
 
 def _serve(args: argparse.Namespace) -> int:
-    from . import app, logs
+    from proxy import logs
+    from proxy.serve import app
 
     cfg, _ = config_mod.load(args.config)
     logs.configure(cfg.log.level)
@@ -56,8 +57,10 @@ def _check(args: argparse.Namespace) -> int:
 
 
 def _report(args: argparse.Namespace) -> int:
-    from . import report, report_html, report_text
-    from .thresholds import ReportSettings
+    from proxy.report import build as report
+    from proxy.report import html as report_html
+    from proxy.report import text as report_text
+    from proxy.report.thresholds import ReportSettings
 
     settings, record = (
         config_mod.load_for_report(args.config) if args.config else (ReportSettings(), None)
@@ -113,13 +116,13 @@ def _reader_may_leave() -> Iterator[None]:
 
 
 def _fake(args: argparse.Namespace) -> int:
-    from . import fakes
+    from proxy.fakes import provider as fakes
 
     return fakes.main(args.rest)
 
 
 def _demo(args: argparse.Namespace) -> int:
-    from . import demo
+    from proxy.demo import run as demo
 
     return demo.main(args.rest)
 
@@ -190,11 +193,11 @@ def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     # These pass their own options through; argparse's REMAINDER drops a leading "--flag".
     if argv and argv[0] == "fake":
-        from . import fakes
+        from proxy.fakes import provider as fakes
 
         return fakes.main(argv[1:])
     if argv and argv[0] == "demo":
-        from . import demo
+        from proxy.demo import run as demo
 
         return demo.main(argv[1:])
     args = parser().parse_args(argv)

@@ -19,8 +19,8 @@ from pydantic import (
     model_validator,
 )
 
-from .errors import ConfigError
-from .thresholds import ReportSettings
+from proxy.errors import ConfigError
+from proxy.report.thresholds import ReportSettings
 
 
 class _Strict(BaseModel):

@@ -42,7 +42,7 @@ from urllib.parse import urlsplit
 
 import orjson
 
-from proxy.fakes import CHUNK_DELAY_HEADER
+from proxy.fakes.provider import CHUNK_DELAY_HEADER
 
 ROOT: Final = Path(__file__).resolve().parent.parent
 PY: Final = sys.executable

@@ -12,8 +12,8 @@ import yaml
 from aiohttp import web
 
 from proxy import config as config_mod
-from proxy.app import Sidecar
-from proxy.fakes import FakeProvider
+from proxy.fakes.provider import FakeProvider
+from proxy.serve.app import Sidecar
 
 OLD_KEY = "sk-test-old-provider-key-0000"
 NEW_KEY = "sk-test-new-provider-key-1111"

@@ -7,7 +7,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from .test_report import basic_recording
+from tests.report.test_build import basic_recording
 
 ROOT = Path(__file__).resolve().parent.parent
 

@@ -1,0 +1,1 @@
+"""The demo: the whole product on local fakes, driven by the official SDK."""

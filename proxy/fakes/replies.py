@@ -1,0 +1,483 @@
+"""A fake's replies in OpenAI's wire shapes: endpoint bodies, stream events, and error bodies."""
+
+from __future__ import annotations
+
+import base64
+import itertools
+import re
+import struct
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any, Final, Protocol, TypeAlias
+
+import orjson
+
+from proxy.fakes.answers import (
+    Answer,
+    answer,
+    answer_text,
+    chat_prompt,
+    input_texts,
+    png,
+    responses_prompt,
+    tokens,
+    vector,
+)
+
+# Leading whitespace stays with its word, as in OpenAI's tokens (" world"); trailing whitespace
+# rides on the last word so that the pieces always join back into the whole text.
+_WORD: Final = re.compile(r"\s*\S+(?:\s+$)?")
+DONE: Final = b"data: [DONE]\n\n"
+_MODEL_CREATED: Final = 1_700_000_000
+MAX_DIMENSIONS: Final = 4096
+
+
+class Style(Protocol):
+    """What shapes a reply, as a fake's `Behaviour` holds it."""
+
+    @property
+    def variant(self) -> int: ...
+    @property
+    def chunks(self) -> int | None: ...
+    @property
+    def tool_calls(self) -> bool: ...
+    @property
+    def usage(self) -> bool: ...
+
+
+@dataclass(frozen=True, slots=True)
+class Stream:
+    """A streamed reply: its SSE events in order; `done` ends it with OpenAI's `data: [DONE]`.
+
+    `trailing`: how many of the last events (the usage chunk) follow the one before without a
+    pause. Generating tokens takes time, reporting usage afterwards does not: OpenAI sends the
+    usage chunk and `[DONE]` right after the finish chunk.
+    """
+
+    events: Sequence[bytes]
+    done: bool
+    trailing: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class Invalid:
+    """A request body the endpoint refuses: a 400 that names the offending parameter."""
+
+    message: str
+    param: str
+
+
+Reply: TypeAlias = bytes | Stream | Invalid  # bytes: a JSON body
+
+
+# --- framing -----------------------------------------------------------------------------------
+
+
+def data(obj: Any) -> bytes:
+    return b"data: " + orjson.dumps(obj) + b"\n\n"
+
+
+def event(obj: dict[str, Any]) -> bytes:
+    kind: str = obj["type"]
+    return b"event: " + kind.encode() + b"\n" + data(obj)
+
+
+def truncated(frame: bytes) -> bytes:
+    """The event cut halfway through its JSON, still framed as a complete event."""
+    start = frame.index(b"data: ") + 6
+    return frame[: (start + len(frame) - 2) // 2] + b"\n\n"
+
+
+def pieces(text: str, count: int | None) -> list[str]:
+    """Stream pieces that join back into `text`: words, grouped or split to `count` pieces."""
+    words = _WORD.findall(text) or ([text] if text else [])
+    if count is None or count == len(words):
+        return words
+    if count < len(words):
+        k = len(words)
+        return ["".join(words[i * k // count : (i + 1) * k // count]) for i in range(count)]
+    n = min(count, len(text))
+    return [text[i * len(text) // n : (i + 1) * len(text) // n] for i in range(n)]
+
+
+# --- errors and models -------------------------------------------------------------------------
+
+
+def error_body(message: str, kind: str, code: str | None, param: str | None = None) -> bytes:
+    return orjson.dumps({"error": {"message": message, "type": kind, "param": param, "code": code}})
+
+
+def status_error(status: int) -> tuple[bytes, dict[str, str]]:
+    """The body and headers OpenAI sends with `status`."""
+    if status == 429:
+        body = error_body("Rate limit reached for requests.", "requests", "rate_limit_exceeded")
+        return body, {"retry-after": "1"}
+    if status >= 500:
+        message = "The server had an error while processing your request. Sorry about that!"
+        return error_body(message, "server_error", None), {}
+    return error_body(f"Request failed with status {status}.", "invalid_request_error", None), {}
+
+
+def model_bodies(models: Sequence[str], owner: str) -> tuple[bytes, dict[str, bytes]]:
+    """The body of GET /v1/models, and of GET /v1/models/{model} for each model."""
+    cards = {
+        m: {"id": m, "object": "model", "created": _MODEL_CREATED, "owned_by": owner}
+        for m in models
+    }
+    listing = orjson.dumps({"object": "list", "data": list(cards.values())})
+    return listing, {m: orjson.dumps(card) for m, card in cards.items()}
+
+
+# --- usage -------------------------------------------------------------------------------------
+
+
+def _chat_usage(prompt: int, completion: int) -> dict[str, Any]:
+    return {
+        "prompt_tokens": prompt,
+        "completion_tokens": completion,
+        "total_tokens": prompt + completion,
+        "prompt_tokens_details": {"cached_tokens": 0, "audio_tokens": 0},
+        "completion_tokens_details": {
+            "reasoning_tokens": 0,
+            "audio_tokens": 0,
+            "accepted_prediction_tokens": 0,
+            "rejected_prediction_tokens": 0,
+        },
+    }
+
+
+def _responses_usage(answer: Answer) -> dict[str, Any]:
+    return {
+        "input_tokens": answer.prompt_tokens,
+        "input_tokens_details": {"cached_tokens": 0, "cache_write_tokens": 0},
+        "output_tokens": answer.completion_tokens,
+        "output_tokens_details": {"reasoning_tokens": 0},
+        "total_tokens": answer.prompt_tokens + answer.completion_tokens,
+    }
+
+
+def _stream_usage(style: Style, data: dict[str, Any]) -> bool:
+    """Streams carry usage only when the request asks, as OpenAI's do."""
+    options = data.get("stream_options")
+    return style.usage and isinstance(options, dict) and options.get("include_usage") is True
+
+
+# --- endpoints ---------------------------------------------------------------------------------
+
+
+def _chat_chunks(
+    head: dict[str, Any],
+    text: str | None,
+    call: dict[str, Any] | None,
+    usage: dict[str, Any] | None,
+    chunks: int | None,
+) -> list[bytes]:
+    """A chat stream as OpenAI frames it: the role, content or tool-call argument deltas, an
+    empty delta with the finish reason, then (if asked) a usage chunk without choices."""
+    extra = {} if usage is None else {"usage": None}
+
+    def chunk(delta: dict[str, Any], finish: str | None = None) -> bytes:
+        choice = {"index": 0, "delta": delta, "logprobs": None, "finish_reason": finish}
+        return data({**head, "choices": [choice], **extra})
+
+    if call is None:
+        events = [chunk({"role": "assistant", "content": "", "refusal": None})]
+        events += [chunk({"content": piece}) for piece in pieces(text or "", chunks)]
+    else:
+        args: str = call["function"]["arguments"]
+        opening = {**call, "index": 0, "function": {**call["function"], "arguments": ""}}
+        delta = {"role": "assistant", "content": None, "tool_calls": [opening], "refusal": None}
+        events = [chunk(delta)]
+        events += [
+            chunk({"tool_calls": [{"index": 0, "function": {"arguments": piece}}]})
+            for piece in pieces(args, chunks or max(1, len(args) // 8))
+        ]
+    events.append(chunk({}, "stop" if call is None else "tool_calls"))
+    if usage is not None:
+        events.append(data({**head, "choices": [], "usage": usage}))
+    return events
+
+
+def chat(
+    request: dict[str, Any],
+    model: str,
+    style: Style,
+    *,
+    created: int,
+    next_id: Callable[[str], str],
+) -> Reply:
+    """POST /v1/chat/completions."""
+    messages = request.get("messages")
+    if not isinstance(messages, list) or not messages:
+        return Invalid("messages must be a non-empty array.", "messages")
+    prompt, context = chat_prompt(messages)
+    said = answer(
+        prompt=prompt,
+        context=context,
+        tools=request.get("tools"),
+        choice=request.get("tool_choice"),
+        fmt=request.get("response_format"),
+        variant=style.variant,
+        tool_calls=style.tool_calls,
+    )
+    head = {
+        "id": next_id("chatcmpl-"),
+        "object": "chat.completion",
+        "created": created,
+        "model": model,
+        "system_fingerprint": f"fp_fake{style.variant}",
+    }
+    call: dict[str, Any] | None = None
+    if said.tool is not None:
+        function = {"name": said.tool.name, "arguments": said.tool.arguments}
+        call = {"id": next_id("call_"), "type": "function", "function": function}
+    finish = "stop" if call is None else "tool_calls"
+    usage = _chat_usage(said.prompt_tokens, said.completion_tokens)
+    if request.get("stream") is True:
+        head["object"] = "chat.completion.chunk"
+        with_usage = _stream_usage(style, request)
+        events = _chat_chunks(head, said.text, call, usage if with_usage else None, style.chunks)
+        return Stream(events, done=True, trailing=int(with_usage))
+    message: dict[str, Any] = {
+        "role": "assistant",
+        "content": said.text,
+        "refusal": None,
+        "annotations": [],
+    }
+    if call is not None:
+        message["tool_calls"] = [call]
+    body: dict[str, Any] = {
+        **head,
+        "choices": [{"index": 0, "message": message, "logprobs": None, "finish_reason": finish}],
+    }
+    if style.usage:
+        body["usage"] = usage
+    return orjson.dumps(body)
+
+
+def completions(
+    request: dict[str, Any],
+    model: str,
+    style: Style,
+    *,
+    created: int,
+    next_id: Callable[[str], str],
+) -> Reply:
+    """POST /v1/completions, the legacy API: one choice per prompt."""
+    prompts = input_texts(request.get("prompt", ""))
+    if not prompts:
+        return Invalid("prompt must be a string, an array of strings or of token arrays.", "prompt")
+    texts = [answer_text(p, style.variant) for p in prompts]
+    p_tokens = sum(tokens(p) for p in prompts)
+    c_tokens = sum(tokens(t) for t in texts)
+    head = {
+        "id": next_id("cmpl-"),
+        "object": "text_completion",
+        "created": created,
+        "model": model,
+        "system_fingerprint": f"fp_fake{style.variant}",
+    }
+    if request.get("stream") is True:
+        with_usage = _stream_usage(style, request)
+        extra = {"usage": None} if with_usage else {}
+
+        def chunk(index: int, text: str, finish_reason: str | None = None) -> bytes:
+            choice = {
+                "text": text,
+                "index": index,
+                "logprobs": None,
+                "finish_reason": finish_reason,
+            }
+            return data({**head, "choices": [choice], **extra})
+
+        events = []
+        for index, text in enumerate(texts):
+            events += [chunk(index, p) for p in pieces(text, style.chunks)]
+            events.append(chunk(index, "", "stop"))
+        if with_usage:
+            events.append(data({**head, "choices": [], "usage": _chat_usage(p_tokens, c_tokens)}))
+        return Stream(events, done=True, trailing=int(with_usage))
+    choices = [
+        {"text": text, "index": i, "logprobs": None, "finish_reason": "stop"}
+        for i, text in enumerate(texts)
+    ]
+    body: dict[str, Any] = {**head, "choices": choices}
+    if style.usage:
+        body["usage"] = _chat_usage(p_tokens, c_tokens)
+    return orjson.dumps(body)
+
+
+def responses(
+    request: dict[str, Any],
+    model: str,
+    style: Style,
+    *,
+    created: int,
+    next_id: Callable[[str], str],
+) -> Reply:
+    """POST /v1/responses: one output item, a message or a function call."""
+    prompt, context = responses_prompt(request)
+    text_config = request.get("text")
+    said = answer(
+        prompt=prompt,
+        context=context,
+        tools=request.get("tools"),
+        choice=request.get("tool_choice"),
+        fmt=text_config.get("format") if isinstance(text_config, dict) else None,
+        variant=style.variant,
+        tool_calls=style.tool_calls,
+    )
+    response: dict[str, Any] = {
+        "id": next_id("resp_"),
+        "object": "response",
+        "created_at": created,
+        "status": "completed",
+        "completed_at": created,
+        "background": False,
+        "error": None,
+        "incomplete_details": None,
+        "instructions": request.get("instructions"),
+        "max_output_tokens": request.get("max_output_tokens"),
+        "metadata": request.get("metadata") or {},
+        "model": model,
+        "output": [],
+        "parallel_tool_calls": request.get("parallel_tool_calls", True),
+        "previous_response_id": request.get("previous_response_id"),
+        "reasoning": {"effort": None, "summary": None},
+        "store": request.get("store", True),
+        "temperature": request.get("temperature", 1.0),
+        "text": text_config if isinstance(text_config, dict) else {"format": {"type": "text"}},
+        "tool_choice": request.get("tool_choice", "auto"),
+        "tools": request.get("tools", []),
+        "top_p": request.get("top_p", 1.0),
+        "truncation": request.get("truncation", "disabled"),
+        "usage": _responses_usage(said) if style.usage else None,
+        "user": request.get("user"),
+    }
+    if said.tool is None:
+        text = said.text or ""
+        part = {"type": "output_text", "text": text, "annotations": [], "logprobs": []}
+        item: dict[str, Any] = {
+            "id": next_id("msg_"),
+            "type": "message",
+            "status": "completed",
+            "role": "assistant",
+            "content": [part],
+        }
+    else:
+        item = {
+            "id": next_id("fc_"),
+            "type": "function_call",
+            "status": "completed",
+            "call_id": next_id("call_"),
+            "name": said.tool.name,
+            "arguments": said.tool.arguments,
+        }
+    if request.get("stream") is not True:
+        return orjson.dumps({**response, "output": [item]})
+
+    seq = itertools.count()
+
+    def numbered(kind: str, **fields: Any) -> bytes:
+        return event({"type": kind, "sequence_number": next(seq), **fields})
+
+    where: dict[str, Any] = {"item_id": item["id"], "output_index": 0}
+    opening = {**response, "status": "in_progress", "completed_at": None, "usage": None}
+    events = [
+        numbered("response.created", response=opening),
+        numbered("response.in_progress", response=opening),
+    ]
+    if said.tool is None:
+        at = {**where, "content_index": 0}
+        added = {**item, "status": "in_progress", "content": []}
+        events.append(numbered("response.output_item.added", output_index=0, item=added))
+        events.append(numbered("response.content_part.added", **at, part={**part, "text": ""}))
+        events += [
+            numbered("response.output_text.delta", **at, delta=piece, logprobs=[])
+            for piece in pieces(text, style.chunks)
+        ]
+        events.append(numbered("response.output_text.done", **at, text=text, logprobs=[]))
+        events.append(numbered("response.content_part.done", **at, part=part))
+    else:
+        args = said.tool.arguments
+        added = {**item, "status": "in_progress", "arguments": ""}
+        events.append(numbered("response.output_item.added", output_index=0, item=added))
+        events += [
+            numbered("response.function_call_arguments.delta", **where, delta=piece)
+            for piece in pieces(args, style.chunks or max(1, len(args) // 8))
+        ]
+        events.append(
+            numbered(
+                "response.function_call_arguments.done",
+                **where,
+                name=said.tool.name,
+                arguments=args,
+            )
+        )
+    events.append(numbered("response.output_item.done", output_index=0, item=item))
+    events.append(numbered("response.completed", response={**response, "output": [item]}))
+    # The Responses API ends with response.completed; it sends no [DONE].
+    return Stream(events, done=False)
+
+
+def embeddings(request: dict[str, Any], model: str, style: Style) -> Reply:
+    """POST /v1/embeddings: a unit vector per input, as floats or base64."""
+    inputs = input_texts(request.get("input"))
+    if not inputs or not all(inputs):
+        return Invalid("input must be a non-empty string or array.", "input")
+    dimensions = request.get("dimensions", 8)
+    if not isinstance(dimensions, int) or not 1 <= dimensions <= MAX_DIMENSIONS:
+        return Invalid(f"dimensions must be an integer from 1 to {MAX_DIMENSIONS}.", "dimensions")
+    encoding = request.get("encoding_format", "float")
+    if encoding not in ("float", "base64"):
+        return Invalid("encoding_format must be float or base64.", "encoding_format")
+    rows = []
+    for index, text in enumerate(inputs):
+        packed = vector(text, dimensions, style.variant)
+        # "float" answers carry the same float32 numbers that base64 would.
+        embedding: Any = (
+            base64.b64encode(packed).decode()
+            if encoding == "base64"
+            else list(struct.unpack(f"<{dimensions}f", packed))
+        )
+        rows.append({"object": "embedding", "index": index, "embedding": embedding})
+    count = sum(tokens(text) for text in inputs)
+    body = {
+        "object": "list",
+        "data": rows,
+        "model": model,
+        "usage": {"prompt_tokens": count, "total_tokens": count},
+    }
+    return orjson.dumps(body)
+
+
+def images(request: dict[str, Any], model: str, style: Style, *, created: int) -> Reply:
+    """POST /v1/images/generations: `n` tiny PNGs."""
+    prompt, size, n = request.get("prompt"), request.get("size", "1024x1024"), request.get("n", 1)
+    if not isinstance(prompt, str) or not prompt:
+        return Invalid("prompt must be a non-empty string.", "prompt")
+    if not isinstance(n, int) or not 1 <= n <= 10:
+        return Invalid("n must be an integer from 1 to 10.", "n")
+    pictures = [
+        {
+            "b64_json": png(f"{style.variant}\0{model}\0{prompt}\0{size}\0{i}"),
+            "revised_prompt": prompt,
+        }
+        for i in range(n)
+    ]
+    body = {"created": created, "data": pictures, "output_format": "png", "size": size}
+    return orjson.dumps(body)
+
+
+def run(request: dict[str, Any], model: str, style: Style, *, latency: float) -> Reply:
+    """POST /v1/models/{model}/run: a non-OpenAI image API, for routes the sidecar must pass
+    through untouched."""
+    prompt, size = request.get("prompt"), request.get("size", "")
+    if not isinstance(prompt, str) or not prompt:
+        return Invalid("prompt must be a non-empty string.", "prompt")
+    body = {
+        "model": model,
+        "images": [{"b64": png(f"{style.variant}\0{model}\0{prompt}\0{size}")}],
+        "latency_ms": round(latency * 1000),
+    }
+    return orjson.dumps(body)

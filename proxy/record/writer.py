@@ -1,0 +1,704 @@
+"""The SQLite recorder: requests only enqueue records; one writer task batches them into the db.
+
+Nothing here runs on the request path except `Recorder.exchange/response/revision`, which
+never block and never raise. Every database failure ends as a counted, logged drop.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import itertools
+import os
+import sqlite3
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Final, cast
+
+import aiosqlite
+import structlog
+
+from proxy.record.rows import Exchange, Response, Revision, StoredObject
+from proxy.serve.affinity import MAX_IDS
+
+log = structlog.get_logger(__name__)
+
+# The sqlite3 module binds only exact int, float, str and bytearray directly. Every other
+# parameter (None, bytes, bool: most of a record's columns) goes through its adapter lookup,
+# which, finding nothing, raises and swallows two formatted AttributeErrors (`__adapt__`,
+# `__conform__`): ~0.5 us a parameter, 40% of the writer's CPU. Registered adapters end the
+# lookup at the first step and bind exactly what the fallback would have: NULL, the blob, 0/1.
+# C callables, so no Python frame per parameter. Module-wide, so the report's reads (which
+# bind nothing of these types) are unaffected.
+sqlite3.register_adapter(type(None), cast("Callable[[None], None]", {}.get))  # -> None
+sqlite3.register_adapter(bytes, bytes)  # bytes(b) is b
+sqlite3.register_adapter(bool, int)
+
+_Record = Exchange | Response | Revision | StoredObject
+
+
+class StoreError(Exception):
+    """The recorder database can't be used: it won't open, or its schema is newer than ours."""
+
+
+# MIGRATIONS[i] takes a database from `PRAGMA user_version` i to i + 1. Append, never edit.
+MIGRATIONS: Final[tuple[tuple[str, ...], ...]] = (
+    (
+        """CREATE TABLE exchanges (
+            id TEXT PRIMARY KEY,
+            ts REAL NOT NULL,
+            route TEXT NOT NULL,
+            method TEXT NOT NULL,
+            path TEXT NOT NULL,
+            model TEXT,
+            stream INTEGER NOT NULL,
+            revision TEXT NOT NULL,
+            sticky_key TEXT,
+            request_body BLOB,
+            request_sha256 TEXT
+        )""",
+        "CREATE INDEX exchanges_ts ON exchanges(ts)",
+        "CREATE INDEX exchanges_revision ON exchanges(revision)",
+        "CREATE INDEX exchanges_route_model ON exchanges(route, model)",
+        """CREATE TABLE responses (
+            exchange_id TEXT NOT NULL,
+            role TEXT NOT NULL,
+            upstream TEXT NOT NULL,
+            model_sent TEXT,
+            ts REAL NOT NULL,
+            status INTEGER,
+            error_kind TEXT,
+            error TEXT,
+            ttfb_ms REAL, ttft_ms REAL, total_ms REAL,
+            bytes INTEGER NOT NULL,
+            prompt_tokens INTEGER, completion_tokens INTEGER, total_tokens INTEGER,
+            finish_reason TEXT,
+            stream_done INTEGER,
+            shape TEXT,
+            tool_calls TEXT,
+            json_ok INTEGER,
+            text_sha256 TEXT,
+            response_body BLOB,
+            response_sha256 TEXT,
+            PRIMARY KEY (exchange_id, role)
+        )""",
+        "CREATE INDEX responses_upstream_role ON responses(upstream, role)",
+        "CREATE INDEX responses_ts ON responses(ts)",
+        """CREATE TABLE revisions (
+            revision TEXT PRIMARY KEY,
+            ts REAL NOT NULL,
+            rollback INTEGER NOT NULL,
+            split TEXT NOT NULL,
+            path TEXT NOT NULL
+        )""",
+    ),
+    (
+        # Which upstream made each object the app was given an id for (see `affinity`), so
+        # that calls naming it still find it after a restart. The newest row has the highest
+        # rowid (INSERT OR REPLACE), which is the order they are read back in.
+        """CREATE TABLE objects (
+            id TEXT PRIMARY KEY,
+            upstream TEXT NOT NULL,
+            ts REAL NOT NULL
+        )""",
+    ),
+)
+
+SCHEMA_VERSION: Final = len(MIGRATIONS)
+
+
+# Bound parameters per statement: SQLite's limit is 32766 since 3.32, 999 before.
+_MAX_PARAMS: Final = 32766 if sqlite3.sqlite_version_info >= (3, 32) else 999
+
+
+class _Insert:
+    """Multi-row INSERTs for one record type: one statement, one step, for up to hundreds of rows.
+
+    executemany steps once per row, and the sqlite3 module releases the GIL around every
+    step: with the event loop busy, each row became a GIL hand-off between the two threads,
+    which cost the loop more than the insert itself (~300 us per request at 1,300 req/s).
+    """
+
+    def __init__(self, verb: str, table: str, record: type[Any]) -> None:
+        # Columns are the record's fields in order (CONVENTIONS: 1:1): a record is its own
+        # row. Bools bind as 0/1.
+        names = list(record._fields)
+        self._head = f"{verb} INTO {table} ({', '.join(names)}) VALUES "
+        self._row = "(" + ", ".join("?" * len(names)) + ")"
+        self.chunk = max(1, min(500, _MAX_PARAMS // len(names)))
+        self._sql: dict[int, str] = {}
+
+    def sql(self, rows: int) -> str:
+        text = self._sql.get(rows)
+        if text is None:
+            text = self._sql[rows] = self._head + ",".join([self._row] * rows)
+        return text
+
+    def statements(self, records: list[Any]) -> Iterator[tuple[str, tuple[Any, ...]]]:
+        for i in range(0, len(records), self.chunk):
+            part = records[i : i + self.chunk]
+            yield self.sql(len(part)), tuple(itertools.chain.from_iterable(part))
+
+
+_EXCHANGES = _Insert("INSERT OR IGNORE", "exchanges", Exchange)
+_RESPONSES = _Insert("INSERT OR REPLACE", "responses", Response)
+_REVISIONS = _Insert("INSERT OR REPLACE", "revisions", Revision)
+_OBJECTS = _Insert("INSERT OR REPLACE", "objects", StoredObject)
+
+# A failed batch is tried this many times in all, `retry_interval` apart, then dropped.
+_ATTEMPTS: Final = 3
+# Retention deletes at most this many exchanges per transaction, so the writer never waits long.
+_RETENTION_CHUNK: Final = 500
+_DELETE_RESPONSES_OF = "DELETE FROM responses WHERE exchange_id = ?"
+_DELETE_EXCHANGE = "DELETE FROM exchanges WHERE id = ?"
+_OLDER_THAN = "SELECT id FROM exchanges WHERE ts < ? ORDER BY ts LIMIT ?"
+_OLDEST = "SELECT id FROM exchanges ORDER BY ts LIMIT ?"
+# Responses whose exchange never made it (dropped, or deleted first) would otherwise stay forever.
+_DELETE_ORPHANS = """DELETE FROM responses WHERE rowid IN (
+    SELECT r.rowid FROM responses r WHERE r.ts < ?
+    AND NOT EXISTS (SELECT 1 FROM exchanges e WHERE e.id = r.exchange_id) LIMIT ?)"""
+_NEWEST_OBJECTS = "SELECT id, upstream FROM objects ORDER BY rowid DESC LIMIT ?"
+_PRUNE_OBJECTS = """DELETE FROM objects WHERE rowid <=
+    (SELECT rowid FROM objects ORDER BY rowid DESC LIMIT 1 OFFSET ?)"""
+# These leave the connection usable: wait and try again. Anything else (read-only, I/O error,
+# file replaced, "no such table") gets a fresh connection, which also re-creates a deleted db.
+_TRANSIENT: Final = frozenset({sqlite3.SQLITE_BUSY, sqlite3.SQLITE_LOCKED, sqlite3.SQLITE_FULL})
+# aiosqlite raises ValueError once its connection is closed; StoreError comes from a reopen
+# that found a newer schema.
+_DB_ERRORS: Final = (sqlite3.Error, ValueError, OSError, StoreError)
+
+
+@dataclass(frozen=True, slots=True)
+class RecorderStats:
+    written: int  # records committed
+    dropped: int  # records lost: queue full, after close, failed batches, close timeout
+    queue_depth: int
+    batches: int  # transactions committed
+    errors: int  # failed database attempts (a batch retried three times counts three)
+    last_error: str | None
+
+
+class _Throttled:
+    """A warning logged at most once per `every` seconds, carrying the count it swallowed."""
+
+    __slots__ = ("_event", "_every", "_next", "_pending")
+
+    def __init__(self, event: str, every: float = 5.0) -> None:
+        self._event = event
+        self._every = every
+        self._next = 0.0
+        self._pending = 0
+
+    def __call__(self, n: int, **context: object) -> None:
+        self._pending += n
+        now = time.monotonic()
+        if now >= self._next:
+            self._next = now + self._every
+            self.flush(**context)
+
+    def flush(self, **context: object) -> None:
+        if self._pending:
+            log.warning(self._event, count=self._pending, **context)
+            self._pending = 0
+
+
+class Recorder:
+    """Writes exchanges, responses and revisions to SQLite off the request path.
+
+    `start()` raises `StoreError` if the database can't be opened or is from a newer
+    version; after that, no database problem reaches the caller: it shows in `stats()`.
+    """
+
+    def __init__(
+        self,
+        path: str,
+        *,
+        queue_size: int = 10_000,
+        batch_size: int = 256,
+        max_age_days: float | None = None,
+        max_rows: int | None = None,
+        retention_interval: float = 60.0,
+        retry_interval: float = 1.0,
+        busy_timeout: float = 1.0,
+        linger: float = 0.25,
+    ) -> None:
+        if queue_size < 1 or batch_size < 1:
+            raise ValueError("queue_size and batch_size must be at least 1")
+        if max_age_days is not None and max_age_days <= 0:
+            raise ValueError("max_age_days must be positive")
+        if max_rows is not None and max_rows < 1:
+            raise ValueError("max_rows must be at least 1")
+        if retention_interval <= 0 or retry_interval < 0 or busy_timeout < 0 or linger < 0:
+            raise ValueError("intervals and timeouts must not be negative")
+        self._path = path
+        self._max_age_days = max_age_days
+        self._max_rows = max_rows
+        self._retention_interval = retention_interval
+        self._retry_interval = retry_interval
+        self._busy_timeout = busy_timeout
+        self._linger = linger
+        # Submitted, not yet taken by the writer. A list and three events rather than an
+        # asyncio.Queue: put_nowait/get_nowait/task_done cost ~1 us a record, twice a request.
+        self._pending: list[_Record] = []
+        self._queue_size = queue_size
+        self._batch_size = batch_size
+        self._ready = asyncio.Event()  # something is pending (or close() was called)
+        self._wake = asyncio.Event()  # a full batch is pending (or close()): ends the linger
+        self._drained = asyncio.Event()  # nothing pending and no batch in the writer's hands
+        self._drained.set()
+        self._accepting = True
+        self._closed = asyncio.Event()
+        self._deadline: float | None = None  # set by close(): retries stop before it
+        # The writer and retention share one connection; the lock keeps their
+        # transactions (and reconnects) from interleaving.
+        self._lock = asyncio.Lock()
+        self._db: aiosqlite.Connection | None = None
+        self._file: tuple[int, int] | None = None  # (st_dev, st_ino) of the file we opened
+        self._reopen = False
+        self._writer: asyncio.Task[None] | None = None
+        self._retention: asyncio.Task[None] | None = None
+        self._batch: list[_Record] = []  # taken off the queue, not yet written or dropped
+
+        self._written = 0
+        self._dropped = 0
+        self._batches = 0
+        self._errors = 0
+        self._last_error: str | None = None
+        self._failing = False
+        self._drop_log = _Throttled("recorder dropped records")
+        self._error_log = _Throttled("recorder database error")
+
+    # -- request path -------------------------------------------------------------------
+
+    def submit(self, record: _Record) -> None:
+        """Queue an Exchange, Response or Revision for the writer; never blocks, never raises."""
+        if not self._accepting:
+            self._drop(1, "recorder closed")
+            return
+        pending = self._pending
+        n = len(pending)
+        if n >= self._queue_size:
+            self._drop(1, "queue full")
+            return
+        pending.append(record)
+        if n == 0:
+            self._ready.set()
+            self._drained.clear()
+        if n + 1 >= self._batch_size:
+            self._wake.set()
+
+    exchange = submit  # one method under four names: a record is a record to the writer
+    response = submit
+    revision = submit
+    stored = submit
+
+    def _drop(self, n: int, reason: str) -> None:
+        self._dropped += n
+        self._drop_log(n, reason=reason, dropped_total=self._dropped)
+
+    def stats(self) -> RecorderStats:
+        return RecorderStats(
+            written=self._written,
+            dropped=self._dropped,
+            queue_depth=len(self._pending),
+            batches=self._batches,
+            errors=self._errors,
+            last_error=self._last_error,
+        )
+
+    # -- lifecycle ------------------------------------------------------------------------
+
+    async def start(self) -> None:
+        if self._writer is not None or not self._accepting:
+            raise RuntimeError(f"recorder for {self._path} was already started or closed")
+        try:
+            async with self._lock:
+                self._db = await self._open()
+        except (sqlite3.Error, ValueError, OSError) as exc:
+            raise StoreError(f"cannot open the recorder database {self._path}: {exc}") from exc
+        self._writer = asyncio.create_task(self._write_loop(), name="recorder-writer")
+        if self._max_age_days is not None or self._max_rows is not None:
+            self._retention = asyncio.create_task(self._retention_loop(), name="recorder-retention")
+
+    # The bound is part of the contract: shutdown code calls close() with its own budget,
+    # and close() must cancel its tasks and close the db when that budget runs out.
+    async def close(self, timeout: float = 5.0) -> None:  # noqa: ASYNC109
+        """Flush what was queued before the call, for up to `timeout` seconds, then close.
+
+        A SQLite call already waiting on a lock can't be interrupted, so against a hung
+        database close may overrun `timeout` by up to one `busy_timeout`.
+        """
+        if not self._accepting:
+            await self._closed.wait()
+            return
+        self._accepting = False
+        self._wake.set()
+        self._ready.set()
+        self._deadline = asyncio.get_running_loop().time() + timeout
+        try:
+            if self._writer is not None and not self._writer.done():
+                try:
+                    async with asyncio.timeout(timeout):
+                        await self._drained.wait()
+                except TimeoutError:
+                    log.warning("recorder close timed out", timeout=timeout, path=self._path)
+        finally:
+            await self._shutdown()
+
+    async def _shutdown(self) -> None:
+        tasks = [t for t in (self._writer, self._retention) if t is not None]
+        for task in tasks:
+            task.cancel()
+        for task, result in zip(
+            tasks, await asyncio.gather(*tasks, return_exceptions=True), strict=True
+        ):
+            if isinstance(result, Exception):
+                log.error("recorder task failed", task=task.get_name(), error=repr(result))
+        lost = len(self._batch) + len(self._pending)
+        self._batch = []
+        self._pending.clear()
+        if lost:
+            self._drop(lost, "not flushed before close")
+        await self._disconnect()
+        self._drop_log.flush(reason="closing", dropped_total=self._dropped)
+        self._error_log.flush(errors_total=self._errors, last_error=self._last_error)
+        self._closed.set()
+
+    # -- connection -----------------------------------------------------------------------
+
+    async def _open(self) -> aiosqlite.Connection:
+        # The file is opened in a worker thread and only then handed to aiosqlite: when
+        # aiosqlite.connect() itself fails, its thread stops on its own time and may call
+        # into the loop after the loop has closed (aiosqlite issue #241).
+        raw = await asyncio.to_thread(self._connect)
+        db = await aiosqlite.Connection(lambda: raw, 64)
+        try:
+            async with db.execute("PRAGMA journal_mode=WAL") as cursor:
+                row = await cursor.fetchone()
+            mode = None if row is None else str(row[0]).lower()
+            if mode != "wal":  # e.g. a network filesystem: still works, readers may block
+                log.warning("recorder database is not in WAL mode", path=self._path, mode=mode)
+            await db.execute("PRAGMA synchronous=NORMAL")
+            await _migrate(db, self._path)
+            stat = os.stat(self._path)
+        except BaseException:
+            await _close_quietly(db)
+            raise
+        self._file = (stat.st_dev, stat.st_ino)
+        self._reopen = False
+        return db
+
+    def _connect(self) -> sqlite3.Connection:
+        # `timeout` is SQLite's busy_timeout: a short lock held by another process (the
+        # report, a backup) is waited out inside SQLite. "IMMEDIATE" makes the implicit
+        # BEGIN before our first INSERT/DELETE take the write lock at once, so a batch
+        # never fails half-way for a lock, and costs one thread hop per statement.
+        # A missing directory is made, as for a new database file: SQLite would only say
+        # "unable to open database file".
+        parent = os.path.dirname(self._path)
+        if parent:
+            try:
+                os.makedirs(parent, exist_ok=True)
+            except FileExistsError:
+                raise NotADirectoryError(f"{parent} is a file, not a directory") from None
+        return sqlite3.connect(
+            self._path,
+            timeout=self._busy_timeout,
+            isolation_level="IMMEDIATE",
+            check_same_thread=False,  # opened here, used only on aiosqlite's thread
+        )
+
+    def _same_file(self) -> bool:
+        # A deleted or replaced db file keeps taking writes through the open descriptor, into
+        # nothing; only a stat of the path notices. One stat per batch is cheap.
+        try:
+            stat = os.stat(self._path)
+        except OSError:
+            return False
+        return (stat.st_dev, stat.st_ino) == self._file
+
+    async def _connection(self) -> aiosqlite.Connection:
+        if self._db is not None and not self._reopen and self._same_file():
+            return self._db
+        await self._disconnect()
+        self._db = await self._open()
+        log.info("recorder database reopened", path=self._path)
+        return self._db
+
+    async def _disconnect(self) -> None:
+        if self._db is not None:
+            db, self._db = self._db, None
+            await _close_quietly(db)
+
+    async def _failed(self, exc: BaseException) -> None:
+        self._errors += 1
+        self._last_error = f"{type(exc).__name__}: {exc}"
+        self._failing = True
+        self._error_log(1, error=self._last_error, errors_total=self._errors, path=self._path)
+        code = getattr(exc, "sqlite_errorcode", None)
+        if self._db is not None and code is not None and (code & 0xFF) in _TRANSIENT:
+            try:
+                await self._db.rollback()
+                return
+            except _DB_ERRORS:
+                pass
+        self._reopen = True
+
+    # -- writer ---------------------------------------------------------------------------
+
+    async def _write_loop(self) -> None:
+        pending = self._pending
+        size = self._batch_size
+        while True:
+            if not pending:
+                self._drained.set()
+                self._ready.clear()
+                await self._ready.wait()
+                continue
+            # A batch costs a fixed ~1-2 ms of CPU (a thread hop and wake-up per SQLite
+            # call, a commit); lingering while the batch isn't full bounds that cost to
+            # a few batches a second at any request rate.
+            if self._linger and self._accepting and len(pending) < size:
+                self._wake.clear()
+                with contextlib.suppress(TimeoutError):
+                    async with asyncio.timeout(self._linger):
+                        await self._wake.wait()
+            self._batch = batch = pending[:size]
+            del pending[:size]
+            try:
+                await self._write(batch)
+            except Exception:
+                # A bug here must not end recording for the life of the process.
+                log.exception("recorder batch failed", records=len(batch))
+                self._drop(len(batch), "recorder bug")
+            self._batch = []
+
+    async def _write(self, batch: list[_Record]) -> None:
+        exchanges: list[Exchange] = []
+        responses: list[Response] = []
+        revisions: list[Revision] = []
+        objects: list[StoredObject] = []
+        for record in batch:
+            if isinstance(record, Response):
+                responses.append(record)
+            elif isinstance(record, Exchange):
+                exchanges.append(record)
+            elif isinstance(record, Revision):
+                revisions.append(record)
+            else:
+                objects.append(record)
+        loop = asyncio.get_running_loop()
+        for attempt in range(1, _ATTEMPTS + 1):
+            async with self._lock:
+                try:
+                    db = await self._connection()
+                    for insert, records in (
+                        (_EXCHANGES, exchanges),
+                        (_RESPONSES, responses),
+                        (_REVISIONS, revisions),
+                        (_OBJECTS, objects),
+                    ):
+                        for sql, params in insert.statements(records):
+                            await db.execute(sql, params)
+                    await db.commit()
+                except _DB_ERRORS as exc:
+                    await self._failed(exc)
+                else:
+                    self._written += len(batch)
+                    self._batches += 1
+                    if self._failing:
+                        self._failing = False
+                        log.info("recorder writing again", path=self._path)
+                    return
+            if attempt == _ATTEMPTS or (
+                self._deadline is not None and loop.time() + self._retry_interval >= self._deadline
+            ):
+                break
+            await asyncio.sleep(self._retry_interval)
+        self._drop(len(batch), "database error")
+
+    # -- retention ------------------------------------------------------------------------
+
+    async def _retention_loop(self) -> None:
+        while True:
+            try:
+                await self._apply_retention()
+            except _DB_ERRORS:
+                pass  # counted and logged by _failed; the next round tries again
+            except Exception:
+                log.exception("recorder retention failed")
+            await asyncio.sleep(self._retention_interval)
+
+    async def _apply_retention(self) -> None:
+        deleted = 0
+        if self._max_age_days is not None:
+            cutoff = time.time() - self._max_age_days * 86_400
+            while n := await self._delete_exchanges(_OLDER_THAN, (cutoff, _RETENTION_CHUNK)):
+                deleted += n
+            while n := await self._delete_orphans(cutoff):
+                deleted += n
+        if self._max_rows is not None:
+            while True:
+                excess = await self._scalar("SELECT count(*) FROM exchanges") - self._max_rows
+                if excess <= 0:
+                    break
+                deleted += await self._delete_exchanges(_OLDEST, (min(excess, _RETENTION_CHUNK),))
+            oldest = await self._scalar("SELECT min(ts) FROM exchanges")
+            if oldest is not None:
+                while n := await self._delete_orphans(oldest):
+                    deleted += n
+        # The objects' table is the affinity's memory: no older than the exchanges kept, and
+        # no longer than the affinity remembers.
+        before = None if self._max_age_days is None else time.time() - self._max_age_days * 86_400
+        deleted += await self._prune_objects(before)
+        if deleted:
+            log.info("recorder retention deleted rows", rows=deleted, path=self._path)
+
+    async def _prune_objects(self, before: float | None) -> int:
+        async with self._lock:
+            try:
+                db = await self._connection()
+                n = 0
+                if before is not None:
+                    async with db.execute("DELETE FROM objects WHERE ts < ?", (before,)) as c:
+                        n += max(c.rowcount, 0)
+                async with db.execute(_PRUNE_OBJECTS, (MAX_IDS,)) as cursor:
+                    n += max(cursor.rowcount, 0)
+                await db.commit()
+            except _DB_ERRORS as exc:
+                await self._failed(exc)
+                raise
+        return n
+
+    async def objects(self) -> list[tuple[str, str]]:
+        """(id, upstream) of the objects recorded, oldest first, at most `affinity.MAX_IDS`.
+
+        Read at start, to give the affinity back what it knew; [] if the read fails. Older
+        rows are deleted first: without retention configured, nothing else bounds the table.
+        """
+        try:
+            await self._prune_objects(None)
+            async with self._lock:
+                db = await self._connection()
+                rows = await db.execute_fetchall(_NEWEST_OBJECTS, (MAX_IDS,))
+        except _DB_ERRORS as exc:
+            await self._failed(exc)
+            return []
+        return [(str(r[0]), str(r[1])) for r in reversed(list(rows))]
+
+    async def _scalar(self, sql: str) -> Any:
+        async with self._lock:
+            try:
+                db = await self._connection()
+                async with db.execute(sql) as cursor:
+                    row = await cursor.fetchone()
+            except _DB_ERRORS as exc:
+                await self._failed(exc)
+                raise
+        return None if row is None else row[0]
+
+    async def _delete_exchanges(self, select: str, params: tuple[Any, ...]) -> int:
+        """Deletes one chunk of exchanges with their responses, in one short transaction."""
+        async with self._lock:
+            try:
+                db = await self._connection()
+                ids = [(row[0],) for row in await db.execute_fetchall(select, params)]
+                if ids:
+                    await db.executemany(_DELETE_RESPONSES_OF, ids)
+                    await db.executemany(_DELETE_EXCHANGE, ids)
+                    await db.commit()
+            except _DB_ERRORS as exc:
+                await self._failed(exc)
+                raise
+        return len(ids)
+
+    async def _delete_orphans(self, before: float) -> int:
+        async with self._lock:
+            try:
+                db = await self._connection()
+                async with db.execute(_DELETE_ORPHANS, (before, _RETENTION_CHUNK)) as cursor:
+                    n = cursor.rowcount
+                await db.commit()
+            except _DB_ERRORS as exc:
+                await self._failed(exc)
+                raise
+        return max(n, 0)
+
+
+async def _user_version(db: aiosqlite.Connection) -> int:
+    async with db.execute("PRAGMA user_version") as cursor:
+        row = await cursor.fetchone()
+    return 0 if row is None else int(row[0])
+
+
+def _newer(path: str, version: int) -> StoreError:
+    return StoreError(
+        f"{path} has schema version {version}, newer than this sidecar's {SCHEMA_VERSION}: "
+        "upgrade the sidecar or record to another file"
+    )
+
+
+async def _migrate(db: aiosqlite.Connection, path: str) -> None:
+    version = await _user_version(db)
+    if version > SCHEMA_VERSION:
+        raise _newer(path, version)
+    if version == SCHEMA_VERSION:
+        return
+    await db.execute("BEGIN IMMEDIATE")
+    try:
+        # Another process may have migrated between our read and the lock.
+        version = await _user_version(db)
+        if version > SCHEMA_VERSION:
+            raise _newer(path, version)
+        for migration in MIGRATIONS[version:]:
+            for statement in migration:
+                await db.execute(statement)
+        await db.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
+        await db.commit()
+    except BaseException:
+        with contextlib.suppress(*_DB_ERRORS):
+            await db.rollback()
+        raise
+    if version != SCHEMA_VERSION:
+        log.info("recorder database migrated", path=path, old=version, new=SCHEMA_VERSION)
+
+
+async def _close_quietly(db: aiosqlite.Connection) -> None:
+    try:
+        await db.close()
+    except _DB_ERRORS as exc:
+        log.warning("recorder database close failed", error=repr(exc))
+
+
+def open_readonly(path: str) -> sqlite3.Connection:
+    """A read-only connection for the report; safe while the sidecar writes (WAL).
+
+    Raises `StoreError` if the file is missing, not a recording, or of another schema version.
+    """
+    where = Path(path).absolute()
+    if not where.exists():
+        raise StoreError(
+            f"no recording at {path} ({where}): the sidecar makes it at its record.path, "
+            "relative to the directory it runs in; name it with --db"
+        )
+    uri = where.as_uri() + "?mode=ro"
+    try:
+        conn = sqlite3.connect(uri, uri=True)
+    except sqlite3.Error as exc:
+        raise StoreError(f"cannot open the recording {path}: {exc}") from exc
+    try:
+        version = int(conn.execute("PRAGMA user_version").fetchone()[0])
+    except sqlite3.Error as exc:
+        conn.close()
+        raise StoreError(f"cannot read the recording {path}: {exc}") from exc
+    if version != SCHEMA_VERSION:
+        conn.close()
+        if version > SCHEMA_VERSION:
+            raise _newer(path, version)
+        raise StoreError(
+            f"{path} has schema version {version}, not {SCHEMA_VERSION}: "
+            + ("not a recording" if version == 0 else "start the sidecar once to migrate it")
+        )
+    return conn

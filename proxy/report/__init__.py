@@ -1,0 +1,1 @@
+"""The report: what the recording says about the new gateway (SQL, verdict, text, HTML)."""

@@ -1,0 +1,390 @@
+"""The report as text: terminal tables, JSON, and the formatters the HTML report shares."""
+
+from __future__ import annotations
+
+import textwrap
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Final
+
+import orjson
+
+from proxy.report.data import (
+    Agreement,
+    Check,
+    PairStats,
+    Percentiles,
+    Report,
+    ReportFilter,
+    ratio,
+)
+
+# Shared by the terminal, the HTML report and the verdict's evidence, so all say the same thing.
+
+
+def when(ts: float | None) -> str:
+    if ts is None:
+        return "-"
+    return datetime.fromtimestamp(ts, UTC).strftime("%Y-%m-%d %H:%M:%SZ")
+
+
+def pct(x: float | None, digits: int = 1) -> str:
+    return "-" if x is None else f"{x * 100:.{digits}f}%"
+
+
+def ms(x: float | None) -> str:
+    if x is None:
+        return "-"
+    return f"{x:,.0f} ms" if abs(x) >= 10 else f"{x:.1f} ms"
+
+
+def times(x: float | None) -> str:
+    return "-" if x is None else f"x{x:.2f}"
+
+
+def money(x: float | None) -> str:
+    if x is None:
+        return "-"
+    return f"${x:,.2f}" if abs(x) >= 1 else f"${x:.4f}"
+
+
+def value_text(check: Check) -> str:
+    v = check.value
+    if v is None:
+        return "-"
+    if check.unit == "ratio":
+        return times(v)
+    if check.unit == "difference":
+        return f"{v * 100:+.2f} pts"
+    return pct(v, 2)
+
+
+def band_text(check: Check) -> str:
+    if check.unit == "ratio":
+        return f"warn from x{check.warn:g}, fail from x{check.fail:g}"
+    unit = " pts" if check.unit == "difference" else "%"
+    return f"warn from {check.warn * 100:g}{unit}, fail from {check.fail * 100:g}{unit}"
+
+
+VERDICT_HELP: Final = (
+    "Every check reads smaller-is-better against report.thresholds: pass below `warn`, warn "
+    "below `fail`, fail from `fail` on. A check over fewer than min_pairs ({min_pairs}) pairs "
+    "or answers is at most a warn, and never a pass. The overall verdict is the worst check."
+)
+NOISE_HELP: Final = (
+    "Noise pairs send the same request to the primary upstream twice: how often the primary "
+    "disagrees with itself is a floor no new gateway can beat. The output-shape check "
+    "subtracts it; read text agreement and similarity against it too."
+)
+
+
+@dataclass(frozen=True, slots=True)
+class Table:
+    caption: str
+    head: tuple[str, ...]
+    rows: tuple[tuple[str, ...], ...]
+    align: str  # per column: "l" or "r"
+
+
+@dataclass(frozen=True, slots=True)
+class Section:
+    title: str
+    tables: tuple[Table, ...]
+    text: tuple[str, ...] = ()
+
+
+def _name(x: str | None) -> str:
+    return "(none)" if x is None else x
+
+
+def _p3(p: Percentiles) -> str:
+    if not p.n:
+        return "-"
+    return " / ".join(
+        f"{v:,.0f}" if abs(v) >= 10 else f"{v:.1f}" for v in (p.p50, p.p90, p.p99) if v is not None
+    )
+
+
+def _of(a: Agreement) -> str:
+    return f"{pct(a.rate)} of {a.compared:,}" if a.compared else "-"
+
+
+def _label(p: PairStats) -> str:
+    return f"{p.upstream} ({p.role})"
+
+
+def sections(report: Report) -> tuple[Section, ...]:
+    """The report's tables, in order, as text cells."""
+    t = report.traffic
+    ups = report.upstreams
+    traffic = [
+        Table(
+            "primary answers per upstream: the share actually served",
+            ("upstream", "answers", "share"),
+            tuple((_name(c.name), f"{c.count:,}", pct(c.share)) for c in t.by_upstream),
+            "lrr",
+        ),
+        *(
+            Table(
+                f"exchanges per {title}",
+                (title, "exchanges", "share"),
+                tuple((_name(c.name), f"{c.count:,}", pct(c.share)) for c in counts),
+                "lrr",
+            )
+            for title, counts in (("route", t.by_route), ("model", t.by_model))
+        ),
+    ]
+    if t.revisions:
+        traffic.append(
+            Table(
+                "config revisions: configured split against the share served under it",
+                ("revision", "in force from", "requests", "split", "served"),
+                tuple(
+                    (
+                        r.revision + (" (rollback)" if r.rollback else ""),
+                        when(r.started),
+                        f"{r.requests:,}",
+                        " ".join(f"{s.upstream}:{s.weight:g}" for s in r.split) or "-",
+                        " ".join(f"{s.upstream}:{s.weight * 100:.1f}%" for s in r.served) or "-",
+                    )
+                    for r in t.revisions
+                ),
+                "llrll",
+            )
+        )
+    reliability = (
+        Table(
+            "error rate: upstream errors only; the app leaving or the sidecar refusing is not one",
+            ("upstream", "role", "responses", "ok", "error rate"),
+            tuple(
+                (
+                    s.upstream,
+                    s.role,
+                    f"{s.responses:,}",
+                    pct(s.succeeded / s.responses),
+                    pct(s.error_rate, 2),
+                )
+                for s in ups
+            ),
+            "llrrr",
+        ),
+        Table(
+            "errors by kind",
+            ("upstream", "role", "kind", "responses", "share"),
+            tuple(
+                (s.upstream, s.role, _name(e.name), f"{e.count:,}", pct(e.share, 2))
+                for s in ups
+                for e in s.errors
+            ),
+            "lllrr",
+        ),
+    )
+    latency = [
+        Table(
+            "successful responses, ms, p50 / p90 / p99 (nearest rank)",
+            ("upstream", "role", "ttfb", "ttft (streams)", "total"),
+            tuple(
+                (s.upstream, s.role, _p3(s.ttfb_ms), _p3(s.ttft_ms), _p3(s.total_ms)) for s in ups
+            ),
+            "llrrr",
+        )
+    ]
+    tokens = [
+        Table(
+            "responses without usage are counted apart, never as zero",
+            ("upstream", "role", "usage", "no usage", "prompt", "completion", "cost", "per 1k"),
+            tuple(
+                (
+                    s.upstream,
+                    s.role,
+                    f"{s.with_usage:,}",
+                    f"{s.no_usage:,}",
+                    f"{s.prompt_tokens:,}",
+                    f"{s.completion_tokens:,}",
+                    money(s.cost),
+                    money(s.cost_per_1k),
+                )
+                for s in ups
+            ),
+            "llrrrrrr",
+        )
+    ]
+    compat: list[Table] = []
+    text: tuple[str, ...] = ()
+    if report.pairs:
+        latency.append(
+            Table(
+                "paired difference, copy minus primary on the same request, ms p50 / p90 / p99",
+                ("copies", "pairs", "ttfb", "ttft", "total"),
+                tuple(
+                    (
+                        _label(p),
+                        f"{p.pairs:,}",
+                        _p3(p.ttfb_diff_ms),
+                        _p3(p.ttft_diff_ms),
+                        _p3(p.total_diff_ms),
+                    )
+                    for p in report.pairs
+                ),
+                "lrrrr",
+            )
+        )
+        tokens.append(
+            Table(
+                "copy / primary over pairs with usage on both sides",
+                ("copies", "pairs", "prompt", "completion", "total", "cost"),
+                tuple(
+                    (
+                        _label(p),
+                        f"{p.usage_pairs:,}",
+                        *(
+                            times(ratio(o, q))
+                            for o, q in zip(p.other_tokens, p.primary_tokens, strict=True)
+                        ),
+                        times(ratio(p.other_cost, p.primary_cost)),
+                    )
+                    for p in report.pairs
+                ),
+                "lrrrrr",
+            )
+        )
+        rows = [
+            ("same status class", *(_of(p.status) for p in report.pairs)),
+            ("same status and shape", *(_of(p.status_shape) for p in report.pairs)),
+            ("same tool calls", *(_of(p.tool_calls) for p in report.pairs)),
+            ("same text (exact)", *(_of(p.text) for p in report.pairs)),
+            (
+                "similarity mean / p10",
+                *(
+                    f"{p.similarity.mean:.2f} / {p.similarity.p10:.2f} of {p.similarity.sampled:,}"
+                    if p.similarity.mean is not None and p.similarity.p10 is not None
+                    else "-"
+                    for p in report.pairs
+                ),
+            ),
+        ]
+        compat.append(
+            Table(
+                "copy against primary on the same request",
+                ("", *(_label(p) for p in report.pairs)),
+                tuple(rows),
+                "l" + "r" * len(report.pairs),
+            )
+        )
+        text = (NOISE_HELP,)
+    formed = [s for s in ups if s.streams or s.json_answers]
+    if formed:
+        compat.append(
+            Table(
+                "streams well formed ([DONE] and usage), JSON-mode answers that parse",
+                ("upstream", "role", "streams ok", "JSON ok"),
+                tuple(
+                    (
+                        s.upstream,
+                        s.role,
+                        f"{pct(ratio(s.streams_ok, s.streams))} of {s.streams:,}"
+                        if s.streams
+                        else "-",
+                        f"{pct(ratio(s.json_ok, s.json_answers))} of {s.json_answers:,}"
+                        if s.json_answers
+                        else "-",
+                    )
+                    for s in formed
+                ),
+                "llrr",
+            )
+        )
+    return (
+        Section("Traffic", tuple(traffic)),
+        Section("Reliability", reliability),
+        Section("Latency", tuple(latency)),
+        Section("Tokens and cost", tuple(tokens)),
+        Section("Compatibility", tuple(compat), text),
+    )
+
+
+def _text_table(table: Table) -> list[str]:
+    rows = [table.head, *table.rows]
+    widths = [max(len(r[i]) for r in rows) for i in range(len(table.head))]
+    out = [f"  {table.caption}"]
+    for r in rows:
+        cells = [
+            c.rjust(w) if a == "r" else c.ljust(w)
+            for c, w, a in zip(r, widths, table.align, strict=True)
+        ]
+        out.append(("    " + "  ".join(cells)).rstrip())
+    return out
+
+
+def _wrap(text: str, indent: str) -> list[str]:
+    return textwrap.wrap(text, 100, initial_indent=indent, subsequent_indent=indent) or [indent]
+
+
+def filter_text(f: ReportFilter) -> str:
+    shown = [
+        f"{k}={when(v) if k in ('since', 'until') else v}"
+        for k in ("since", "until", "route", "model", "revision")
+        if (v := getattr(f, k)) is not None
+    ]
+    return ", ".join(shown) if shown else "none"
+
+
+def render_text(report: Report) -> str:
+    """Terminal tables, readable in 100 columns."""
+    t = report.traffic
+    out = [
+        f"Migration report, generated {when(report.generated_at)}",
+        f"Recording: {report.db_path}",
+        f"Filter: {filter_text(report.filter)}",
+    ]
+    if not t.exchanges:
+        return "\n".join([*out, "", *report.notes]) + "\n"
+    out.append(
+        f"Window: {when(t.first_ts)} .. {when(t.last_ts)}: {t.exchanges:,} exchanges, "
+        f"{t.streams:,} of them streams"
+    )
+    out += ["", f"VERDICT: {report.verdict.upper()}"]
+    if not report.verdicts:
+        out.append("  no shadow pairs: nothing was compared")
+    for v in report.verdicts:
+        pairs = next(
+            p.pairs for p in report.pairs if (p.upstream, p.role) == (v.upstream, "shadow")
+        )
+        out.append(f"  {v.upstream}: {v.status.upper()} over {pairs:,} shadow pairs")
+        for c in v.checks:
+            status = f"[{c.status.upper()}]"
+            out.append(f"    {status:7} {c.name:<13} {value_text(c):>11}   ({band_text(c)})")
+            out += _wrap(c.evidence, " " * 12)
+            if c.note:
+                out += _wrap(f"note: {c.note}", " " * 12)
+    out += _wrap(VERDICT_HELP.format(min_pairs=report.min_pairs), "  ")
+    for section in sections(report):
+        out += ["", section.title.upper()]
+        for table in section.tables:
+            out += _text_table(table)
+        for paragraph in section.text:
+            out += _wrap(paragraph, "  ")
+    if report.examples:
+        out += ["", "EXAMPLES TO LOOK AT"]
+        for e in report.examples:
+            sim = f", similarity {e.similarity:.2f}" if e.similarity is not None else ""
+            out.append(
+                f"  {e.reason}: {e.exchange_id} at {when(e.ts)}, {e.route} {_name(e.model)}{sim}"
+            )
+            for label, side in (("primary", e.primary), ("copy", e.other)):
+                status = "no response" if side.status is None else str(side.status)
+                kind = f" {side.error_kind}" if side.error_kind else ""
+                out += _wrap(
+                    f"{label} {side.upstream}: {status}{kind}, {ms(side.total_ms)}", "    "
+                )
+                if side.text is not None:
+                    out += _wrap('"' + " ".join(side.text.split())[:300] + '"', "      ")
+    if report.notes:
+        out += ["", "NOTES"]
+        for note in report.notes:
+            out += _wrap(note, "  ")
+    return "\n".join(out) + "\n"
+
+
+def render_json(report: Report) -> bytes:
+    return orjson.dumps(report, option=orjson.OPT_INDENT_2)
