@@ -160,7 +160,7 @@ class Sidecar:
 
     async def _start(self) -> None:
         if self.recorder is not None:
-            self.recorder.revision(self.live.current.revision_record())
+            self.recorder.submit(self.live.current.revision_record())
             # Calls naming objects made before a restart still go where those were made.
             for object_id, upstream in await self.recorder.objects():
                 self.proxy.affinity.learn(object_id, upstream)
@@ -334,7 +334,7 @@ class Sidecar:
             self.digest = digest
             rt = self.live.apply(cfg, digest, self.path)
             if self.recorder is not None:
-                self.recorder.revision(rt.revision_record())
+                self.recorder.submit(rt.revision_record())
             log.info(
                 "config reloaded",
                 source=source,

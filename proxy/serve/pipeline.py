@@ -135,11 +135,11 @@ class Proxy:
                 meter.status = e.status
                 meter.fail("proxy", e.message)
                 meter.done()
-                self.recorder.exchange(
+                self.recorder.submit(
                     Exchange(rid, ts, route_name, request.method, path, None, False, rt.revision,
                              None, None, None)
                 )  # fmt: skip
-                self.recorder.response(meter.record(rid, "none", paired=False))
+                self.recorder.submit(meter.record(rid, "none", paired=False))
             if isinstance(e, BodyTimeout | BadRequest):
                 # Answer, then close: aiohttp would wait up to 10 s more for the rest of the
                 # body, or read on in a body whose framing is broken.
@@ -286,7 +286,7 @@ class Proxy:
                 if made is not None:
                     affinity.learn(made, name)
                     if self.recorder is not None and recording:
-                        self.recorder.stored(StoredObject(made, name, time.time()))
+                        self.recorder.submit(StoredObject(made, name, time.time()))
             self.stats.requests[name] += 1
             if meter.error_kind is not None:
                 self.stats.errors[name] += 1
@@ -294,7 +294,7 @@ class Proxy:
             rec = self.recorder
             if rec is not None and recording:
                 policy = rt.record.bodies
-                rec.exchange(
+                rec.submit(
                     Exchange(  # positional, in field order: keywords cost twice as much
                         rid,
                         ts,
@@ -309,7 +309,7 @@ class Proxy:
                         measure.sha256_hex(body) if policy.request == "hash" else None,
                     )
                 )
-                rec.response(meter.record(rid, policy.response, paired))
+                rec.submit(meter.record(rid, policy.response, paired))
 
     async def _read_body(self, request: web.BaseRequest, limit: int, wait: float) -> bytes:
         length = request.content_length

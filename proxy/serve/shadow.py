@@ -184,7 +184,7 @@ class Shadower:
             if meter.error_kind is not None:
                 self.stats.shadow_failed += 1
             if self.recorder is not None and policy is not None:
-                self.recorder.response(meter.record(rid, policy))
+                self.recorder.submit(meter.record(rid, policy))
 
     async def _exchange(
         self,
