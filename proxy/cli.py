@@ -17,7 +17,7 @@ from typing import Any
 from proxy import __version__
 from proxy import config as config_mod
 from proxy.errors import ConfigError
-from proxy.record.writer import StoreError
+from proxy.record.schema import StoreError
 
 
 def run(coro: Coroutine[Any, Any, int]) -> int:

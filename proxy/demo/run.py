@@ -34,7 +34,7 @@ from openai.types.chat import (
 
 from proxy import config as config_mod
 from proxy.errors import ConfigError
-from proxy.record.writer import StoreError
+from proxy.record.schema import StoreError
 from proxy.report.build import ReportFilter, build_report
 from proxy.report.html import write_html
 from proxy.report.text import render_text

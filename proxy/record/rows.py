@@ -2,7 +2,7 @@
 
 Named tuples, not dataclasses: a frozen dataclass sets each of a Response's 24 fields through
 `object.__setattr__` (~20 us a record on the request path), a tuple is built in C, and it is
-already the row `store` binds. `report` reads the same columns back.
+already the row `writer` binds. `report` reads the same columns back.
 """
 
 from __future__ import annotations

@@ -14,14 +14,13 @@ import sqlite3
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any, Final, cast
 
 import aiosqlite
 import structlog
 
 from proxy.record.rows import Exchange, Response, Revision, StoredObject
-from proxy.serve.affinity import MAX_IDS
+from proxy.record.schema import StoreError, check_version, migrate, user_version
 
 log = structlog.get_logger(__name__)
 
@@ -37,76 +36,6 @@ sqlite3.register_adapter(bytes, bytes)  # bytes(b) is b
 sqlite3.register_adapter(bool, int)
 
 _Record = Exchange | Response | Revision | StoredObject
-
-
-class StoreError(Exception):
-    """The recorder database can't be used: it won't open, or its schema is newer than ours."""
-
-
-# MIGRATIONS[i] takes a database from `PRAGMA user_version` i to i + 1. Append, never edit.
-MIGRATIONS: Final[tuple[tuple[str, ...], ...]] = (
-    (
-        """CREATE TABLE exchanges (
-            id TEXT PRIMARY KEY,
-            ts REAL NOT NULL,
-            route TEXT NOT NULL,
-            method TEXT NOT NULL,
-            path TEXT NOT NULL,
-            model TEXT,
-            stream INTEGER NOT NULL,
-            revision TEXT NOT NULL,
-            sticky_key TEXT,
-            request_body BLOB,
-            request_sha256 TEXT
-        )""",
-        "CREATE INDEX exchanges_ts ON exchanges(ts)",
-        "CREATE INDEX exchanges_revision ON exchanges(revision)",
-        "CREATE INDEX exchanges_route_model ON exchanges(route, model)",
-        """CREATE TABLE responses (
-            exchange_id TEXT NOT NULL,
-            role TEXT NOT NULL,
-            upstream TEXT NOT NULL,
-            model_sent TEXT,
-            ts REAL NOT NULL,
-            status INTEGER,
-            error_kind TEXT,
-            error TEXT,
-            ttfb_ms REAL, ttft_ms REAL, total_ms REAL,
-            bytes INTEGER NOT NULL,
-            prompt_tokens INTEGER, completion_tokens INTEGER, total_tokens INTEGER,
-            finish_reason TEXT,
-            stream_done INTEGER,
-            shape TEXT,
-            tool_calls TEXT,
-            json_ok INTEGER,
-            text_sha256 TEXT,
-            response_body BLOB,
-            response_sha256 TEXT,
-            PRIMARY KEY (exchange_id, role)
-        )""",
-        "CREATE INDEX responses_upstream_role ON responses(upstream, role)",
-        "CREATE INDEX responses_ts ON responses(ts)",
-        """CREATE TABLE revisions (
-            revision TEXT PRIMARY KEY,
-            ts REAL NOT NULL,
-            rollback INTEGER NOT NULL,
-            split TEXT NOT NULL,
-            path TEXT NOT NULL
-        )""",
-    ),
-    (
-        # Which upstream made each object the app was given an id for (see `affinity`), so
-        # that calls naming it still find it after a restart. The newest row has the highest
-        # rowid (INSERT OR REPLACE), which is the order they are read back in.
-        """CREATE TABLE objects (
-            id TEXT PRIMARY KEY,
-            upstream TEXT NOT NULL,
-            ts REAL NOT NULL
-        )""",
-    ),
-)
-
-SCHEMA_VERSION: Final = len(MIGRATIONS)
 
 
 # Bound parameters per statement: SQLite's limit is 32766 since 3.32, 999 before.
@@ -170,6 +99,43 @@ _TRANSIENT: Final = frozenset({sqlite3.SQLITE_BUSY, sqlite3.SQLITE_LOCKED, sqlit
 _DB_ERRORS: Final = (sqlite3.Error, ValueError, OSError, StoreError)
 
 
+@dataclass(frozen=True, slots=True, kw_only=True)
+class WriterSettings:
+    """How the recorder queues, batches, retries and forgets; checked once, when made."""
+
+    queue_size: int = 10_000  # records waiting for the writer; past it they are dropped
+    batch_size: int = 256  # records per transaction, at most
+    max_age_days: float | None = None  # retention: older exchanges are deleted
+    max_rows: int | None = None  # retention: only the newest exchanges are kept
+    retention_interval: float = 60.0  # seconds between retention rounds
+    retry_interval: float = 1.0  # seconds between the tries of a failed batch
+    busy_timeout: float = 1.0  # seconds SQLite waits out another process's lock
+    linger: float = 0.25  # seconds a batch that isn't full waits for more records
+    # Object ids kept for the affinity: no more than it remembers (the serving side passes
+    # its `affinity.MAX_IDS`; the record doesn't import the serving package).
+    max_objects: int = 100_000
+
+    def __post_init__(self) -> None:
+        if self.queue_size < 1 or self.batch_size < 1:
+            raise ValueError("queue_size and batch_size must be at least 1")
+        if self.max_age_days is not None and self.max_age_days <= 0:
+            raise ValueError("max_age_days must be positive")
+        if self.max_rows is not None and self.max_rows < 1:
+            raise ValueError("max_rows must be at least 1")
+        if (
+            self.retention_interval <= 0
+            or self.retry_interval < 0
+            or self.busy_timeout < 0
+            or self.linger < 0
+        ):
+            raise ValueError("intervals and timeouts must not be negative")
+        if self.max_objects < 1:
+            raise ValueError("max_objects must be at least 1")
+
+
+_DEFAULTS: Final = WriterSettings()
+
+
 @dataclass(frozen=True, slots=True)
 class RecorderStats:
     written: int  # records committed
@@ -211,39 +177,20 @@ class Recorder:
     version; after that, no database problem reaches the caller: it shows in `stats()`.
     """
 
-    def __init__(
-        self,
-        path: str,
-        *,
-        queue_size: int = 10_000,
-        batch_size: int = 256,
-        max_age_days: float | None = None,
-        max_rows: int | None = None,
-        retention_interval: float = 60.0,
-        retry_interval: float = 1.0,
-        busy_timeout: float = 1.0,
-        linger: float = 0.25,
-    ) -> None:
-        if queue_size < 1 or batch_size < 1:
-            raise ValueError("queue_size and batch_size must be at least 1")
-        if max_age_days is not None and max_age_days <= 0:
-            raise ValueError("max_age_days must be positive")
-        if max_rows is not None and max_rows < 1:
-            raise ValueError("max_rows must be at least 1")
-        if retention_interval <= 0 or retry_interval < 0 or busy_timeout < 0 or linger < 0:
-            raise ValueError("intervals and timeouts must not be negative")
+    def __init__(self, path: str, settings: WriterSettings = _DEFAULTS) -> None:
         self._path = path
-        self._max_age_days = max_age_days
-        self._max_rows = max_rows
-        self._retention_interval = retention_interval
-        self._retry_interval = retry_interval
-        self._busy_timeout = busy_timeout
-        self._linger = linger
+        self._max_age_days = settings.max_age_days
+        self._max_rows = settings.max_rows
+        self._retention_interval = settings.retention_interval
+        self._retry_interval = settings.retry_interval
+        self._busy_timeout = settings.busy_timeout
+        self._linger = settings.linger
+        self._max_objects = settings.max_objects
         # Submitted, not yet taken by the writer. A list and three events rather than an
         # asyncio.Queue: put_nowait/get_nowait/task_done cost ~1 us a record, twice a request.
         self._pending: list[_Record] = []
-        self._queue_size = queue_size
-        self._batch_size = batch_size
+        self._queue_size = settings.queue_size
+        self._batch_size = settings.batch_size
         self._ready = asyncio.Event()  # something is pending (or close() was called)
         self._wake = asyncio.Event()  # a full batch is pending (or close()): ends the linger
         self._drained = asyncio.Event()  # nothing pending and no batch in the writer's hands
@@ -381,7 +328,9 @@ class Recorder:
             if mode != "wal":  # e.g. a network filesystem: still works, readers may block
                 log.warning("recorder database is not in WAL mode", path=self._path, mode=mode)
             await db.execute("PRAGMA synchronous=NORMAL")
-            await _migrate(db, self._path)
+            version = await user_version(db)
+            check_version(self._path, version)
+            await migrate(db, self._path, version)
             stat = os.stat(self._path)
         except BaseException:
             await _close_quietly(db)
@@ -564,7 +513,7 @@ class Recorder:
                 if before is not None:
                     async with db.execute("DELETE FROM objects WHERE ts < ?", (before,)) as c:
                         n += max(c.rowcount, 0)
-                async with db.execute(_PRUNE_OBJECTS, (MAX_IDS,)) as cursor:
+                async with db.execute(_PRUNE_OBJECTS, (self._max_objects,)) as cursor:
                     n += max(cursor.rowcount, 0)
                 await db.commit()
             except _DB_ERRORS as exc:
@@ -573,7 +522,7 @@ class Recorder:
         return n
 
     async def objects(self) -> list[tuple[str, str]]:
-        """(id, upstream) of the objects recorded, oldest first, at most `affinity.MAX_IDS`.
+        """(id, upstream) of the objects recorded, oldest first, at most `max_objects`.
 
         Read at start, to give the affinity back what it knew; [] if the read fails. Older
         rows are deleted first: without retention configured, nothing else bounds the table.
@@ -582,7 +531,7 @@ class Recorder:
             await self._prune_objects(None)
             async with self._lock:
                 db = await self._connection()
-                rows = await db.execute_fetchall(_NEWEST_OBJECTS, (MAX_IDS,))
+                rows = await db.execute_fetchall(_NEWEST_OBJECTS, (self._max_objects,))
         except _DB_ERRORS as exc:
             await self._failed(exc)
             return []
@@ -627,78 +576,8 @@ class Recorder:
         return max(n, 0)
 
 
-async def _user_version(db: aiosqlite.Connection) -> int:
-    async with db.execute("PRAGMA user_version") as cursor:
-        row = await cursor.fetchone()
-    return 0 if row is None else int(row[0])
-
-
-def _newer(path: str, version: int) -> StoreError:
-    return StoreError(
-        f"{path} has schema version {version}, newer than this sidecar's {SCHEMA_VERSION}: "
-        "upgrade the sidecar or record to another file"
-    )
-
-
-async def _migrate(db: aiosqlite.Connection, path: str) -> None:
-    version = await _user_version(db)
-    if version > SCHEMA_VERSION:
-        raise _newer(path, version)
-    if version == SCHEMA_VERSION:
-        return
-    await db.execute("BEGIN IMMEDIATE")
-    try:
-        # Another process may have migrated between our read and the lock.
-        version = await _user_version(db)
-        if version > SCHEMA_VERSION:
-            raise _newer(path, version)
-        for migration in MIGRATIONS[version:]:
-            for statement in migration:
-                await db.execute(statement)
-        await db.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
-        await db.commit()
-    except BaseException:
-        with contextlib.suppress(*_DB_ERRORS):
-            await db.rollback()
-        raise
-    if version != SCHEMA_VERSION:
-        log.info("recorder database migrated", path=path, old=version, new=SCHEMA_VERSION)
-
-
 async def _close_quietly(db: aiosqlite.Connection) -> None:
     try:
         await db.close()
     except _DB_ERRORS as exc:
         log.warning("recorder database close failed", error=repr(exc))
-
-
-def open_readonly(path: str) -> sqlite3.Connection:
-    """A read-only connection for the report; safe while the sidecar writes (WAL).
-
-    Raises `StoreError` if the file is missing, not a recording, or of another schema version.
-    """
-    where = Path(path).absolute()
-    if not where.exists():
-        raise StoreError(
-            f"no recording at {path} ({where}): the sidecar makes it at its record.path, "
-            "relative to the directory it runs in; name it with --db"
-        )
-    uri = where.as_uri() + "?mode=ro"
-    try:
-        conn = sqlite3.connect(uri, uri=True)
-    except sqlite3.Error as exc:
-        raise StoreError(f"cannot open the recording {path}: {exc}") from exc
-    try:
-        version = int(conn.execute("PRAGMA user_version").fetchone()[0])
-    except sqlite3.Error as exc:
-        conn.close()
-        raise StoreError(f"cannot read the recording {path}: {exc}") from exc
-    if version != SCHEMA_VERSION:
-        conn.close()
-        if version > SCHEMA_VERSION:
-            raise _newer(path, version)
-        raise StoreError(
-            f"{path} has schema version {version}, not {SCHEMA_VERSION}: "
-            + ("not a recording" if version == 0 else "start the sidecar once to migrate it")
-        )
-    return conn

@@ -18,7 +18,7 @@ import orjson
 
 from proxy.record.measure import answer_of, similarity
 from proxy.record.rows import ErrorKind
-from proxy.record.writer import open_readonly
+from proxy.record.schema import open_readonly
 from proxy.report.data import (
     Agreement,
     Count,

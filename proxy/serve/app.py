@@ -23,7 +23,9 @@ from proxy import config as config_mod
 from proxy import logs
 from proxy.config import Config, RecordConfig
 from proxy.errors import BadRequest, ConfigError, NotFound, ProxyError, error_body
-from proxy.record.writer import Recorder, StoreError
+from proxy.record.schema import StoreError
+from proxy.record.writer import Recorder, WriterSettings
+from proxy.serve import affinity
 from proxy.serve.pipeline import Proxy
 from proxy.serve.reload import ConfigWatcher
 from proxy.serve.runtime import Live, Runtime
@@ -113,13 +115,14 @@ _RECORD_LIVE = {"enabled", "bodies"}
 
 
 def _new_recorder(rec: RecordConfig) -> Recorder:
-    return Recorder(
-        rec.path,
+    settings = WriterSettings(
         queue_size=rec.queue_size,
         batch_size=rec.batch_size,
         max_age_days=rec.max_age_days,
         max_rows=rec.max_rows,
+        max_objects=affinity.MAX_IDS,
     )
+    return Recorder(rec.path, settings)
 
 
 def _json(data: Any, status: int = 200) -> web.Response:

@@ -13,7 +13,8 @@ import pytest
 from structlog.testing import capture_logs
 
 from proxy.record.rows import Exchange, Response, Revision, StoredObject
-from proxy.record.writer import SCHEMA_VERSION, Recorder, RecorderStats, StoreError, open_readonly
+from proxy.record.schema import SCHEMA_VERSION, StoreError, open_readonly
+from proxy.record.writer import Recorder, RecorderStats, WriterSettings
 
 # Short waits everywhere: a failing batch costs _ATTEMPTS x (busy_timeout + retry_interval).
 FAST: dict[str, Any] = {"busy_timeout": 0.1, "retry_interval": 0.02, "linger": 0.0}
@@ -116,7 +117,7 @@ async def recorders() -> AsyncIterator[Callable[..., Recorder]]:
     made: list[Recorder] = []
 
     def make(path: Path, **options: Any) -> Recorder:
-        made.append(Recorder(str(path), **{**FAST, **options}))
+        made.append(Recorder(str(path), WriterSettings(**{**FAST, **options})))
         return made[-1]
 
     yield make
@@ -383,6 +384,20 @@ async def test_newer_schema_version_is_refused_at_start(
     assert f"version {SCHEMA_VERSION + 1}" in message and str(SCHEMA_VERSION) in message
 
 
+def test_settings_out_of_range_are_refused() -> None:
+    for bad in (
+        {"queue_size": 0},
+        {"batch_size": 0},
+        {"max_age_days": 0.0},
+        {"max_rows": 0},
+        {"retention_interval": 0.0},
+        {"linger": -1.0},
+        {"max_objects": 0},
+    ):
+        with pytest.raises(ValueError):
+            WriterSettings(**bad)
+
+
 async def test_unopenable_path_is_refused_at_start_with_the_reason(
     tmp_path: Path, recorders: Callable[..., Recorder]
 ) -> None:
@@ -455,22 +470,10 @@ async def test_readonly_connection_reads_while_recording_and_cannot_write(
             conn.execute("DELETE FROM exchanges")
 
 
-def test_readonly_open_refuses_a_file_that_is_not_a_recording(tmp_path: Path) -> None:
-    with contextlib.closing(sqlite3.connect(tmp_path / "other.db")) as conn:
-        conn.execute("CREATE TABLE t (x)")
-    with pytest.raises(StoreError, match="not a recording"):
-        open_readonly(str(tmp_path / "other.db"))
-    with pytest.raises(StoreError):
-        open_readonly(str(tmp_path / "absent.db"))
-
-
 async def test_objects_are_kept_for_the_affinity_newest_last_and_bounded(
-    db: Path, recorders: Callable[..., Recorder], monkeypatch: pytest.MonkeyPatch
+    db: Path, recorders: Callable[..., Recorder]
 ) -> None:
-    import proxy.record.writer
-
-    monkeypatch.setattr(proxy.record.writer, "MAX_IDS", 3)
-    rec = await started(recorders, db)
+    rec = await started(recorders, db, max_objects=3)
     for i in range(5):
         rec.stored(StoredObject(f"resp_{i}", "new" if i % 2 else "old", 1000.0 + i))
     rec.stored(StoredObject("resp_1", "new", 1010.0))  # made again: now the newest

@@ -22,7 +22,7 @@ import pytest
 
 from proxy.record import measure
 from proxy.record.rows import Exchange, Response, Revision
-from proxy.record.writer import MIGRATIONS, SCHEMA_VERSION, StoreError
+from proxy.record.schema import MIGRATIONS, SCHEMA_VERSION, StoreError
 from proxy.report.build import Report, ReportFilter, build_report, load_json, parse_time
 from proxy.report.data import Check
 from proxy.report.html import write_html
