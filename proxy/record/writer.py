@@ -322,14 +322,16 @@ class Recorder:
         raw = await asyncio.to_thread(self._connect)
         db = await aiosqlite.Connection(lambda: raw, 64)
         try:
+            # Before anything that writes: switching to WAL rewrites the file's header, and a
+            # file of a newer schema is to be left as it was.
+            version = await user_version(db)
+            check_version(self._path, version)
             async with db.execute("PRAGMA journal_mode=WAL") as cursor:
                 row = await cursor.fetchone()
             mode = None if row is None else str(row[0]).lower()
             if mode != "wal":  # e.g. a network filesystem: still works, readers may block
                 log.warning("recorder database is not in WAL mode", path=self._path, mode=mode)
             await db.execute("PRAGMA synchronous=NORMAL")
-            version = await user_version(db)
-            check_version(self._path, version)
             await migrate(db, self._path, version)
             stat = os.stat(self._path)
         except BaseException:

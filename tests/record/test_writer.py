@@ -384,6 +384,24 @@ async def test_newer_schema_version_is_refused_at_start(
     assert f"version {SCHEMA_VERSION + 1}" in message and str(SCHEMA_VERSION) in message
 
 
+async def test_newer_schema_file_is_left_byte_for_byte_as_it_was(
+    db: Path, recorders: Callable[..., Recorder]
+) -> None:
+    with contextlib.closing(sqlite3.connect(db)) as conn:
+        conn.execute("CREATE TABLE future (x)")
+        conn.execute("INSERT INTO future VALUES (1)")
+        conn.commit()
+        conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION + 1}")
+        assert conn.execute("PRAGMA journal_mode").fetchone() == ("delete",)
+    before = db.read_bytes()
+
+    with pytest.raises(StoreError, match=f"version {SCHEMA_VERSION + 1}, newer"):
+        await recorders(db).start()
+
+    assert db.read_bytes() == before
+    assert sorted(p.name for p in db.parent.iterdir()) == [db.name]  # no -wal, -shm, -journal
+
+
 def test_settings_out_of_range_are_refused() -> None:
     for bad in (
         {"queue_size": 0},
