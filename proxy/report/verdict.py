@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Iterable
+from dataclasses import dataclass
 from typing import Final
 
 from proxy.report.data import (
@@ -26,44 +27,40 @@ def worst(statuses: Iterable[Status]) -> Status:
     return max(statuses, key=_ORDER.__getitem__, default="n/a")
 
 
-def _failing_share(
-    name: str, total: int, ok: int, band: Band, ok_says: str, none_says: str, min_n: int, what: str
-) -> Check:
-    """A check on the share of `total` items that were not `ok`."""
-    return _grade(
-        name,
-        (total - ok) / total if total else None,
-        total,
-        band,
-        "share",
-        f"{ok:,} of {total:,} {ok_says}" if total else none_says,
-        min_n,
-        what=what,
-    )
+@dataclass(frozen=True, slots=True)
+class _Figure:
+    """What one check measured: the value to grade, how many items it rests on, and why."""
+
+    value: float | None
+    n: int
+    evidence: str
+    note: str | None = None
+    what: str = "pairs"  # what `n` counts, for the note when there are too few
 
 
-def _grade(
-    name: str,
-    value: float | None,
-    n: int,
-    band: Band,
-    unit: Unit,
-    evidence: str,
-    min_n: int,
-    what: str = "pairs",
-    note: str | None = None,
-) -> Check:
+def _grade(name: str, unit: Unit, band: Band, min_n: int, figure: _Figure) -> Check:
     """Smaller is better: pass below `warn`, warn below `fail`, fail from `fail` on."""
+    value, n, evidence, note = figure.value, figure.n, figure.evidence, figure.note
     if value is None or n == 0:
         return Check(name, "n/a", None, unit, band.warn, band.fail, n, evidence, note)
     status: Status = "pass" if value < band.warn else "warn" if value < band.fail else "fail"
     if n < min_n:
         # Too few to tell either way: never a pass, never a fail.
         alone = f"; the figure alone would {status}" if status != "warn" else ""
-        few = f"not enough {what} ({n:,} < min_pairs {min_n}){alone}"
+        few = f"not enough {figure.what} ({n:,} < min_pairs {min_n}){alone}"
         note = f"{few}; {note}" if note else few
         status = "warn"
     return Check(name, status, value, unit, band.warn, band.fail, n, evidence, note)
+
+
+def _failing_share(total: int, ok: int, ok_says: str, none_says: str, what: str) -> _Figure:
+    """The share of `total` items that were not `ok`."""
+    return _Figure(
+        (total - ok) / total if total else None,
+        total,
+        f"{ok:,} of {total:,} {ok_says}" if total else none_says,
+        what=what,
+    )
 
 
 def _shortfall(a: Agreement) -> float | None:
@@ -81,25 +78,34 @@ def judge(
     """One shadowed upstream judged on its pairs, its own answers and the noise floor."""
     t = settings.thresholds
     m = t.min_pairs
-    n = pair.pairs
-    checks = []
+    checks = (
+        _grade("errors", "difference", t.errors, m, _errors(pair)),
+        _grade("latency", "ratio", t.latency_ratio, m, _latency(pair)),
+        _grade("tokens", "ratio", t.token_ratio, m, _tokens(pair)),
+        _grade("cost", "ratio", t.cost_ratio, m, _cost(pair)),
+        _grade("output shape", "share", t.shape_mismatch, m, _output_shape(pair, noise, m)),
+        _grade("streaming", "share", t.stream_broken, m, _streaming(shadow)),
+        _grade("tool calls", "share", t.tool_call_mismatch, m, _tool_calls(pair)),
+        _grade("JSON output", "share", t.json_invalid, m, _json_output(shadow)),
+    )
+    return Verdict(pair.upstream, worst(c.status for c in checks), checks)
 
+
+def _errors(pair: PairStats) -> _Figure:
+    """Shadow minus primary upstream-error rate."""
     err = None
     if pair.other_error_rate is not None and pair.primary_error_rate is not None:
         err = pair.other_error_rate - pair.primary_error_rate
-    checks.append(
-        _grade(
-            "errors",
-            err,
-            n,
-            t.errors,
-            "difference",
-            f"shadow {pct(pair.other_error_rate, 2)} vs primary {pct(pair.primary_error_rate, 2)} "
-            f"upstream errors over {n:,} pairs",
-            m,
-        )
+    return _Figure(
+        err,
+        pair.pairs,
+        f"shadow {pct(pair.other_error_rate, 2)} vs primary {pct(pair.primary_error_rate, 2)} "
+        f"upstream errors over {pair.pairs:,} pairs",
     )
 
+
+def _latency(pair: PairStats) -> _Figure:
+    """The worst shadow/primary ratio of p50 and p90, time to first token and total."""
     ratios = []
     parts = []
     for label, prim, other in (
@@ -113,60 +119,50 @@ def judge(
                 parts.append(
                     f"{label} {p} {ms(getattr(other, p))} vs {ms(getattr(prim, p))} ({times(r)})"
                 )
-    latency_n = pair.primary_ttft_ms.n + pair.primary_total_ms.n
-    checks.append(
-        _grade(
-            "latency",
-            max(ratios, default=None),
-            latency_n,
-            t.latency_ratio,
-            "ratio",
-            ("; ".join(parts) + " - ttft for streams, total for the rest")
-            if parts
-            else "no pairs where both answered",
-            m,
-        )
+    return _Figure(
+        max(ratios, default=None),
+        pair.primary_ttft_ms.n + pair.primary_total_ms.n,
+        ("; ".join(parts) + " - ttft for streams, total for the rest")
+        if parts
+        else "no pairs where both answered",
     )
 
+
+def _tokens(pair: PairStats) -> _Figure:
+    """Shadow/primary total tokens over the pairs with usage on both sides."""
     p_tok, o_tok = pair.primary_tokens, pair.other_tokens
     token_ratio = ratio(o_tok[2], p_tok[2])
-    checks.append(
-        _grade(
-            "tokens",
-            token_ratio,
-            pair.usage_pairs,
-            t.token_ratio,
-            "ratio",
-            f"shadow/primary: prompt {times(ratio(o_tok[0], p_tok[0]))}, completion "
-            f"{times(ratio(o_tok[1], p_tok[1]))}, total {times(token_ratio)} over "
-            f"{pair.usage_pairs:,} pairs with usage on both sides",
-            m,
-        )
+    return _Figure(
+        token_ratio,
+        pair.usage_pairs,
+        f"shadow/primary: prompt {times(ratio(o_tok[0], p_tok[0]))}, completion "
+        f"{times(ratio(o_tok[1], p_tok[1]))}, total {times(token_ratio)} over "
+        f"{pair.usage_pairs:,} pairs with usage on both sides",
     )
 
-    cost_ratio = ratio(pair.other_cost, pair.primary_cost)
+
+def _cost(pair: PairStats) -> _Figure:
+    """Shadow/primary cost over the pairs priced on both sides."""
     k = pair.priced_pairs
-    checks.append(
-        _grade(
-            "cost",
-            cost_ratio,
-            k,
-            t.cost_ratio,
-            "ratio",
-            f"per 1,000 requests {money(_per_1k(pair.other_cost, k))} vs "
-            f"{money(_per_1k(pair.primary_cost, k))} over {k:,} priced pairs"
-            if k
-            else "no pair priced on both sides: add both upstreams to report.pricing",
-            m,
-        )
+    return _Figure(
+        ratio(pair.other_cost, pair.primary_cost),
+        k,
+        f"per 1,000 requests {money(_per_1k(pair.other_cost, k))} vs "
+        f"{money(_per_1k(pair.primary_cost, k))} over {k:,} priced pairs"
+        if k
+        else "no pair priced on both sides: add both upstreams to report.pricing",
     )
 
+
+def _output_shape(pair: PairStats, noise: PairStats | None, min_pairs: int) -> _Figure:
+    """Pairs differing in status class or shape, less the noise floor once it rests on enough."""
+    n = pair.pairs
     mismatch = _shortfall(pair.status_shape)
     note = None
     evidence = f"{pct(pair.status_shape.rate)} of {n:,} pairs have the same status class and shape"
     if mismatch is not None and noise is not None and noise.status_shape.rate is not None:
         floor = (noise.pairs - noise.status_shape.agree) / noise.pairs
-        if noise.pairs >= m:
+        if noise.pairs >= min_pairs:
             note = (
                 f"noise floor {pct(floor)} subtracted: the primary disagrees with itself "
                 f"that often over {noise.pairs:,} noise pairs"
@@ -175,49 +171,36 @@ def judge(
             mismatch = max(mismatch - floor, 0.0)
         else:
             note = f"noise floor {pct(floor)} not subtracted: only {noise.pairs} noise pairs"
-    checks.append(
-        _grade("output shape", mismatch, n, t.shape_mismatch, "share", evidence, m, note=note)
+    return _Figure(mismatch, n, evidence, note)
+
+
+def _streaming(shadow: UpstreamStats | None) -> _Figure:
+    return _failing_share(
+        shadow.streams if shadow else 0,
+        shadow.streams_ok if shadow else 0,
+        "shadow streams ended with [DONE] and usage",
+        "no shadow streams",
+        "streams",
     )
 
-    checks.append(
-        _failing_share(
-            "streaming",
-            shadow.streams if shadow else 0,
-            shadow.streams_ok if shadow else 0,
-            t.stream_broken,
-            "shadow streams ended with [DONE] and usage",
-            "no shadow streams",
-            m,
-            "streams",
-        )
-    )
 
+def _tool_calls(pair: PairStats) -> _Figure:
     tools = pair.tool_calls
-    checks.append(
-        _grade(
-            "tool calls",
-            _shortfall(tools),
-            tools.compared,
-            t.tool_call_mismatch,
-            "share",
-            f"{tools.agree:,} of {tools.compared:,} pairs with tool calls agree on names and "
-            "argument keys, with valid arguments"
-            if tools.compared
-            else "no tool calls in the pairs",
-            m,
-        )
+    return _Figure(
+        _shortfall(tools),
+        tools.compared,
+        f"{tools.agree:,} of {tools.compared:,} pairs with tool calls agree on names and "
+        "argument keys, with valid arguments"
+        if tools.compared
+        else "no tool calls in the pairs",
     )
 
-    checks.append(
-        _failing_share(
-            "JSON output",
-            shadow.json_answers if shadow else 0,
-            shadow.json_ok if shadow else 0,
-            t.json_invalid,
-            "shadow JSON-mode answers parse",
-            "no JSON-mode answers from the shadow",
-            m,
-            "answers",
-        )
+
+def _json_output(shadow: UpstreamStats | None) -> _Figure:
+    return _failing_share(
+        shadow.json_answers if shadow else 0,
+        shadow.json_ok if shadow else 0,
+        "shadow JSON-mode answers parse",
+        "no JSON-mode answers from the shadow",
+        "answers",
     )
-    return Verdict(pair.upstream, worst(c.status for c in checks), tuple(checks))
