@@ -16,6 +16,9 @@ from proxy.report.data import (
     Percentiles,
     Report,
     ReportFilter,
+    RevisionSeen,
+    Traffic,
+    UpstreamStats,
     ratio,
 )
 
@@ -115,9 +118,17 @@ def _label(p: PairStats) -> str:
 
 def sections(report: Report) -> tuple[Section, ...]:
     """The report's tables, in order, as text cells."""
-    t = report.traffic
-    ups = report.upstreams
-    traffic = [
+    return (
+        Section("Traffic", _traffic(report.traffic)),
+        Section("Reliability", _reliability(report.upstreams)),
+        Section("Latency", _latency(report)),
+        Section("Tokens and cost", _tokens(report)),
+        Section("Compatibility", _compatibility(report), (NOISE_HELP,) if report.pairs else ()),
+    )
+
+
+def _traffic(t: Traffic) -> tuple[Table, ...]:
+    shares = (
         Table(
             "primary answers per upstream: the share actually served",
             ("upstream", "answers", "share"),
@@ -133,26 +144,30 @@ def sections(report: Report) -> tuple[Section, ...]:
             )
             for title, counts in (("route", t.by_route), ("model", t.by_model))
         ),
-    ]
-    if t.revisions:
-        traffic.append(
-            Table(
-                "config revisions: configured split against the share served under it",
-                ("revision", "in force from", "requests", "split", "served"),
-                tuple(
-                    (
-                        r.revision + (" (rollback)" if r.rollback else ""),
-                        when(r.started),
-                        f"{r.requests:,}",
-                        " ".join(f"{s.upstream}:{s.weight:g}" for s in r.split) or "-",
-                        " ".join(f"{s.upstream}:{s.weight * 100:.1f}%" for s in r.served) or "-",
-                    )
-                    for r in t.revisions
-                ),
-                "llrll",
+    )
+    return (*shares, _revisions(t.revisions)) if t.revisions else shares
+
+
+def _revisions(revisions: tuple[RevisionSeen, ...]) -> Table:
+    return Table(
+        "config revisions: configured split against the share served under it",
+        ("revision", "in force from", "requests", "split", "served"),
+        tuple(
+            (
+                r.revision + (" (rollback)" if r.rollback else ""),
+                when(r.started),
+                f"{r.requests:,}",
+                " ".join(f"{s.upstream}:{s.weight:g}" for s in r.split) or "-",
+                " ".join(f"{s.upstream}:{s.weight * 100:.1f}%" for s in r.served) or "-",
             )
-        )
-    reliability = (
+            for r in revisions
+        ),
+        "llrll",
+    )
+
+
+def _reliability(ups: tuple[UpstreamStats, ...]) -> tuple[Table, ...]:
+    return (
         Table(
             "error rate: upstream errors only; the app leaving or the sidecar refusing is not one",
             ("upstream", "role", "responses", "ok", "error rate"),
@@ -179,127 +194,129 @@ def sections(report: Report) -> tuple[Section, ...]:
             "lllrr",
         ),
     )
-    latency = [
-        Table(
-            "successful responses, ms, p50 / p90 / p99 (nearest rank)",
-            ("upstream", "role", "ttfb", "ttft (streams)", "total"),
-            tuple(
-                (s.upstream, s.role, _p3(s.ttfb_ms), _p3(s.ttft_ms), _p3(s.total_ms)) for s in ups
-            ),
-            "llrrr",
-        )
-    ]
-    tokens = [
-        Table(
-            "responses without usage are counted apart, never as zero",
-            ("upstream", "role", "usage", "no usage", "prompt", "completion", "cost", "per 1k"),
-            tuple(
-                (
-                    s.upstream,
-                    s.role,
-                    f"{s.with_usage:,}",
-                    f"{s.no_usage:,}",
-                    f"{s.prompt_tokens:,}",
-                    f"{s.completion_tokens:,}",
-                    money(s.cost),
-                    money(s.cost_per_1k),
-                )
-                for s in ups
-            ),
-            "llrrrrrr",
-        )
-    ]
-    compat: list[Table] = []
-    text: tuple[str, ...] = ()
-    if report.pairs:
-        latency.append(
-            Table(
-                "paired difference, copy minus primary on the same request, ms p50 / p90 / p99",
-                ("copies", "pairs", "ttfb", "ttft", "total"),
-                tuple(
-                    (
-                        _label(p),
-                        f"{p.pairs:,}",
-                        _p3(p.ttfb_diff_ms),
-                        _p3(p.ttft_diff_ms),
-                        _p3(p.total_diff_ms),
-                    )
-                    for p in report.pairs
-                ),
-                "lrrrr",
-            )
-        )
-        tokens.append(
-            Table(
-                "copy / primary over pairs with usage on both sides",
-                ("copies", "pairs", "prompt", "completion", "total", "cost"),
-                tuple(
-                    (
-                        _label(p),
-                        f"{p.usage_pairs:,}",
-                        *(
-                            times(ratio(o, q))
-                            for o, q in zip(p.other_tokens, p.primary_tokens, strict=True)
-                        ),
-                        times(ratio(p.other_cost, p.primary_cost)),
-                    )
-                    for p in report.pairs
-                ),
-                "lrrrrr",
-            )
-        )
-        rows = [
-            ("same status class", *(_of(p.status) for p in report.pairs)),
-            ("same status and shape", *(_of(p.status_shape) for p in report.pairs)),
-            ("same tool calls", *(_of(p.tool_calls) for p in report.pairs)),
-            ("same text (exact)", *(_of(p.text) for p in report.pairs)),
+
+
+def _latency(report: Report) -> tuple[Table, ...]:
+    own = Table(
+        "successful responses, ms, p50 / p90 / p99 (nearest rank)",
+        ("upstream", "role", "ttfb", "ttft (streams)", "total"),
+        tuple(
+            (s.upstream, s.role, _p3(s.ttfb_ms), _p3(s.ttft_ms), _p3(s.total_ms))
+            for s in report.upstreams
+        ),
+        "llrrr",
+    )
+    if not report.pairs:
+        return (own,)
+    paired = Table(
+        "paired difference, copy minus primary on the same request, ms p50 / p90 / p99",
+        ("copies", "pairs", "ttfb", "ttft", "total"),
+        tuple(
             (
-                "similarity mean / p10",
+                _label(p),
+                f"{p.pairs:,}",
+                _p3(p.ttfb_diff_ms),
+                _p3(p.ttft_diff_ms),
+                _p3(p.total_diff_ms),
+            )
+            for p in report.pairs
+        ),
+        "lrrrr",
+    )
+    return (own, paired)
+
+
+def _tokens(report: Report) -> tuple[Table, ...]:
+    own = Table(
+        "responses without usage are counted apart, never as zero",
+        ("upstream", "role", "usage", "no usage", "prompt", "completion", "cost", "per 1k"),
+        tuple(
+            (
+                s.upstream,
+                s.role,
+                f"{s.with_usage:,}",
+                f"{s.no_usage:,}",
+                f"{s.prompt_tokens:,}",
+                f"{s.completion_tokens:,}",
+                money(s.cost),
+                money(s.cost_per_1k),
+            )
+            for s in report.upstreams
+        ),
+        "llrrrrrr",
+    )
+    if not report.pairs:
+        return (own,)
+    paired = Table(
+        "copy / primary over pairs with usage on both sides",
+        ("copies", "pairs", "prompt", "completion", "total", "cost"),
+        tuple(
+            (
+                _label(p),
+                f"{p.usage_pairs:,}",
                 *(
-                    f"{p.similarity.mean:.2f} / {p.similarity.p10:.2f} of {p.similarity.sampled:,}"
-                    if p.similarity.mean is not None and p.similarity.p10 is not None
-                    else "-"
-                    for p in report.pairs
+                    times(ratio(o, q))
+                    for o, q in zip(p.other_tokens, p.primary_tokens, strict=True)
                 ),
-            ),
-        ]
-        compat.append(
-            Table(
-                "copy against primary on the same request",
-                ("", *(_label(p) for p in report.pairs)),
-                tuple(rows),
-                "l" + "r" * len(report.pairs),
+                times(ratio(p.other_cost, p.primary_cost)),
             )
-        )
-        text = (NOISE_HELP,)
-    formed = [s for s in ups if s.streams or s.json_answers]
+            for p in report.pairs
+        ),
+        "lrrrrr",
+    )
+    return (own, paired)
+
+
+def _compatibility(report: Report) -> tuple[Table, ...]:
+    tables = []
+    if report.pairs:
+        tables.append(_agreement(report.pairs))
+    formed = [s for s in report.upstreams if s.streams or s.json_answers]
     if formed:
-        compat.append(
-            Table(
-                "streams well formed ([DONE] and usage), JSON-mode answers that parse",
-                ("upstream", "role", "streams ok", "JSON ok"),
-                tuple(
-                    (
-                        s.upstream,
-                        s.role,
-                        f"{pct(ratio(s.streams_ok, s.streams))} of {s.streams:,}"
-                        if s.streams
-                        else "-",
-                        f"{pct(ratio(s.json_ok, s.json_answers))} of {s.json_answers:,}"
-                        if s.json_answers
-                        else "-",
-                    )
-                    for s in formed
-                ),
-                "llrr",
+        tables.append(_well_formed(formed))
+    return tuple(tables)
+
+
+def _agreement(pairs: tuple[PairStats, ...]) -> Table:
+    rows = [
+        ("same status class", *(_of(p.status) for p in pairs)),
+        ("same status and shape", *(_of(p.status_shape) for p in pairs)),
+        ("same tool calls", *(_of(p.tool_calls) for p in pairs)),
+        ("same text (exact)", *(_of(p.text) for p in pairs)),
+        (
+            "similarity mean / p10",
+            *(
+                f"{p.similarity.mean:.2f} / {p.similarity.p10:.2f} of {p.similarity.sampled:,}"
+                if p.similarity.mean is not None and p.similarity.p10 is not None
+                else "-"
+                for p in pairs
+            ),
+        ),
+    ]
+    return Table(
+        "copy against primary on the same request",
+        ("", *(_label(p) for p in pairs)),
+        tuple(rows),
+        "l" + "r" * len(pairs),
+    )
+
+
+def _well_formed(formed: list[UpstreamStats]) -> Table:
+    return Table(
+        "streams well formed ([DONE] and usage), JSON-mode answers that parse",
+        ("upstream", "role", "streams ok", "JSON ok"),
+        tuple(
+            (
+                s.upstream,
+                s.role,
+                f"{pct(ratio(s.streams_ok, s.streams))} of {s.streams:,}" if s.streams else "-",
+                f"{pct(ratio(s.json_ok, s.json_answers))} of {s.json_answers:,}"
+                if s.json_answers
+                else "-",
             )
-        )
-    return (
-        Section("Traffic", tuple(traffic)),
-        Section("Reliability", reliability),
-        Section("Latency", tuple(latency)),
-        Section("Tokens and cost", tuple(tokens)),
-        Section("Compatibility", tuple(compat), text),
+            for s in formed
+        ),
+        "llrr",
     )
 
 
