@@ -9,7 +9,7 @@ import time
 import types
 from collections import Counter
 from collections.abc import Iterable, Sequence
-from dataclasses import fields, is_dataclass
+from dataclasses import dataclass, fields, is_dataclass
 from datetime import UTC, datetime
 from functools import cache
 from typing import Any, Final, get_args, get_origin, get_type_hints
@@ -17,14 +17,11 @@ from typing import Any, Final, get_args, get_origin, get_type_hints
 import orjson
 
 from proxy.record.measure import answer_of, similarity
-from proxy.record.rows import ErrorKind
 from proxy.record.schema import open_readonly
 from proxy.report.data import (
-    Agreement,
     Count,
     Example,
     PairStats,
-    Percentiles,
     Reason,
     Report,
     ReportFilter,
@@ -32,12 +29,11 @@ from proxy.report.data import (
     Series,
     Share,
     Side,
-    Similarity,
     Timeline,
     Traffic,
     UpstreamStats,
-    ratio,
 )
+from proxy.report.figures import PairSums, ints, pair_stats, upstream_stats
 from proxy.report.sql import (
     PAIR_ROWS,
     pair_sql,
@@ -53,11 +49,9 @@ from proxy.report.verdict import judge, worst
 
 __all__ = ["Report", "ReportFilter", "build_report", "load_json", "parse_time"]
 
-ERROR_KINDS: Final[tuple[str, ...]] = get_args(ErrorKind)
 SIMILARITY_SAMPLE: Final = 2_000  # pairs: similarity runs in Python, ~1 ms a pair
 EXAMPLES_PER_REASON: Final = 5
 EXAMPLE_CHARS: Final = 1_500
-SKETCH_POINTS: Final = 400  # evenly ranked values kept per latency distribution, for charts
 MAX_BUCKETS: Final = 100
 _BUCKET_SECONDS: Final = (60, 300, 900, 1800, 3600, 3 * 3600, 6 * 3600, 12 * 3600, 86_400)
 
@@ -91,48 +85,6 @@ def parse_time(s: str, *, now: float | None = None) -> float:
     return (moment if moment.tzinfo else moment.replace(tzinfo=UTC)).timestamp()
 
 
-# --- numbers -------------------------------------------------------------------------------
-
-
-def _ints(joined: str | None) -> list[int]:
-    """A group_concat of integers as a list; orjson parses it three times faster than int()."""
-    return orjson.loads(f"[{joined}]") if joined else []
-
-
-def _sorted(joined: str | None) -> list[int]:
-    values = _ints(joined)
-    values.sort()
-    return values
-
-
-def _rank(values: Sequence[float], p: int) -> float:
-    """Nearest-rank percentile of sorted values: the value at rank ceil(p/100 * n)."""
-    return values[max(-(-p * len(values) // 100), 1) - 1]
-
-
-def _percentiles(us_sorted: Sequence[int]) -> Percentiles:
-    if not us_sorted:
-        return Percentiles(0, None, None, None)
-    p50, p90, p99 = (_rank(us_sorted, p) / 1000 for p in (50, 90, 99))
-    return Percentiles(len(us_sorted), p50, p90, p99)
-
-
-def _sketch(us_sorted: Sequence[int]) -> tuple[float, ...]:
-    n = len(us_sorted)
-    if n <= SKETCH_POINTS:
-        return tuple(v / 1000 for v in us_sorted)
-    last = SKETCH_POINTS - 1
-    return tuple(us_sorted[i * (n - 1) // last] / 1000 for i in range(SKETCH_POINTS))
-
-
-def _agreement(agree: int, compared: int) -> Agreement:
-    return Agreement(agree, compared, ratio(agree, compared))
-
-
-def _n(row: Sequence[Any], i: int) -> int:
-    return int(row[i] or 0)
-
-
 # --- reading -------------------------------------------------------------------------------
 
 
@@ -154,31 +106,6 @@ def build_report(db_path: str, flt: ReportFilter, settings: ReportSettings) -> R
         con.close()
 
 
-class _PairRaw:
-    """One query's sums for (shadow or noise) copies against primaries; noise ones are pooled."""
-
-    def __init__(self, role: str, upstream: str) -> None:
-        self.role = role
-        self.upstream = upstream
-        self.counts = [0] * 17
-        self.costs: list[float | None] = [None, None]
-        self.values: list[list[int]] = [[] for _ in range(7)]
-        self.examples: dict[str, list[int]] = {"status": [], "shape": [], "tool_calls": []}
-        self.bodies: list[int] = []
-
-    def add(self, row: Sequence[Any]) -> None:
-        for i in range(17):
-            self.counts[i] += _n(row, i)
-        for i, value in enumerate(row[17:19]):
-            if value is not None:
-                self.costs[i] = (self.costs[i] or 0.0) + value
-        for i in range(7):
-            self.values[i] += _ints(row[19 + i])
-        for i, reason in enumerate(("status", "shape", "tool_calls")):
-            self.examples[reason] += _ints(row[26 + i])
-        self.bodies += _ints(row[29])
-
-
 class _Reader:
     def __init__(
         self, con: sqlite3.Connection, db_path: str, flt: ReportFilter, settings: ReportSettings
@@ -198,62 +125,18 @@ class _Reader:
             "SELECT route, model, count(*), sum(stream), min(ts), max(ts) FROM exchanges e "
             f"WHERE 1{self.where} GROUP BY route, model"
         )
-        exchanges = sum(r[2] for r in traffic_rows)
-        first = min((r[4] for r in traffic_rows), default=None)
-        last = max((r[5] for r in traffic_rows), default=None)
-        width = _bucket_seconds((last or 0.0) - (first or 0.0))
-        t0 = math.floor((first or 0.0) / width) * width
-        n_buckets = int(((last or 0.0) - t0) // width) + 1 if first is not None else 0
-
+        window = _window(traffic_rows)
         order = {"primary": 0, "shadow": 1, "noise": 2}  # no other role is ours to judge
         groups = sorted(
             (g for g in self.groups() if g[1] in order), key=lambda g: (order[g[1]], g[0])
         )
-        upstreams: list[UpstreamStats] = []
-        series: list[Series] = []
-        served: dict[str, Counter[str]] = {}  # revision -> primary upstream -> answers
-        for upstream, role in groups:
-            params: dict[str, Any] = {"upstream": upstream, "role": role, "t0": t0, "width": width}
-            price = price_sql(self.settings.pricing, "r", upstream, params)
-            sql = upstream_sql(role, self.where + since_clause(self.flt, "r"), price)
-            row = self.rows(sql, params)[0]
-            if not row[0]:
-                continue
-            upstreams.append(_upstream_stats(upstream, role, row))
-            requests, errors = Counter(_ints(row[17])), Counter(_ints(row[18]))
-            series.append(
-                Series(
-                    upstream,
-                    role,
-                    tuple(requests[b] for b in range(n_buckets)),
-                    tuple(errors[b] for b in range(n_buckets)),
-                )
-            )
-            for revision, count in Counter(row[19].split("\x1f") if row[19] else ()).items():
-                served.setdefault(revision, Counter())[upstream] += count
-
-        primary = {s.upstream: s.responses for s in upstreams if s.role == "primary"}
-        total_primary = sum(primary.values())
-        traffic = Traffic(
-            exchanges=exchanges,
-            streams=sum(int(r[3] or 0) for r in traffic_rows),
-            first_ts=first,
-            last_ts=last,
-            by_upstream=_counts(primary.items(), total_primary),
-            by_route=_counts(_sum_by(traffic_rows, 0), exchanges),
-            by_model=_counts(_sum_by(traffic_rows, 1), exchanges),
-            revisions=self.revisions(first, last, served),
-        )
-
-        shadows = (self.pairs([g]) for g in groups if g[1] == "shadow")
-        raws = [raw for raw in shadows if raw.counts[0]]
-        noise_groups = [g for g in groups if g[1] == "noise"]
-        if noise_groups and (noise := self.pairs(noise_groups)).counts[0]:
-            raws.append(noise)  # pooled: the floor is the primary's, whichever upstream it was
+        upstreams, series, served = self.answers(groups, window)
+        revisions = self.revisions(window.first, window.last, served)
+        traffic = _traffic(traffic_rows, window, upstreams, revisions)
+        raws = self.pair_raws(groups)
         scores = {id(raw): self.similarities(raw) for raw in raws}
-        pairs = tuple(_pair_stats(raw, scores[id(raw)]) for raw in raws)
+        pairs = tuple(pair_stats(raw, scores[id(raw)]) for raw in raws)
         noise_stats = next((p for p in pairs if p.role == "noise"), None)
-
         verdicts = tuple(
             judge(p, _find(upstreams, p.upstream, "shadow"), noise_stats, self.settings)
             for p in pairs
@@ -262,7 +145,7 @@ class _Reader:
         examples = tuple(
             e for raw in raws if raw.role == "shadow" for e in self.examples(raw, scores[id(raw)])
         )
-        self.explain(exchanges, upstreams, pairs, noise_stats)
+        self.explain(traffic.exchanges, upstreams, pairs, noise_stats)
         return Report(
             db_path=self.db_path,
             generated_at=time.time(),
@@ -274,9 +157,52 @@ class _Reader:
             verdicts=verdicts,
             verdict=worst(v.status for v in verdicts),
             examples=examples,
-            timeline=Timeline(t0, width, tuple(series)),
+            timeline=Timeline(window.start, window.width, tuple(series)),
             notes=tuple(self.notes),
         )
+
+    def answers(
+        self, groups: list[tuple[str, str]], window: _Window
+    ) -> tuple[list[UpstreamStats], list[Series], dict[str, Counter[str]]]:
+        """Each (upstream, role)'s figures and timeline, and the answers served per revision."""
+        upstreams: list[UpstreamStats] = []
+        series: list[Series] = []
+        served: dict[str, Counter[str]] = {}  # revision -> primary upstream -> answers
+        for upstream, role in groups:
+            params: dict[str, Any] = {
+                "upstream": upstream,
+                "role": role,
+                "t0": window.start,
+                "width": window.width,
+            }
+            price = price_sql(self.settings.pricing, "r", upstream, params)
+            sql = upstream_sql(role, self.where + since_clause(self.flt, "r"), price)
+            row = self.rows(sql, params)[0]
+            if not row[0]:
+                continue
+            upstreams.append(upstream_stats(upstream, role, row))
+            requests, errors = Counter(ints(row[17])), Counter(ints(row[18]))
+            buckets = range(window.buckets)
+            series.append(
+                Series(
+                    upstream,
+                    role,
+                    tuple(requests[b] for b in buckets),
+                    tuple(errors[b] for b in buckets),
+                )
+            )
+            for revision, count in Counter(row[19].split("\x1f") if row[19] else ()).items():
+                served.setdefault(revision, Counter())[upstream] += count
+        return upstreams, series, served
+
+    def pair_raws(self, groups: list[tuple[str, str]]) -> list[PairSums]:
+        """One sum per shadowed upstream, then the noise copies pooled, where there are pairs."""
+        shadows = (self.pairs([g]) for g in groups if g[1] == "shadow")
+        raws = [raw for raw in shadows if raw.counts[0]]
+        noise_groups = [g for g in groups if g[1] == "noise"]
+        if noise_groups and (noise := self.pairs(noise_groups)).counts[0]:
+            raws.append(noise)  # pooled: the floor is the primary's, whichever upstream it was
+        return raws
 
     def groups(self) -> list[tuple[str, str]]:
         """The distinct (upstream, role) pairs, by seeking through their index."""
@@ -331,9 +257,9 @@ class _Reader:
             )
         return tuple(sorted(out, key=lambda r: (r.started or r.first_seen or 0.0, r.revision)))
 
-    def pairs(self, groups: list[tuple[str, str]]) -> _PairRaw:
+    def pairs(self, groups: list[tuple[str, str]]) -> PairSums:
         role = groups[0][1]
-        raw = _PairRaw(role, "+".join(u for u, _ in groups))
+        raw = PairSums(role, "+".join(u for u, _ in groups))
         for upstream, _ in groups:
             params: dict[str, Any] = {"upstream": upstream, "role": role}
             p_price = price_sql(self.settings.pricing, "p", None, params)
@@ -347,7 +273,7 @@ class _Reader:
             PAIR_ROWS, {"rowids": orjson.dumps(list(rowids)).decode()}
         ).fetchall()
 
-    def similarities(self, raw: _PairRaw) -> list[tuple[float, int]]:
+    def similarities(self, raw: PairSums) -> list[tuple[float, int]]:
         """(score, rowid) over an evenly spread sample of the pairs with both bodies."""
         eligible = raw.bodies
         step = max(len(eligible) / SIMILARITY_SAMPLE, 1.0)
@@ -360,7 +286,7 @@ class _Reader:
             scores.append((1.0 if row[6] else similarity(a, b), row[0]))
         return scores
 
-    def examples(self, raw: _PairRaw, scores: list[tuple[float, int]]) -> list[Example]:
+    def examples(self, raw: PairSums, scores: list[tuple[float, int]]) -> list[Example]:
         wanted: list[tuple[Reason, int, float | None]] = []
         reasons: tuple[Reason, ...] = ("status", "shape", "tool_calls")
         for reason in reasons:
@@ -430,78 +356,43 @@ class _Reader:
             )
 
 
-def _upstream_stats(upstream: str, role: str, row: Sequence[Any]) -> UpstreamStats:
-    n = _n(row, 0)
-    kinds = Counter(row[3].split(",") if row[3] else ())
-    ordered = [k for k in ERROR_KINDS if k in kinds] + sorted(
-        k for k in kinds if k not in ERROR_KINDS
-    )
-    ttfb, ttft, total = (_sorted(row[i]) for i in (14, 15, 16))
-    with_usage, priced, cost = _n(row, 4), _n(row, 8), row[9]
-    cost = cost if priced else None
-    return UpstreamStats(
-        upstream=upstream,
-        role=role,
-        responses=n,
-        succeeded=_n(row, 1),
-        upstream_errors=_n(row, 2),
-        error_rate=_n(row, 2) / n,
-        errors=tuple(Count(k, kinds[k], kinds[k] / n) for k in ordered),
-        ttfb_ms=_percentiles(ttfb),
-        ttft_ms=_percentiles(ttft),
-        total_ms=_percentiles(total),
-        ttft_sketch=_sketch(ttft),
-        total_sketch=_sketch(total),
-        with_usage=with_usage,
-        no_usage=n - with_usage,
-        prompt_tokens=_n(row, 5),
-        completion_tokens=_n(row, 6),
-        total_tokens=_n(row, 7),
-        priced=priced,
-        cost=cost,
-        cost_per_1k=cost / priced * 1000 if priced and cost is not None else None,
-        streams=_n(row, 10),
-        streams_ok=_n(row, 11),
-        json_answers=_n(row, 12),
-        json_ok=_n(row, 13),
-    )
+@dataclass(frozen=True, slots=True)
+class _Window:
+    """When the matching exchanges were made, and the timeline's buckets over that time."""
+
+    first: float | None
+    last: float | None
+    start: float  # of the first bucket
+    width: float
+    buckets: int
 
 
-def _pair_stats(raw: _PairRaw, scores: list[tuple[float, int]]) -> PairStats:
-    c = raw.counts
-    pairs = c[0]
-    for v in raw.values:
-        v.sort()
-    values = raw.values
-    sims = sorted(s for s, _ in scores)
-    return PairStats(
-        role=raw.role,
-        upstream=raw.upstream,
-        pairs=pairs,
-        primary_error_rate=ratio(c[1], pairs),
-        other_error_rate=ratio(c[2], pairs),
-        status=_agreement(c[3], pairs),
-        status_shape=_agreement(c[4], pairs),
-        tool_calls=_agreement(c[6], c[5]),
-        text=_agreement(c[8], c[7]),
-        similarity=Similarity(
-            len(sims),
-            sum(sims) / len(sims) if sims else None,
-            _rank(sims, 10) if sims else None,
-        ),
-        ttfb_diff_ms=_percentiles(values[0]),
-        ttft_diff_ms=_percentiles(values[1]),
-        total_diff_ms=_percentiles(values[2]),
-        primary_ttft_ms=_percentiles(values[3]),
-        other_ttft_ms=_percentiles(values[4]),
-        primary_total_ms=_percentiles(values[5]),
-        other_total_ms=_percentiles(values[6]),
-        usage_pairs=c[9],
-        primary_tokens=(c[10], c[11], c[12]),
-        other_tokens=(c[13], c[14], c[15]),
-        priced_pairs=c[16],
-        primary_cost=raw.costs[0],
-        other_cost=raw.costs[1],
+def _window(traffic_rows: Sequence[Sequence[Any]]) -> _Window:
+    first = min((r[4] for r in traffic_rows), default=None)
+    last = max((r[5] for r in traffic_rows), default=None)
+    width = _bucket_seconds((last or 0.0) - (first or 0.0))
+    start = math.floor((first or 0.0) / width) * width
+    buckets = int(((last or 0.0) - start) // width) + 1 if first is not None else 0
+    return _Window(first, last, start, width, buckets)
+
+
+def _traffic(
+    traffic_rows: Sequence[Sequence[Any]],
+    window: _Window,
+    upstreams: list[UpstreamStats],
+    revisions: tuple[RevisionSeen, ...],
+) -> Traffic:
+    exchanges = sum(r[2] for r in traffic_rows)
+    primary = {s.upstream: s.responses for s in upstreams if s.role == "primary"}
+    return Traffic(
+        exchanges=exchanges,
+        streams=sum(int(r[3] or 0) for r in traffic_rows),
+        first_ts=window.first,
+        last_ts=window.last,
+        by_upstream=_counts(primary.items(), sum(primary.values())),
+        by_route=_counts(_sum_by(traffic_rows, 0), exchanges),
+        by_model=_counts(_sum_by(traffic_rows, 1), exchanges),
+        revisions=revisions,
     )
 
 
