@@ -5,8 +5,10 @@ SidecarError
  └── ProxyError             an HTTP answer the sidecar gives itself (upstream errors pass through)
       ├── BadRequest        400  the request cannot be proxied as sent
       ├── NotFound          404  no such path on the sidecar
+      ├── BodyTimeout       408  the request body stopped arriving (`limits.body_timeout`)
       ├── BodyTooLarge      413  request body over `limits.max_body_bytes`
-      ├── UpstreamUnreachable  502  connect refused, reset, DNS, TLS
+      ├── NotImplementedHere 501  a request the sidecar cannot relay (WebSocket upgrades)
+      ├── UpstreamUnreachable  502  connect refused, reset, DNS, TLS; an answer broken off
       └── UpstreamTimeout   504  connect, first byte or idle timeout
 """
 
@@ -89,6 +91,18 @@ class UpstreamTimeout(ProxyError):
     status = 504
     type = "upstream_error"
     code = "upstream_timeout"
+
+
+def parser_reason(message: str) -> str:
+    """An HTTP parser's reason, without the bytes it quotes after it.
+
+    The quote is a line of what the other side sent, and that goes into the app's error, the
+    log and the record: an upstream that echoes request headers would put our key there.
+    """
+    line = message.strip().split("\n", 1)[0]
+    for quote in (": b'", ': b"'):
+        line = line.split(quote, 1)[0]
+    return line.rstrip(": ") or "unparseable"
 
 
 def error_body(message: str, type_: str, code: str) -> bytes:

@@ -157,6 +157,14 @@ class Meter:
         )
 
 
+def refused(exchange_id: str, ts: float, status: int, reason: str, total_ms: float) -> Response:
+    """The record of a request the sidecar answered itself, sent to no upstream."""
+    return Response(
+        exchange_id, "primary", "-", None, ts, status, "proxy", reason, None, None, total_ms, 0,
+        None, None, None, None, None, None, None, None, None, None, None,
+    )  # fmt: skip
+
+
 def _loads(body: bytes) -> Any:
     try:
         return orjson.loads(body)

@@ -10,104 +10,27 @@ import resource
 import signal
 import sys
 import time
-from http import HTTPStatus
 from typing import Any
 
 import orjson
 import structlog
 from aiohttp import web
-from aiohttp.http_exceptions import ContentEncodingError, HttpProcessingError
-from aiohttp.web_protocol import RequestPayloadError
 
 from proxy import config as config_mod
 from proxy import logs
 from proxy.config import Config, RecordConfig
-from proxy.errors import BadRequest, ConfigError, NotFound, ProxyError, error_body
+from proxy.errors import ConfigError, ProxyError
 from proxy.record.schema import StoreError
 from proxy.record.writer import Recorder, WriterSettings
-from proxy.serve import affinity
-from proxy.serve.pipeline import Proxy
+from proxy.serve import admin, affinity
+from proxy.serve.pipeline import Pipeline
+from proxy.serve.protocol import Server
 from proxy.serve.reload import ConfigWatcher
-from proxy.serve.runtime import Live, Runtime
+from proxy.serve.runtime import Live
 from proxy.serve.shadow import Shadower
 from proxy.serve.stats import Stats
 
 log = structlog.get_logger("proxy.app")
-
-
-_parent_data_received = web.RequestHandler.data_received
-_HOOKED = {"_messages", "_current_request"} <= set(getattr(web.RequestHandler, "__slots__", ()))
-
-
-class _Protocol(web.RequestHandler):
-    """aiohttp answers HTTP it cannot parse itself, in text/plain; the SDKs expect the OpenAI shape."""
-
-    def handle_error(
-        self,
-        request: web.BaseRequest,
-        status: int = 500,
-        exc: BaseException | None = None,
-        message: str | None = None,
-    ) -> web.StreamResponse:
-        # Not super(): it logs the parser's message, which can quote a header's value (a key).
-        if request.writer.output_size > 0:
-            raise ConnectionError("a response had begun; the connection is closed instead")
-        log.warning("unparseable request", status=status, kind=type(exc).__name__ if exc else None)
-        headers = None
-        if status >= 500:
-            body = error_body(
-                "the sidecar failed on this request; see its log", "proxy_error", "proxy_error"
-            )
-        elif isinstance(exc, ContentEncodingError):
-            # Raised with the headers only for a coding that aiohttp has no decoder for (br
-            # without Brotli, zstd without zstandard); its message names the coding, no more.
-            status = 415
-            headers = {"accept-encoding": "gzip, deflate"}
-            body = error_body(
-                f"the sidecar cannot decode this request body ({exc.message}); send it "
-                "uncompressed, or as gzip or deflate",
-                "invalid_request_error",
-                "unsupported_content_encoding",
-            )
-        else:
-            # The parser's own message can quote header values, keys among them: name the kind only.
-            kind = type(exc).__name__ if exc is not None else HTTPStatus(status).phrase
-            body = error_body(
-                f"malformed HTTP request ({kind})", "invalid_request_error", "bad_request"
-            )
-        resp = web.Response(
-            status=status, body=body, content_type="application/json", headers=headers
-        )
-        resp.force_close()
-        return resp
-
-    def data_received(self, data: bytes) -> None:
-        # aiohttp's parser, on a framing error in a body it is still reading (a bad chunk
-        # size), queues a 400 for after the request and drops that body without a word: the
-        # handler would wait on it until limits.body_timeout. Tell the body instead, as
-        # aiohttp itself does when the connection is lost. (On every read: no super(), no
-        # getattr; `_HOOKED` checked the private fields once.)
-        messages = self._messages
-        queued = len(messages)
-        _parent_data_received(self, data)
-        if len(messages) > queued and self._current_request is not None:
-            self._body_broken(self._current_request, messages[-1][0])
-
-    @staticmethod
-    def _body_broken(request: web.BaseRequest, info: object) -> None:
-        exc = getattr(info, "exc", None)
-        if isinstance(exc, HttpProcessingError) and not request.content.is_eof():
-            error = RequestPayloadError("the request body's framing is broken")
-            error.__cause__ = exc
-            request.content.set_exception(error)
-
-    if not _HOOKED:  # an aiohttp without those private fields keeps its own behaviour
-        del data_received
-
-
-class _Server(web.Server):
-    def __call__(self) -> web.RequestHandler:
-        return _Protocol(self, loop=self._loop, **self._kwargs)
 
 
 # Of `record`, these apply on reload; the rest names the database the recorder has open.
@@ -139,7 +62,7 @@ class Sidecar:
         self.stats = Stats()
         self.recorder = _new_recorder(cfg.record) if cfg.record.enabled else None
         self.shadower = Shadower(self.stats, self.recorder)
-        self.proxy = Proxy(self.live, self.stats, self.recorder, self.shadower)
+        self.pipeline = Pipeline(self.live, self.stats, self.recorder, self.shadower)
         self.watcher = ConfigWatcher(path, self._file_changed) if watch else None
         self._reload_lock = asyncio.Lock()
         self._runner: web.ServerRunner | None = None
@@ -166,9 +89,9 @@ class Sidecar:
             self.recorder.submit(self.live.current.revision_record())
             # Calls naming objects made before a restart still go where those were made.
             for object_id, upstream in await self.recorder.objects():
-                self.proxy.affinity.learn(object_id, upstream)
+                self.pipeline.affinity.learn(object_id, upstream)
         cfg = self.live.current.config
-        server = _Server(self.dispatch, handler_cancellation=True, access_log=None)
+        server = Server(self.dispatch, handler_cancellation=True, access_log=None)
         self._runner = web.ServerRunner(server, shutdown_timeout=cfg.limits.shutdown_grace)
         await self._runner.setup()
         # aiohttp's default backlog of 128 drops connects when an app opens streams in a burst.
@@ -199,91 +122,21 @@ class Sidecar:
     async def dispatch(self, request: web.BaseRequest) -> web.StreamResponse:
         if request.path.startswith("/_proxy/"):
             try:
-                return await self._admin(request)
+                return await admin.answer(self, request)
             except ProxyError as e:
                 return e.response()
         try:
-            return await self.proxy.handle(request)
+            return await self.pipeline.handle(request)
         except Exception:
             # A bug must still answer in the shape the app's SDK understands.
             log.exception("unhandled error", path=request.path)
             return ProxyError("the sidecar failed on this request; see its log").response()
 
-    async def _admin(self, request: web.BaseRequest) -> web.StreamResponse:
-        path, method = request.path, request.method
-        if path == "/_proxy/health" and method == "GET":
-            return _json(self.health())
-        if path == "/_proxy/stats" and method == "GET":
-            return _json(self.stats_view())
-        if path == "/_proxy/reload" and method == "POST":
-            ok = await self.reload("admin")
-            if not ok:
-                raise BadRequest(
-                    f"config refused, the running config is kept: {self.live.last_error}"
-                )
-            return _json({"applied": True, "revision": self.live.current.revision})
-        if path in ("/_proxy/health", "/_proxy/stats", "/_proxy/reload"):
-            return web.Response(
-                status=405,
-                body=error_body(
-                    f"{method} is not allowed on {path}",
-                    "invalid_request_error",
-                    "method_not_allowed",
-                ),
-                content_type="application/json",
-            )
-        raise NotFound(
-            f"no admin endpoint {path!r}; try /_proxy/health, /_proxy/stats, /_proxy/reload"
-        )
-
     def health(self) -> dict[str, Any]:
-        rt: Runtime = self.live.current
-        return {
-            "status": "ok",
-            "revision": rt.revision,
-            "config": rt.path,
-            "loaded_at": rt.loaded_at,
-            "rollback": rt.config.rollback,
-            "primary": rt.config.primary,
-            "split": rt.effective_split(),
-            "routes": [
-                {
-                    "name": r.name,
-                    "split": r.split.shares(),
-                    "shadow": r.shadow.upstream if r.shadow else None,
-                }
-                for r in rt.table.routes
-            ],
-            "reloads": self.live.reloads,
-            "last_reload_error": (
-                {"message": self.live.last_error, "at": self.live.last_error_at}
-                if self.live.last_error
-                else None
-            ),
-        }
+        return admin.health(self.live)
 
     def stats_view(self) -> dict[str, Any]:
-        out = self.stats.as_dict()
-        out["shadow"]["in_flight"] = self.shadower.in_flight
-        out["affinity"] = {"ids": len(self.proxy.affinity), "routed": self.proxy.affinity.routed}
-        out["upstreams_in_flight"] = {
-            n: u.in_flight for n, u in self.live.current.upstreams.items()
-        }
-        if self.recorder is not None:
-            s = self.recorder.stats()
-            out["records"] = {
-                "written": s.written,
-                "dropped": s.dropped,
-                "queue_depth": s.queue_depth,
-                "batches": s.batches,
-                "errors": s.errors,
-                "last_error": s.last_error,
-            }
-        else:
-            out["records"] = None
-        out["log_lines_dropped"] = logs.SINK.dropped
-        out["revision"] = self.live.current.revision
-        return out
+        return admin.stats(self)
 
     async def _file_changed(self) -> None:
         await self.reload("file")
@@ -332,7 +185,7 @@ class Sidecar:
                     await recorder.start()
                 except StoreError as e:
                     return self._refuse(source, f"{self.path}: record.path: {e}")
-                self.recorder = self.proxy.recorder = self.shadower.recorder = recorder
+                self.recorder = self.pipeline.recorder = self.shadower.recorder = recorder
                 log.info("recording started", path=cfg.record.path)
             self.digest = digest
             rt = self.live.apply(cfg, digest, self.path)

@@ -5,13 +5,10 @@ from __future__ import annotations
 import re
 from collections.abc import Callable, Mapping
 from functools import lru_cache
-from typing import TYPE_CHECKING, Any, Literal
+from typing import Any, Literal
 from urllib.parse import quote, unquote
 
 import orjson
-
-if TYPE_CHECKING:
-    from proxy.serve.upstream import UpstreamClient
 
 # Streams on these paths carry usage only when asked with stream_options.include_usage.
 USAGE_OPT_IN_PATHS = frozenset({"/chat/completions", "/completions"})
@@ -70,7 +67,12 @@ def rewrite_path_model(tail: str, mapped: str) -> str:
 
 
 def upstream_body(
-    up: UpstreamClient, obj: dict[str, Any] | None, raw: bytes, model: str | None, want_usage: bool
+    models: Mapping[str, str],
+    inject_usage: bool,
+    obj: dict[str, Any] | None,
+    raw: bytes,
+    model: str | None,
+    want_usage: bool,
 ) -> tuple[bytes, str | None, bool]:
     """The body for one upstream: its model id, and usage asked for on streams.
 
@@ -81,11 +83,11 @@ def upstream_body(
         return raw, model, False
     changes: dict[str, Any] = {}
     sent = model
-    if model is not None and model in up.models:
-        sent = up.models[model]
+    if model is not None and model in models:
+        sent = models[model]
         changes["model"] = sent
     strip = False
-    if want_usage and up.inject_usage:
+    if want_usage and inject_usage:
         opts = obj.get("stream_options")
         if not (isinstance(opts, dict) and opts.get("include_usage")):
             changes["stream_options"] = {
@@ -98,24 +100,18 @@ def upstream_body(
     return orjson.dumps({**obj, **changes}), sent, strip
 
 
-def for_upstream(
-    up: UpstreamClient,
-    tail: str,
-    obj: dict[str, Any] | None,
-    raw: bytes,
-    model: str | None,
-    at: ModelAt,
-    want_usage: bool,
-) -> tuple[str, bytes, str | None, bool]:
-    """(path tail, body, model sent, strip usage chunk) for sending this request to `up`."""
-    if at != "body" and model is not None and model in up.models:
-        mapped = up.models[model]
-        if at == "path":
-            return rewrite_path_model(tail, mapped), raw, mapped, False
-        start, end = at
-        return tail, raw[:start] + mapped.encode() + raw[end:], mapped, False
-    body, sent, strip = upstream_body(up, obj, raw, model, want_usage)
-    return tail, body, sent, strip
+def model_outside_body(
+    models: Mapping[str, str], tail: str, raw: bytes, model: str, at: ModelAt
+) -> tuple[str, bytes, str] | None:
+    """(path tail, body, model sent) when the model is named in the path or a form field and
+    the upstream has its own id for it; None otherwise."""
+    if at == "body" or model not in models:
+        return None
+    mapped = models[model]
+    if at == "path":
+        return rewrite_path_model(tail, mapped), raw, mapped
+    start, end = at
+    return tail, raw[:start] + mapped.encode() + raw[end:], mapped
 
 
 Unmap = Callable[[bytes], bytes]

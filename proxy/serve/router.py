@@ -1,4 +1,4 @@
-"""Which upstream serves a request: pure weighted and sticky choice over tables built at load time."""
+"""Which upstream serves a call: routes compiled at load time, and the pure choice over them."""
 
 from __future__ import annotations
 
@@ -9,8 +9,13 @@ from bisect import bisect_right
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from fnmatch import translate
+from typing import TYPE_CHECKING, Literal
 
 from proxy.config import Config, ShadowConfig, Sticky
+
+if TYPE_CHECKING:
+    from proxy.serve.affinity import Affinity
+    from proxy.serve.call import Call
 
 
 @dataclass(frozen=True, slots=True)
@@ -122,3 +127,32 @@ def build_table(cfg: Config) -> Table:
         )
     )
     return Table(tuple(routes), cfg.sticky)
+
+
+Why = Literal["weight", "sticky", "object"]
+
+
+@dataclass(frozen=True, slots=True)
+class Choice:
+    """Which upstream serves a call, and why."""
+
+    upstream: str
+    why: Why  # by weight, by the sticky key's point, or where the object it names was made
+
+
+def choose(call: Call, affinity: Affinity, u: float) -> Choice:
+    """Route: a pure choice from the call, the config it arrived under, the objects the
+    upstreams made, and a random point `u` in [0, 1).
+
+    A call naming an object goes where the object was made, whatever the weights or its
+    sticky key say; only the rollback switch sends it to the primary regardless (and it
+    fails there). Under rollback every route's split is the primary alone (`build_table`).
+    """
+    rt = call.arrival.runtime
+    owner = affinity.owner(call.tail, call.body)
+    if owner is not None and owner in rt.upstreams and not rt.config.rollback:
+        return Choice(owner, "object")
+    split = call.route.split
+    if call.sticky is not None:
+        return Choice(split.pick(sticky_point(call.sticky)), "sticky")
+    return Choice(split.pick(u), "weight")

@@ -5,26 +5,22 @@ from __future__ import annotations
 import asyncio
 import random
 import re
-from typing import TYPE_CHECKING, Any, Final
+from typing import TYPE_CHECKING, Final
 
 import aiohttp
 import structlog
-from multidict import CIMultiDict
 
-from proxy.config import ShadowConfig
-from proxy.errors import UpstreamTimeout, UpstreamUnreachable
+from proxy.config import BodyPolicy, ShadowConfig
 from proxy.record.meter import Meter
 from proxy.record.rows import Role
 from proxy.serve.affinity import ID_FIELDS, ID_LIST_FIELDS, OBJECT_APIS, may_reference
-from proxy.serve.rewrite import ModelAt, for_upstream
-from proxy.serve.upstream import BUFFER_LIMIT, push_deadline, read_upto
-from proxy.sse import SSEDecoder
+from proxy.serve.call import Call
+from proxy.serve.exchange import Failure, exchange
+from proxy.serve.plan import Attempt, plan
 
 if TYPE_CHECKING:
     from proxy.record.writer import Recorder
-    from proxy.serve.runtime import Runtime
     from proxy.serve.stats import Stats
-    from proxy.serve.upstream import UpstreamClient
 
 log = structlog.get_logger("proxy.shadow")
 
@@ -65,6 +61,33 @@ def unrepeatable(method: str, tail: str, body: bytes) -> bool:
     return may_reference(tail, body) and _REFERENCE.search(body) is not None
 
 
+class _Measure:
+    """The sink of a copy: its answer is measured, never shown to anyone."""
+
+    __slots__ = ()
+
+    relays = False
+    stop_at_done = True  # complete at `[DONE]`: a lingering upstream is not a timeout
+
+    def whole(self, upr: aiohttp.ClientResponse, body: bytes) -> None:
+        pass
+
+    async def begin(self, upr: aiohttp.ClientResponse, is_sse: bool) -> None:
+        pass
+
+    async def write(self, data: bytes) -> None:
+        pass
+
+    async def end(self) -> None:
+        pass
+
+    async def fail(self, failure: Failure) -> None:
+        pass
+
+
+_MEASURE = _Measure()
+
+
 class Shadower:
     """Owns every shadow task; a full house skips the copy (counted) rather than queueing it."""
 
@@ -75,35 +98,37 @@ class Shadower:
         self._tasks: set[asyncio.Task[None]] = set()
         self._closed = False
 
-    def offer(
-        self,
-        rt: Runtime,
-        cfg: ShadowConfig,
-        serving: str,
-        rid: str,
-        method: str,
-        tail: str,
-        query: str,
-        headers: CIMultiDict[str],
-        obj: dict[str, Any] | None,
-        body: bytes,
-        model: str | None,
-        at: ModelAt,
-        stream: bool,
-        want_usage: bool,
-        json_mode: bool,
-        after: asyncio.Future[None] | None = None,
-    ) -> bool:
-        """Start the copies this request gets; True when at least one was sent.
+    def offer(self, call: Call, serving: str) -> asyncio.Future[None] | None:
+        """Start the copies this call gets, if any; they wait for the future returned.
 
-        `after`: the copies wait for it before they are sent. The request path resolves it
-        once the app has its answer, so a copy's work never sits on the primary's own path.
+        The request path resolves it once the app has its answer, so a copy's work never
+        sits on the primary's own path. None: no copy was made.
         """
-        if self._closed or (stream and not cfg.streams):
-            return False
-        if unrepeatable(method, tail, body):
+        cfg = call.route.shadow
+        if cfg is None or not call.shadow or self._closed or (call.stream and not cfg.streams):
+            return None
+        if unrepeatable(call.method, call.tail, call.body):
             self.stats.shadow_skipped_state += 1
-            return False
+            return None
+        after: asyncio.Future[None] | None = None
+        for role, name in self._targets(call, cfg, serving):
+            if self.in_flight >= cfg.max_in_flight:
+                self.stats.shadow_skipped_cap += 1
+                continue
+            rt = call.arrival.runtime
+            attempt = plan(call, rt.upstreams[name], role, rt.record.enabled)
+            if after is None:
+                after = asyncio.get_running_loop().create_future()
+            self.in_flight += 1
+            policy = rt.record.bodies.response if rt.record.enabled else None
+            task = asyncio.get_running_loop().create_task(
+                self._run(attempt, call.id, policy, after)
+            )
+            self._tasks.add(task)
+            task.add_done_callback(self._done)
+        return after
+
+    def _targets(self, call: Call, cfg: ShadowConfig, serving: str) -> list[tuple[Role, str]]:
         targets: list[tuple[Role, str]] = []
         if cfg.sample >= 1.0 or random.random() < cfg.sample:
             if cfg.upstream == serving:
@@ -112,36 +137,10 @@ class Shadower:
                 targets.append(("shadow", cfg.upstream))
         # The noise floor is the primary disagreeing with itself: a canary's second answer
         # would measure the canary instead, so only requests the primary served get one.
-        if cfg.noise_sample and serving == rt.config.primary and random.random() < cfg.noise_sample:
+        primary = call.arrival.runtime.config.primary
+        if cfg.noise_sample and serving == primary and random.random() < cfg.noise_sample:
             targets.append(("noise", serving))
-        started = False
-        for role, name in targets:
-            if self.in_flight >= cfg.max_in_flight:
-                self.stats.shadow_skipped_cap += 1
-                continue
-            up = rt.upstreams[name]
-            send_tail, send_body, sent, _ = for_upstream(up, tail, obj, body, model, at, want_usage)
-            self.in_flight += 1
-            task = asyncio.get_running_loop().create_task(
-                self._run(
-                    role,
-                    up,
-                    rid,
-                    method,
-                    send_tail,
-                    query,
-                    CIMultiDict(headers),
-                    send_body,
-                    sent,
-                    json_mode,
-                    rt.record.bodies.response if rt.record.enabled else None,
-                    after,
-                )
-            )
-            self._tasks.add(task)
-            task.add_done_callback(self._done)
-            started = True
-        return started
+        return targets
 
     def _done(self, task: asyncio.Task[None]) -> None:
         self._tasks.discard(task)
@@ -150,30 +149,22 @@ class Shadower:
 
     async def _run(
         self,
-        role: Role,
-        up: UpstreamClient,
-        rid: str,
-        method: str,
-        tail: str,
-        query: str,
-        headers: CIMultiDict[str],
-        body: bytes,
-        model_sent: str | None,
-        json_mode: bool,
-        policy: Any,
-        after: asyncio.Future[None] | None,
+        attempt: Attempt,
+        call_id: str,
+        policy: BodyPolicy | None,
+        after: asyncio.Future[None],
     ) -> None:
-        if after is not None:
-            try:
-                await asyncio.shield(after)
-            except asyncio.CancelledError:
-                self.in_flight -= 1  # stopped before it was sent: nothing to record
-                raise
+        try:
+            await asyncio.shield(after)
+        except asyncio.CancelledError:
+            self.in_flight -= 1  # stopped before it was sent: nothing to record
+            raise
         self.stats.shadow_sent += 1
-        meter = Meter(role, up.name, model_sent, json_mode)
+        up = attempt.upstream
+        meter = Meter(attempt.role, up.name, attempt.model_sent, attempt.json_mode)
         up.enter()
         try:
-            await self._exchange(up, meter, method, tail, query, headers, body)
+            await exchange(attempt, meter, _MEASURE)
         except asyncio.CancelledError:
             meter.fail("timeout", "the sidecar stopped before the shadow answer was complete")
             raise
@@ -184,66 +175,7 @@ class Shadower:
             if meter.error_kind is not None:
                 self.stats.shadow_failed += 1
             if self.recorder is not None and policy is not None:
-                self.recorder.submit(meter.record(rid, policy))
-
-    async def _exchange(
-        self,
-        up: UpstreamClient,
-        meter: Meter,
-        method: str,
-        tail: str,
-        query: str,
-        headers: CIMultiDict[str],
-        body: bytes,
-    ) -> None:
-        loop = asyncio.get_running_loop()
-        try:
-            async with asyncio.timeout(up.first_byte) as deadline:
-                upr = await up.send(method, tail, query, headers, body)
-                try:
-                    is_sse = upr.headers.get("content-type", "").startswith("text/event-stream")
-                    meter.headers(upr.status, is_sse)
-                    tally = meter.tally
-                    if not is_sse or tally is None:
-                        data, whole = await read_upto(upr.content, BUFFER_LIMIT)
-                        meter.bytes = len(data)
-                        if not whole:  # too large to keep: counted to the end, not held
-                            while chunk := await upr.content.readany():
-                                meter.bytes += len(chunk)
-                            return
-                        meter.body = up.scrub(upr.status, data)
-                        return
-                    decoder = SSEDecoder()
-                    content = upr.content
-                    armed = -up.idle
-                    while True:
-                        armed = push_deadline(deadline, armed, loop.time(), up.idle)
-                        chunk = await content.readany()
-                        if not chunk:
-                            break
-                        meter.bytes += len(chunk)
-                        for ev in decoder.feed(chunk):
-                            meter.event(tally.add(ev))
-                        if tally.done:
-                            # Complete: an upstream slow to end its response after `[DONE]`
-                            # (or `response.completed`) must not make this copy a timeout.
-                            upr.close()
-                            break
-                    for ev in decoder.flush():
-                        tally.add(ev)
-                finally:
-                    upr.release()
-        except TimeoutError:
-            meter.fail("timeout", f"shadow upstream {up.name!r} timed out")
-        except UpstreamUnreachable as e:
-            meter.fail("connection", e.message)
-        except UpstreamTimeout as e:
-            meter.fail("timeout", e.message)
-        except aiohttp.ClientError as e:
-            meter.fail(
-                "broken_stream" if meter.tally is not None else "connection",
-                f"shadow upstream {up.name!r} broke off: {type(e).__name__}",
-            )
+                self.recorder.submit(meter.record(call_id, policy))
 
     async def close(self, grace: float) -> None:
         """Let copies in flight finish for `grace` seconds, then cancel the rest (and record them)."""

@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import ipaddress
 import urllib.request
-from collections.abc import Mapping
 from urllib.parse import urlsplit
 
 import aiohttp
@@ -13,38 +12,9 @@ from multidict import CIMultiDict
 from yarl import URL
 
 from proxy.config import UpstreamConfig
-from proxy.errors import UpstreamTimeout, UpstreamUnreachable
+from proxy.errors import UpstreamTimeout, UpstreamUnreachable, parser_reason
 from proxy.serve.rewrite import model_id_unmapper
 
-# RFC 9110 7.6.1 hop-by-hop headers, plus what the sidecar sets itself on the way out.
-HOP_BY_HOP = frozenset(
-    (
-        "connection",
-        "keep-alive",
-        "proxy-authenticate",
-        "proxy-authorization",
-        "proxy-connection",
-        "te",
-        "trailer",
-        "trailers",
-        "transfer-encoding",
-        "upgrade",
-    )
-)
-# The client's credentials never travel on; aiohttp sets host and length; the sidecar
-# decompresses upstream bodies itself, so it asks for its own encodings.
-REQUEST_DROP = HOP_BY_HOP | {
-    "host",
-    "content-length",
-    "authorization",
-    "api-key",
-    "x-api-key",
-    "accept-encoding",
-    "x-shadow",
-    "expect",  # 100-continue is answered by the sidecar itself, not passed on
-}
-# The body reaches the app decompressed and re-framed, so its length and encoding change.
-RESPONSE_DROP = HOP_BY_HOP | {"content-length", "content-encoding"}
 _URL_CACHE = 256  # upstream URLs kept per client
 # Non-SSE answers up to this size (decompressed) are read whole, to be measured; larger ones
 # are piped to the app as they come.
@@ -63,27 +33,6 @@ def push_deadline(timer: asyncio.Timeout, armed: float, now: float, idle: float)
         timer.reschedule(now + idle)
         return now
     return armed
-
-
-def forward_headers(headers: Mapping[str, str], drop: frozenset[str]) -> CIMultiDict[str]:
-    """Copy minus `drop` (lower-case names) and whatever `Connection` names as hop-by-hop."""
-    listed = headers.get("connection")
-    if listed:
-        drop = drop | {h.strip().lower() for h in listed.split(",")}
-    # One constructor call over a list: multidict builds it in C, add() is a call per header.
-    return CIMultiDict([(k, v) for k, v in headers.items() if k.lower() not in drop])
-
-
-def parser_reason(message: str) -> str:
-    """An HTTP parser's reason, without the bytes it quotes after it.
-
-    The quote is a line of what the upstream sent, and that goes into the app's error, the
-    log and the record: an upstream that echoes request headers would put our key there.
-    """
-    line = message.strip().split("\n", 1)[0]
-    for quote in (": b'", ': b"'):
-        line = line.split(quote, 1)[0]
-    return line.rstrip(": ") or "unparseable"
 
 
 def _loopback(host: str) -> bool:
@@ -210,9 +159,9 @@ class UpstreamClient:
     ) -> aiohttp.ClientResponse:
         """Send and wait for the response headers; connection failures become `UpstreamUnreachable`.
 
-        The caller owns the first-byte deadline (it covers this call).
+        `headers` already carry this upstream's key (see `plan`). The caller owns the
+        first-byte deadline (it covers this call).
         """
-        headers.update(self.headers)
         try:
             return await self.session.request(
                 method,

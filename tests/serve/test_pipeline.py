@@ -826,9 +826,9 @@ async def test_an_answer_larger_than_it_said_is_piped_not_held(
 ) -> None:
     # A 3 KB gzip body may inflate to gigabytes, and chunked JSON may never end: both were read
     # whole into memory. Past the buffer limit the sidecar now pipes the rest as it comes.
-    import proxy.serve.pipeline
+    import proxy.serve.exchange
 
-    monkeypatch.setattr(proxy.serve.pipeline, "BUFFER_LIMIT", 1024 * 1024)
+    monkeypatch.setattr(proxy.serve.exchange, "BUFFER_LIMIT", 1024 * 1024)
     big = b'{"data": "' + b"x" * (3 * 1024 * 1024) + b'"}'
 
     async def large(request: web.Request) -> web.StreamResponse:

@@ -8,7 +8,10 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from proxy import config as config_mod
-from proxy.serve.router import build_table, split_of, sticky_point
+from proxy.serve.affinity import Affinity
+from proxy.serve.router import Choice, build_table, choose, split_of, sticky_point
+from tests.serve.calls import CONFIG as CONFIG_TEXT
+from tests.serve.calls import make_call, runtime
 
 CFG = b"""
 upstreams:
@@ -98,3 +101,64 @@ def test_shadow_can_be_kept_during_rollback() -> None:
     )
     table = build_table(config_mod.parse(text, "t.yaml"))
     assert table.routes[-1].shadow is not None
+
+
+# -- choose: the route step, over a whole call -------------------------------------------
+
+
+def test_a_call_naming_an_object_goes_where_it_was_made_over_its_sticky_key() -> None:
+    rt = runtime()
+    affinity = Affinity()
+    affinity.learn("resp_1", "new")
+    # This user's point lands on "old"; the response it continues lives at "new".
+    user = next(u for u in (f"user-{i}" for i in range(100)) if rt.table.routes[-1].split.pick(sticky_point(u)) == "old")  # fmt: skip
+    body = {"model": "gpt-4o-mini", "previous_response_id": "resp_1", "input": "more"}
+    call = make_call(rt, tail="/responses", body=body, sticky=user)
+    assert choose(call, affinity, 0.0) == Choice("new", "object")
+    assert choose(make_call(rt, tail="/responses", sticky=user), affinity, 0.0) == Choice("old", "sticky")  # fmt: skip
+
+
+def test_a_call_naming_an_object_in_its_path_goes_where_it_was_made() -> None:
+    rt = runtime()
+    affinity = Affinity()
+    affinity.learn("file_9", "new")
+    call = make_call(rt, method="GET", tail="/files/file_9/content")
+    assert choose(call, affinity, 0.0) == Choice("new", "object")
+
+
+def test_rollback_sends_even_an_objects_calls_to_the_primary() -> None:
+    rt = runtime(CONFIG_TEXT + b"rollback: true\n")
+    affinity = Affinity()
+    affinity.learn("resp_1", "new")
+    call = make_call(rt, tail="/responses", body={"previous_response_id": "resp_1"}, sticky="u")
+    assert choose(call, affinity, 0.99) == Choice("old", "sticky")
+    assert choose(make_call(rt), affinity, 0.99) == Choice("old", "weight")
+
+
+def test_an_object_of_an_upstream_no_longer_configured_is_routed_by_weight() -> None:
+    rt = runtime()
+    affinity = Affinity()
+    affinity.learn("resp_1", "gone")
+    call = make_call(rt, tail="/responses", body={"previous_response_id": "resp_1"})
+    assert choose(call, affinity, 0.99) == Choice("new", "weight")
+
+
+def test_the_same_sticky_key_always_gets_the_same_upstream_whatever_the_draw() -> None:
+    rt = runtime()
+    picks = {
+        choose(make_call(rt, sticky="user-42"), Affinity(), u / 10).upstream for u in range(10)
+    }
+    assert len(picks) == 1
+
+
+def test_without_a_sticky_key_the_draw_decides_by_weight() -> None:
+    rt = runtime()
+    assert choose(make_call(rt), Affinity(), 0.49) == Choice("old", "weight")
+    assert choose(make_call(rt), Affinity(), 0.5) == Choice("new", "weight")
+
+
+def test_the_route_a_call_matched_gives_its_split() -> None:
+    rt = runtime(CONFIG_TEXT + b"routes:\n  - {path: /v1/embeddings, split: {new: 1}}\n")
+    call = make_call(rt, tail="/embeddings", body={"model": "m", "input": "x"})
+    assert call.route.name == "/v1/embeddings"
+    assert choose(call, Affinity(), 0.0) == Choice("new", "weight")

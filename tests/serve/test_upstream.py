@@ -7,7 +7,8 @@ import asyncio
 from multidict import CIMultiDict
 
 from proxy.config import UpstreamConfig
-from proxy.serve.upstream import REQUEST_DROP, UpstreamClient, forward_headers, push_deadline
+from proxy.serve.headers import REQUEST_DROP, forward_headers
+from proxy.serve.upstream import UpstreamClient, push_deadline
 
 
 def test_hop_by_hop_and_credentials_are_dropped_whatever_their_case() -> None:

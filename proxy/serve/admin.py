@@ -1,0 +1,95 @@
+"""The admin endpoints under /_proxy/: health, stats, reload. JSON, read by people and probes."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+import orjson
+from aiohttp import web
+
+from proxy import logs
+from proxy.errors import BadRequest, NotFound, error_body
+
+if TYPE_CHECKING:
+    from proxy.serve.app import Sidecar
+    from proxy.serve.runtime import Live
+
+ENDPOINTS = ("/_proxy/health", "/_proxy/stats", "/_proxy/reload")
+
+
+def _json(data: Any, status: int = 200) -> web.Response:
+    return web.Response(body=orjson.dumps(data), status=status, content_type="application/json")
+
+
+async def answer(sidecar: Sidecar, request: web.BaseRequest) -> web.StreamResponse:
+    """The answer to an admin request; raises `ProxyError` for a path that is not one."""
+    path, method = request.path, request.method
+    if path == "/_proxy/health" and method == "GET":
+        return _json(health(sidecar.live))
+    if path == "/_proxy/stats" and method == "GET":
+        return _json(stats(sidecar))
+    if path == "/_proxy/reload" and method == "POST":
+        ok = await sidecar.reload("admin")
+        if not ok:
+            raise BadRequest(
+                f"config refused, the running config is kept: {sidecar.live.last_error}"
+            )
+        return _json({"applied": True, "revision": sidecar.live.current.revision})
+    if path in ENDPOINTS:
+        return web.Response(
+            status=405,
+            body=error_body(
+                f"{method} is not allowed on {path}", "invalid_request_error", "method_not_allowed"
+            ),
+            content_type="application/json",
+        )
+    raise NotFound(f"no admin endpoint {path!r}; try {', '.join(ENDPOINTS)}")
+
+
+def health(live: Live) -> dict[str, Any]:
+    """The config in force: revision, rollback, splits per route, the last refused reload."""
+    rt = live.current
+    return {
+        "status": "ok",
+        "revision": rt.revision,
+        "config": rt.path,
+        "loaded_at": rt.loaded_at,
+        "rollback": rt.config.rollback,
+        "primary": rt.config.primary,
+        "split": rt.effective_split(),
+        "routes": [
+            {
+                "name": r.name,
+                "split": r.split.shares(),
+                "shadow": r.shadow.upstream if r.shadow else None,
+            }
+            for r in rt.table.routes
+        ],
+        "reloads": live.reloads,
+        "last_reload_error": (
+            {"message": live.last_error, "at": live.last_error_at} if live.last_error else None
+        ),
+    }
+
+
+def stats(sidecar: Sidecar) -> dict[str, Any]:
+    """Counters since start: requests and errors per upstream, shadow copies, the recorder."""
+    out = sidecar.stats.as_dict()
+    out["shadow"]["in_flight"] = sidecar.shadower.in_flight
+    affinity = sidecar.pipeline.affinity
+    out["affinity"] = {"ids": len(affinity), "routed": affinity.routed}
+    out["upstreams_in_flight"] = {n: u.in_flight for n, u in sidecar.live.current.upstreams.items()}
+    out["records"] = None
+    if sidecar.recorder is not None:
+        s = sidecar.recorder.stats()
+        out["records"] = {
+            "written": s.written,
+            "dropped": s.dropped,
+            "queue_depth": s.queue_depth,
+            "batches": s.batches,
+            "errors": s.errors,
+            "last_error": s.last_error,
+        }
+    out["log_lines_dropped"] = logs.SINK.dropped
+    out["revision"] = sidecar.live.current.revision
+    return out

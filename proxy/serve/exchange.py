@@ -1,0 +1,235 @@
+"""Exchange: one attempt sent to its upstream and its answer read, measured, and handed on.
+
+This is the only code that talks to an upstream. It sends, holds the deadlines (first byte
+for the headers and a plain answer, idle between a stream's chunks), reads the answer whole
+or chunk by chunk (SSE parsed and tallied), and maps every failure to one error kind in one
+place, `_failure`. What happens to the answer is the `Sink`'s business: the relay writes it
+to the app; a shadow copy only measures it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from dataclasses import dataclass
+from typing import Protocol
+
+import aiohttp
+
+from proxy.errors import ProxyError, UpstreamTimeout, UpstreamUnreachable
+from proxy.record.meter import Meter
+from proxy.record.rows import ErrorKind
+from proxy.serve.affinity import HEAD_BYTES
+from proxy.serve.plan import Attempt
+from proxy.serve.upstream import BUFFER_LIMIT, push_deadline, read_upto
+from proxy.sse import Event, Kind, SSEDecoder
+
+
+class ClientGone(Exception):
+    """The app closed its connection while the sidecar was writing to it."""
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(reason)
+        self.reason = reason
+
+
+class Sink(Protocol):
+    """Where an answer goes. Its methods may raise `ClientGone`."""
+
+    @property
+    def relays(self) -> bool:
+        """Whether it writes the answer on to the app: then time to first byte, held-back
+        chunks and model ids matter. A sink that does not reads plain answers whole."""
+
+    @property
+    def stop_at_done(self) -> bool:
+        """Whether a stream is complete at `[DONE]`, without waiting for the upstream to end it."""
+
+    def whole(self, upr: aiohttp.ClientResponse, body: bytes) -> None:
+        """A plain answer, read whole (and scrubbed of the sidecar's key)."""
+
+    async def begin(self, upr: aiohttp.ClientResponse, is_sse: bool) -> None:
+        """A streamed (or too large to hold) answer starts."""
+
+    async def write(self, data: bytes) -> None: ...
+
+    async def end(self) -> None: ...
+
+    async def fail(self, failure: Failure) -> None:
+        """The upstream failed; `failure.midway`: after `begin`, with the answer under way."""
+
+
+@dataclass(frozen=True, slots=True)
+class Failure:
+    """An upstream failure as the app and the record see it."""
+
+    kind: ErrorKind
+    error: ProxyError  # its message is the record's reason; before `begin`, the app's answer
+    midway: bool  # the answer had begun: the app has headers already
+    is_sse: bool
+
+
+class _Progress:
+    """How far an exchange got: what a failure means depends on it."""
+
+    __slots__ = ("began", "is_sse")
+
+    def __init__(self) -> None:
+        self.began = False
+        self.is_sse = False
+
+
+async def exchange(attempt: Attempt, meter: Meter, sink: Sink) -> None:
+    """Send `attempt`, hand its answer to `sink`, and measure it all on `meter`.
+
+    Never raises for an upstream's failure (it is measured and given to `sink.fail`); the
+    app leaving is measured as `client_disconnect`. Cancellation passes through.
+    """
+    up = attempt.upstream
+    progress = _Progress()
+    upr: aiohttp.ClientResponse | None = None
+    try:
+        # One deadline for the headers and a plain answer; a stream re-arms it per chunk.
+        async with asyncio.timeout(up.first_byte) as deadline:
+            upr = await up.send(attempt.method, attempt.tail, attempt.query, attempt.headers, attempt.body)  # fmt: skip
+            try:
+                await _answer(attempt, meter, sink, upr, deadline, progress)
+            finally:
+                upr.release()
+    except ClientGone as e:
+        meter.fail("client_disconnect", e.reason)
+        if upr is not None:
+            upr.close()  # drop the upstream connection: that is how it learns to stop
+    except (TimeoutError, ProxyError, aiohttp.ClientError) as e:
+        failure = _failure(e, attempt, progress)
+        meter.fail(failure.kind, failure.error.message)
+        if upr is not None and failure.kind == "timeout":
+            upr.close()
+        try:
+            await sink.fail(failure)
+        except ClientGone as gone:
+            meter.fail("client_disconnect", gone.reason)
+
+
+def _failure(exc: BaseException, attempt: Attempt, progress: _Progress) -> Failure:
+    """The one mapping of an upstream failure to its error kind and message."""
+    up = attempt.upstream
+    midway, is_sse = progress.began, progress.is_sse
+    if isinstance(exc, UpstreamTimeout | UpstreamUnreachable):  # raised by `send`
+        kind: ErrorKind = "timeout" if isinstance(exc, UpstreamTimeout) else "connection"
+        return Failure(kind, exc, midway, is_sse)
+    if isinstance(exc, TimeoutError):
+        if midway:
+            reason = f"upstream {up.name!r} sent nothing for {up.idle:g} s mid-stream"
+        else:
+            reason = f"upstream {up.name!r} ({up.host}) sent no answer within {up.first_byte:g} s"
+        return Failure("timeout", UpstreamTimeout(reason), midway, is_sse)
+    name = type(exc).__name__
+    if midway:
+        broken = UpstreamUnreachable(f"upstream {up.name!r} broke off the stream: {name}")
+        return Failure("broken_stream" if is_sse else "connection", broken, midway, is_sse)
+    reason = f"upstream {up.name!r} ({up.host}) broke off its answer: {name}"
+    return Failure("connection", UpstreamUnreachable(reason), midway, is_sse)
+
+
+async def _answer(
+    attempt: Attempt,
+    meter: Meter,
+    sink: Sink,
+    upr: aiohttp.ClientResponse,
+    deadline: asyncio.Timeout,
+    progress: _Progress,
+) -> None:
+    ctype = upr.headers.get("content-type", "")
+    is_sse = ctype.startswith("text/event-stream")
+    progress.is_sse = is_sse
+    meter.headers(upr.status, is_sse, attempt.parse_stream)
+    start = b""
+    if not is_sse and (not sink.relays or _bufferable(upr, ctype)):
+        data, whole = await read_upto(upr.content, BUFFER_LIMIT)
+        if whole:
+            meter.bytes = len(data)
+            # Recorded as the provider sent it, less a key it quoted.
+            meter.body = attempt.upstream.scrub(upr.status, data)
+            sink.whole(upr, meter.body)
+            return
+        start = data  # larger than it said, or than it could say: piped on
+    deadline.reschedule(None)
+    progress.began = True
+    await sink.begin(upr, is_sse)
+    await _pump(attempt, meter, sink, upr, deadline, start, is_sse)
+    await sink.end()
+
+
+async def _pump(
+    attempt: Attempt,
+    meter: Meter,
+    sink: Sink,
+    upr: aiohttp.ClientResponse,
+    idle: asyncio.Timeout,
+    start: bytes,
+    is_sse: bool,
+) -> None:
+    """Hand the answer on chunk by chunk; an SSE stream is also parsed, and handed on event
+    by event where a usage chunk is held back or a model id put back."""
+    loop = asyncio.get_running_loop()
+    up = attempt.upstream
+    content = upr.content
+    tally = meter.tally
+    head = meter.head
+    # Whole events go out, not raw reads, when one may be held back or rewritten.
+    framed = is_sse and sink.relays and (attempt.strip_usage or attempt.unmap is not None)
+    decoder = SSEDecoder() if tally is not None or framed else None
+    if start:
+        meter.bytes += len(start)
+        if head is not None:
+            head += start[:HEAD_BYTES]
+        await sink.write(start)
+    armed = -up.idle
+    while True:
+        armed = push_deadline(idle, armed, loop.time(), up.idle)
+        chunk = await content.readany()
+        if not chunk:
+            break
+        meter.bytes += len(chunk)
+        if head is not None and len(head) < HEAD_BYTES:
+            head += chunk[:HEAD_BYTES]
+        if decoder is None:
+            await sink.write(chunk)
+        elif framed:
+            await _write_events(attempt, meter, sink, decoder.feed(chunk))
+        else:
+            # Nothing to hold back or rewrite: the bytes go out as they came, then are parsed.
+            await sink.write(chunk)
+            for ev in decoder.feed(chunk):
+                meter.event(tally.add(ev))  # type: ignore[union-attr]
+            if sink.stop_at_done and tally.done:  # type: ignore[union-attr]
+                # Complete: an upstream slow to end its response after `[DONE]` (or
+                # `response.completed`) must not make this a timeout.
+                upr.close()
+                break
+    if decoder is not None:  # an unterminated last event
+        await _write_events(attempt, meter, sink, decoder.flush(), framed)
+
+
+async def _write_events(
+    attempt: Attempt, meter: Meter, sink: Sink, events: list[Event], framed: bool = True
+) -> None:
+    tally = meter.tally
+    strip, unmap = attempt.strip_usage, attempt.unmap
+    out = []
+    for ev in events:
+        kind = tally.add(ev) if tally is not None else Kind.OTHER
+        meter.event(kind)
+        if strip and kind is Kind.USAGE_ONLY:
+            continue
+        out.append(ev.raw if unmap is None else unmap(ev.raw))
+    if framed and out:
+        await sink.write(out[0] if len(out) == 1 else b"".join(out))
+
+
+def _bufferable(upr: aiohttp.ClientResponse, ctype: str) -> bool:
+    length = upr.content_length
+    if length is not None:
+        return length <= BUFFER_LIMIT
+    # Chunked JSON is one document; chunked anything else (ndjson, audio) may be a stream.
+    return ctype.startswith("application/json")

@@ -1,0 +1,97 @@
+"""Plan: a call as one upstream is to get it (its path, body, key, model id), as an `Attempt`.
+
+Pure: no I/O. Each upstream a call goes to (the one serving it, a shadow copy, the noise
+copy) gets its own attempt, made from the same `Call`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from multidict import CIMultiDict
+
+from proxy.record.rows import Role
+from proxy.serve.affinity import creates, stores_completion
+from proxy.serve.call import Call
+from proxy.serve.rewrite import (
+    USAGE_OPT_IN_PATHS,
+    Unmap,
+    model_outside_body,
+    model_unmapper,
+    upstream_body,
+)
+from proxy.serve.upstream import UpstreamClient
+
+
+@dataclass(frozen=True, slots=True)
+class Attempt:
+    """One request to one upstream, and what its answer needs on the way back."""
+
+    role: Role
+    upstream: UpstreamClient
+    method: str
+    tail: str
+    query: str
+    headers: CIMultiDict[str]  # the call's, with the upstream's key and headers
+    body: bytes
+    model_sent: str | None
+    json_mode: bool
+    parse_stream: bool  # a streamed answer is parsed (usage, text), for the record
+    strip_usage: bool  # the sidecar asked for the usage chunk: the app did not, and won't see it
+    unmap: Unmap | None  # puts the app's model ids back where the answer names the upstream's
+    learn: bool  # the answer names an object the app will name again (see `affinity`)
+
+
+def plan(call: Call, up: UpstreamClient, role: Role, recording: bool) -> Attempt:
+    """The attempt for `up`; `recording`: the answer will be recorded (usage is asked for)."""
+    # Usage is asked for only to be recorded: with recording off the request goes as sent,
+    # and the stream is relayed without being parsed at all.
+    want_usage = recording and call.stream and call.tail in USAGE_OPT_IN_PATHS
+    tail, body, sent, strip = _rewrite(call, up, want_usage)
+    headers = CIMultiDict(call.headers)
+    headers.update(up.headers)
+    primary = role == "primary"
+    return Attempt(
+        role,
+        up,
+        call.method,
+        tail,
+        call.query,
+        headers,
+        body,
+        sent,
+        call.json_mode,
+        strip or recording or not primary,
+        strip,
+        _unmap(call, up, sent),
+        primary and (creates(call.method, call.tail) or stores_completion(call.tail, call.json, call.body)),
+    )  # fmt: skip
+
+
+def _rewrite(
+    call: Call, up: UpstreamClient, want_usage: bool
+) -> tuple[str, bytes, str | None, bool]:
+    """(path tail, body, model sent, strip the usage chunk) for `up`."""
+    model = call.model
+    if model is not None:
+        elsewhere = model_outside_body(up.models, call.tail, call.body, model, call.model_at)
+        if elsewhere is not None:
+            return (*elsewhere, False)
+    body, sent, strip = upstream_body(
+        up.models, up.inject_usage, call.json, call.body, model, want_usage
+    )
+    return call.tail, body, sent, strip
+
+
+def _unmap(call: Call, up: UpstreamClient, sent: str | None) -> Unmap | None:
+    """The answer names the id the provider was sent; the app gets back the one it asked for."""
+    if (
+        up.unmap_ids is not None
+        and call.method == "GET"
+        and (call.tail == "/models" or (call.model_at == "path" and "/" not in call.tail[8:]))
+    ):
+        return up.unmap_ids  # the model list, or one model: ids as the app knows them
+    model = call.model
+    if model is not None and sent is not None and sent != model:
+        return model_unmapper(sent, model)
+    return None
