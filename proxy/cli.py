@@ -116,7 +116,7 @@ def _reader_may_leave() -> Iterator[None]:
 
 
 def _fake(args: argparse.Namespace) -> int:
-    from proxy.fakes import provider as fakes
+    from proxy.fakes import cli as fakes
 
     return fakes.main(args.rest)
 
@@ -193,7 +193,7 @@ def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     # These pass their own options through; argparse's REMAINDER drops a leading "--flag".
     if argv and argv[0] == "fake":
-        from proxy.fakes import provider as fakes
+        from proxy.fakes import cli as fakes
 
         return fakes.main(argv[1:])
     if argv and argv[0] == "demo":

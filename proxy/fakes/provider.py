@@ -1,18 +1,18 @@
-"""Fake OpenAI-compatible providers: aiohttp servers that answer deterministically, or misbehave."""
+"""Fake providers: aiohttp servers on 127.0.0.1 that answer deterministically, or misbehave.
+
+The server owns the behaviours (faults, latency, pacing, gzip); what a request means and what
+the answer looks like is the API shape's (`api.Api`; OpenAI's in `openai_api.py`).
+"""
 
 from __future__ import annotations
 
-import argparse
 import asyncio
 import collections
 import gzip
 import hashlib
 import itertools
 import random
-import signal
-import sys
-import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, replace
 from typing import Any, Final, Literal, get_args
 
@@ -21,15 +21,8 @@ from aiohttp import web
 from aiohttp.web_protocol import RequestPayloadError
 from multidict import CIMultiDict, CIMultiDictProxy
 
-from proxy.fakes import replies as fake_replies
-from proxy.fakes.replies import DONE, Invalid, Reply, Stream, error_body, status_error, truncated
-
-try:
-    import uvloop
-except ImportError:  # an optional speed-up; absent on Windows
-    _LOOP_FACTORY: Callable[[], asyncio.AbstractEventLoop] | None = None
-else:
-    _LOOP_FACTORY = uvloop.new_event_loop
+from proxy.fakes.api import DONE, Ask, Refusal, Stream, truncated
+from proxy.fakes.openai_api import OpenAiApi
 
 # A request header that overrides `chunk_delay` for that request only (seconds, e.g. "0"):
 # one fake can serve paced and back-to-back streams.
@@ -81,8 +74,6 @@ class Received:
 
 # --- the server --------------------------------------------------------------------------------
 
-# An endpoint: the request's JSON object, its model and the behaviour in force, to a reply.
-_Endpoint = Callable[[dict[str, Any], str, Behaviour], Reply]
 _SSE_HEADERS: Final = {
     "Content-Type": "text/event-stream; charset=utf-8",
     "Cache-Control": "no-cache",
@@ -113,23 +104,17 @@ class FakeProvider:
         self.cancelled = asyncio.Event()
         self.active = 0
         self.app = web.Application(client_max_size=64 * 1024 * 1024)
-        self._auth = None if api_key is None else f"Bearer {api_key}"
-        self._known = frozenset(self.models)
         self._rng = random.Random(seed)
         self._ids = itertools.count(1)
         # Ids differ between fakes, as between providers: an id names one provider's object.
         self._id_tag = hashlib.sha256(name.encode()).hexdigest()[:6]
-        self._models_body, self._model_bodies = fake_replies.model_bodies(self.models, name)
-        self._posts: dict[str, _Endpoint] = {
-            "/v1/chat/completions": self._chat,
-            "/v1/completions": self._completions,
-            "/v1/responses": self._responses,
-            "/v1/embeddings": self._embeddings,
-            "/v1/images/generations": self._images,
-        }
+        # The one place the API shape is chosen; the bodies' ids and x-request-id share a count.
+        self._api = OpenAiApi(
+            owner=name, models=self.models, api_key=api_key, next_id=self._next_id
+        )
         # `_handle` dispatches by itself; the exact paths only spare aiohttp the regex match
         # of the catch-all on the hot path.
-        for path in (*self._posts, "/v1/models"):
+        for path in self._api.paths:
             self.app.router.add_route("*", path, self._handle)
         self.app.router.add_route("*", "/{tail:.*}", self._handle)
         self._tasks: set[asyncio.Task[Any]] = set()
@@ -192,30 +177,7 @@ class FakeProvider:
             self._tasks.add(task)
         self.active += 1
         try:
-            try:
-                body = await request.read()
-            except RequestPayloadError:  # e.g. a content-encoding that does not decode
-                message = "We could not parse the JSON body of your request."
-                body = error_body(message, "invalid_request_error", None)
-                return await self._send(request, self.behaviour, body, status=400)
-            try:
-                data: Any = orjson.loads(body) if body else None
-                parsed = bool(body)
-            except orjson.JSONDecodeError:
-                data, parsed = None, False
-            headers = CIMultiDictProxy(CIMultiDict(request.headers))
-            query = request.rel_url.raw_query_string
-            self.received.append(Received(request.method, request.path, query, headers, body, data))
-            b = self.behaviour
-            pace = headers.get(CHUNK_DELAY_HEADER)
-            if pace is not None:
-                try:
-                    b = replace(b, chunk_delay=float(pace))
-                except ValueError:
-                    message = f"{CHUNK_DELAY_HEADER} must be a number of seconds >= 0"
-                    body = error_body(message, "invalid_request_error", None)
-                    return await self._send(request, b, body, status=400)
-            return await self._serve(request, b, data, parsed)
+            return await self._receive(request)
         except (asyncio.CancelledError, ConnectionResetError) as exc:
             self._client_left()
             if isinstance(exc, asyncio.CancelledError):
@@ -226,17 +188,34 @@ class FakeProvider:
             if task is not None:
                 self._tasks.discard(task)
 
-    async def _serve(
-        self, request: web.Request, b: Behaviour, data: Any, parsed: bool
-    ) -> web.StreamResponse:
-        if self._auth is not None and request.headers.get("Authorization") != self._auth:
-            message = (
-                "Incorrect API key provided."
-                if "Authorization" in request.headers
-                else ("You didn't provide an API key. Provide it as 'Authorization: Bearer <key>'.")
-            )
-            body = error_body(message, "invalid_request_error", "invalid_api_key")
-            return await self._send(request, b, body, status=401)
+    async def _receive(self, request: web.Request) -> web.StreamResponse:
+        """Read and keep the request, then settle the behaviour it is served with."""
+        try:
+            body = await request.read()
+        except RequestPayloadError:  # e.g. a content-encoding that does not decode
+            return await self._refuse(request, self.behaviour, self._api.unreadable())
+        try:
+            data: Any = orjson.loads(body) if body else None
+            parsed = bool(body)
+        except orjson.JSONDecodeError:
+            data, parsed = None, False
+        headers = CIMultiDictProxy(CIMultiDict(request.headers))
+        query = request.rel_url.raw_query_string
+        self.received.append(Received(request.method, request.path, query, headers, body, data))
+        b = self.behaviour
+        pace = headers.get(CHUNK_DELAY_HEADER)
+        if pace is not None:
+            try:
+                b = replace(b, chunk_delay=float(pace))
+            except ValueError:
+                message = f"{CHUNK_DELAY_HEADER} must be a number of seconds >= 0"
+                return await self._refuse(request, b, self._api.bad_request(message))
+        return await self._serve(request, b, Ask(request.method, request.path, data, parsed))
+
+    async def _serve(self, request: web.Request, b: Behaviour, ask: Ask) -> web.StreamResponse:
+        refused = self._api.unauthorized(request.headers)
+        if refused is not None:
+            return await self._refuse(request, b, refused)
         if b.fail == "hang":
             # Only cancellation (the client leaving, or close()) ends this wait.
             await asyncio.get_running_loop().create_future()
@@ -249,63 +228,22 @@ class FakeProvider:
         if not status and b.error_rate and self._rng.random() < b.error_rate:
             status = b.error_status
         if status:
-            body, headers = status_error(status)
-            return await self._send(request, b, body, status=status, headers=headers)
-        return await self._route(request, b, data, parsed)
-
-    async def _route(
-        self, request: web.Request, b: Behaviour, data: Any, parsed: bool
-    ) -> web.StreamResponse:
-        path, method = request.path, request.method
-        if method == "GET" and path == "/v1/models":
-            return await self._send(request, b, self._models_body)
-        if method == "GET" and path.startswith("/v1/models/"):
-            wanted = path.removeprefix("/v1/models/")
-            card = self._model_bodies.get(wanted)
-            return await (
-                self._send(request, b, card) if card else self._no_model(request, b, wanted)
-            )
-        handler = self._posts.get(path) if method == "POST" else None
-        model_in_path = None
-        if method == "POST" and path.startswith("/v1/models/") and path.endswith("/run"):
-            handler, model_in_path = self._run, path[len("/v1/models/") : -len("/run")]
-        if handler is None:
-            body = error_body(f"Invalid URL ({method} {path})", "invalid_request_error", None)
-            return await self._send(request, b, body, status=404)
-        if not isinstance(data, dict):
-            message = (
-                "The request body must be a JSON object."
-                if parsed
-                else "We could not parse the JSON body of your request."
-            )
-            body = error_body(message, "invalid_request_error", None)
-            return await self._send(request, b, body, status=400)
-        model: Any = model_in_path if model_in_path is not None else data.get("model")
-        if model is None and path == "/v1/images/generations":
-            model = ""  # the images API lets the provider pick a default model
-        elif not isinstance(model, str):
-            body = error_body(
-                "You must provide a model parameter.", "invalid_request_error", None, "model"
-            )
-            return await self._send(request, b, body, status=400)
-        elif model not in self._known:
-            return await self._no_model(request, b, model)
-        reply = handler(data, model, b)
+            return await self._refuse(request, b, self._api.failure(status))
+        reply = self._api.reply(ask, b)
         if isinstance(reply, Stream):
-            return await self._stream(
-                request, b, reply.events, done=reply.done, trailing=reply.trailing
-            )
-        if isinstance(reply, Invalid):
-            body = error_body(reply.message, "invalid_request_error", None, reply.param)
-            return await self._send(request, b, body, status=400)
+            return await self._stream(request, b, reply)
+        if isinstance(reply, Refusal):
+            return await self._refuse(request, b, reply)
         return await self._send(request, b, reply)
 
-    async def _no_model(self, request: web.Request, b: Behaviour, model: str) -> web.StreamResponse:
-        message = f"The model `{model}` does not exist or you do not have access to it."
-        body = error_body(message, "invalid_request_error", "model_not_found", "model")
-        return await self._send(request, b, body, status=404)
-
     # --- sending ---
+
+    async def _refuse(
+        self, request: web.Request, b: Behaviour, refusal: Refusal
+    ) -> web.StreamResponse:
+        return await self._send(
+            request, b, refusal.body, status=refusal.status, headers=refusal.headers
+        )
 
     async def _send(
         self,
@@ -335,23 +273,18 @@ class FakeProvider:
         return resp
 
     async def _stream(
-        self,
-        request: web.Request,
-        b: Behaviour,
-        events: Sequence[bytes],
-        *,
-        done: bool,
-        trailing: int = 0,
+        self, request: web.Request, b: Behaviour, stream: Stream
     ) -> web.StreamResponse:
         resp = web.StreamResponse(headers={**_SSE_HEADERS, "x-request-id": self._next_id("req_")})
         await resp.prepare(request)  # headers go out at once; `latency` delays the first event
+        events = stream.events
         # Paced: the events a model generates. The usage chunk and [DONE] follow at once.
-        paced = len(events) - trailing
+        paced = len(events) - stream.trailing
         if b.fail in ("die_mid_stream", "broken_stream"):
             cut = min(max(2, len(events) // 2), len(events) - 1)
             tail = [truncated(events[cut])] if b.fail == "broken_stream" else []
             events = [*events[:cut], *tail]
-        elif done:
+        elif stream.done:
             events = [*events, DONE]
         if b.latency:
             await asyncio.sleep(b.latency)
@@ -364,106 +297,3 @@ class FakeProvider:
         else:
             await resp.write_eof()
         return resp
-
-    # --- endpoints: the clock and the ids are the only state the replies take ---
-
-    def _chat(self, data: dict[str, Any], model: str, b: Behaviour) -> Reply:
-        return fake_replies.chat(data, model, b, created=int(time.time()), next_id=self._next_id)
-
-    def _completions(self, data: dict[str, Any], model: str, b: Behaviour) -> Reply:
-        return fake_replies.completions(
-            data, model, b, created=int(time.time()), next_id=self._next_id
-        )
-
-    def _responses(self, data: dict[str, Any], model: str, b: Behaviour) -> Reply:
-        return fake_replies.responses(
-            data, model, b, created=int(time.time()), next_id=self._next_id
-        )
-
-    def _embeddings(self, data: dict[str, Any], model: str, b: Behaviour) -> Reply:
-        return fake_replies.embeddings(data, model, b)
-
-    def _images(self, data: dict[str, Any], model: str, b: Behaviour) -> Reply:
-        return fake_replies.images(data, model, b, created=int(time.time()))
-
-    def _run(self, data: dict[str, Any], model: str, b: Behaviour) -> Reply:
-        return fake_replies.run(data, model, b, latency=b.latency)
-
-
-# --- command line ------------------------------------------------------------------------------
-
-
-def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="python -m proxy fake",
-        description="Run a fake OpenAI-compatible provider until SIGINT or SIGTERM.",
-    )
-    parser.add_argument("--name", default="fake")
-    parser.add_argument("--host", default="127.0.0.1")
-    parser.add_argument("--port", type=int, default=0, help="0 picks a free port")
-    parser.add_argument("--api-key", default=None, help="require 'Authorization: Bearer KEY'")
-    parser.add_argument("--models", default="gpt-4o-mini,text-embedding-3-small", help="a,b,c")
-    parser.add_argument("--latency", type=float, default=0.0, help="seconds")
-    parser.add_argument("--chunk-delay", type=float, default=0.0, help="seconds")
-    parser.add_argument("--chunks", type=int, default=None)
-    parser.add_argument("--error-rate", type=float, default=0.0)
-    parser.add_argument("--error-status", type=int, default=500)
-    parser.add_argument("--fail", choices=FAULTS, default=None)
-    parser.add_argument("--gzip", action="store_true")
-    parser.add_argument("--variant", type=int, default=0)
-    parser.add_argument("--seed", type=int, default=0)
-    return parser
-
-
-async def _serve_until_signalled(provider: FakeProvider, host: str, port: int) -> None:
-    url = await provider.start(host, port)
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        loop.add_signal_handler(sig, stop.set)
-    try:
-        print(url, flush=True)
-        await stop.wait()
-    finally:
-        for sig in (signal.SIGINT, signal.SIGTERM):
-            loop.remove_signal_handler(sig)
-        await provider.close()
-
-
-def main(argv: list[str] | None = None) -> int:
-    """Run one fake provider; print its base URL on one line once it listens."""
-    args = _parser().parse_args(argv)
-    try:
-        behaviour = Behaviour(
-            latency=args.latency,
-            chunk_delay=args.chunk_delay,
-            chunks=args.chunks,
-            error_rate=args.error_rate,
-            error_status=args.error_status,
-            fail=args.fail,
-            gzip=args.gzip,
-            variant=args.variant,
-        )
-        models = [m.strip() for m in args.models.split(",") if m.strip()]
-        provider = FakeProvider(
-            name=args.name,
-            api_key=args.api_key,
-            models=models,
-            behaviour=behaviour,
-            seed=args.seed,
-            keep=0,  # nobody reads `received` from the command line
-        )
-    except ValueError as exc:
-        print(f"fake: {exc}", file=sys.stderr)
-        return 2
-    try:
-        with asyncio.Runner(loop_factory=_LOOP_FACTORY) as runner:
-            runner.run(_serve_until_signalled(provider, args.host, args.port))
-    except OSError as exc:
-        print(f"fake: cannot listen on {args.host}:{args.port}: {exc}", file=sys.stderr)
-        return 1
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -4,11 +4,10 @@ from __future__ import annotations
 
 import base64
 import itertools
-import re
 import struct
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Any, Final, Protocol, TypeAlias
+from typing import Any, Final, TypeAlias
 
 import orjson
 
@@ -23,40 +22,10 @@ from proxy.fakes.answers import (
     tokens,
     vector,
 )
+from proxy.fakes.api import Stream, Style, data, event, pieces
 
-# Leading whitespace stays with its word, as in OpenAI's tokens (" world"); trailing whitespace
-# rides on the last word so that the pieces always join back into the whole text.
-_WORD: Final = re.compile(r"\s*\S+(?:\s+$)?")
-DONE: Final = b"data: [DONE]\n\n"
 _MODEL_CREATED: Final = 1_700_000_000
 MAX_DIMENSIONS: Final = 4096
-
-
-class Style(Protocol):
-    """What shapes a reply, as a fake's `Behaviour` holds it."""
-
-    @property
-    def variant(self) -> int: ...
-    @property
-    def chunks(self) -> int | None: ...
-    @property
-    def tool_calls(self) -> bool: ...
-    @property
-    def usage(self) -> bool: ...
-
-
-@dataclass(frozen=True, slots=True)
-class Stream:
-    """A streamed reply: its SSE events in order; `done` ends it with OpenAI's `data: [DONE]`.
-
-    `trailing`: how many of the last events (the usage chunk) follow the one before without a
-    pause. Generating tokens takes time, reporting usage afterwards does not: OpenAI sends the
-    usage chunk and `[DONE]` right after the finish chunk.
-    """
-
-    events: Sequence[bytes]
-    done: bool
-    trailing: int = 0
 
 
 @dataclass(frozen=True, slots=True)
@@ -68,36 +37,6 @@ class Invalid:
 
 
 Reply: TypeAlias = bytes | Stream | Invalid  # bytes: a JSON body
-
-
-# --- framing -----------------------------------------------------------------------------------
-
-
-def data(obj: Any) -> bytes:
-    return b"data: " + orjson.dumps(obj) + b"\n\n"
-
-
-def event(obj: dict[str, Any]) -> bytes:
-    kind: str = obj["type"]
-    return b"event: " + kind.encode() + b"\n" + data(obj)
-
-
-def truncated(frame: bytes) -> bytes:
-    """The event cut halfway through its JSON, still framed as a complete event."""
-    start = frame.index(b"data: ") + 6
-    return frame[: (start + len(frame) - 2) // 2] + b"\n\n"
-
-
-def pieces(text: str, count: int | None) -> list[str]:
-    """Stream pieces that join back into `text`: words, grouped or split to `count` pieces."""
-    words = _WORD.findall(text) or ([text] if text else [])
-    if count is None or count == len(words):
-        return words
-    if count < len(words):
-        k = len(words)
-        return ["".join(words[i * k // count : (i + 1) * k // count]) for i in range(count)]
-    n = min(count, len(text))
-    return [text[i * len(text) // n : (i + 1) * len(text) // n] for i in range(n)]
 
 
 # --- errors and models -------------------------------------------------------------------------
@@ -327,8 +266,26 @@ def responses(
         variant=style.variant,
         tool_calls=style.tool_calls,
     )
-    response: dict[str, Any] = {
-        "id": next_id("resp_"),
+    usage = _responses_usage(said) if style.usage else None
+    # The response's id is taken before its item's, as OpenAI numbers them.
+    response = _response(request, model, next_id("resp_"), created, usage)
+    item = _output_item(said, next_id)
+    if request.get("stream") is not True:
+        return orjson.dumps({**response, "output": [item]})
+    return _response_stream(response, item, style.chunks)
+
+
+def _response(
+    request: dict[str, Any],
+    model: str,
+    response_id: str,
+    created: int,
+    usage: dict[str, Any] | None,
+) -> dict[str, Any]:
+    """The response object, with its output still empty; the request's settings echoed back."""
+    text_config = request.get("text")
+    return {
+        "id": response_id,
         "object": "response",
         "created_at": created,
         "status": "completed",
@@ -351,73 +308,80 @@ def responses(
         "tools": request.get("tools", []),
         "top_p": request.get("top_p", 1.0),
         "truncation": request.get("truncation", "disabled"),
-        "usage": _responses_usage(said) if style.usage else None,
+        "usage": usage,
         "user": request.get("user"),
     }
+
+
+def _output_item(said: Answer, next_id: Callable[[str], str]) -> dict[str, Any]:
+    """The one output item: a message with one text part, or a function call."""
     if said.tool is None:
-        text = said.text or ""
-        part = {"type": "output_text", "text": text, "annotations": [], "logprobs": []}
-        item: dict[str, Any] = {
+        part = {"type": "output_text", "text": said.text or "", "annotations": [], "logprobs": []}
+        return {
             "id": next_id("msg_"),
             "type": "message",
             "status": "completed",
             "role": "assistant",
             "content": [part],
         }
-    else:
-        item = {
-            "id": next_id("fc_"),
-            "type": "function_call",
-            "status": "completed",
-            "call_id": next_id("call_"),
-            "name": said.tool.name,
-            "arguments": said.tool.arguments,
-        }
-    if request.get("stream") is not True:
-        return orjson.dumps({**response, "output": [item]})
+    return {
+        "id": next_id("fc_"),
+        "type": "function_call",
+        "status": "completed",
+        "call_id": next_id("call_"),
+        "name": said.tool.name,
+        "arguments": said.tool.arguments,
+    }
 
-    seq = itertools.count()
 
-    def numbered(kind: str, **fields: Any) -> bytes:
-        return event({"type": kind, "sequence_number": next(seq), **fields})
+class _Events:
+    """A Responses stream's events, numbered in the order they are added."""
 
-    where: dict[str, Any] = {"item_id": item["id"], "output_index": 0}
+    def __init__(self) -> None:
+        self.events: list[bytes] = []
+        self._numbers = itertools.count()
+
+    def add(self, kind: str, **fields: Any) -> None:
+        self.events.append(event({"type": kind, "sequence_number": next(self._numbers), **fields}))
+
+
+def _response_stream(response: dict[str, Any], item: dict[str, Any], chunks: int | None) -> Stream:
+    """The response streamed: opened in progress, the item built up in deltas, then completed."""
+    out = _Events()
     opening = {**response, "status": "in_progress", "completed_at": None, "usage": None}
-    events = [
-        numbered("response.created", response=opening),
-        numbered("response.in_progress", response=opening),
-    ]
-    if said.tool is None:
-        at = {**where, "content_index": 0}
-        added = {**item, "status": "in_progress", "content": []}
-        events.append(numbered("response.output_item.added", output_index=0, item=added))
-        events.append(numbered("response.content_part.added", **at, part={**part, "text": ""}))
-        events += [
-            numbered("response.output_text.delta", **at, delta=piece, logprobs=[])
-            for piece in pieces(text, style.chunks)
-        ]
-        events.append(numbered("response.output_text.done", **at, text=text, logprobs=[]))
-        events.append(numbered("response.content_part.done", **at, part=part))
+    out.add("response.created", response=opening)
+    out.add("response.in_progress", response=opening)
+    if item["type"] == "message":
+        _message_events(out, item, chunks)
     else:
-        args = said.tool.arguments
-        added = {**item, "status": "in_progress", "arguments": ""}
-        events.append(numbered("response.output_item.added", output_index=0, item=added))
-        events += [
-            numbered("response.function_call_arguments.delta", **where, delta=piece)
-            for piece in pieces(args, style.chunks or max(1, len(args) // 8))
-        ]
-        events.append(
-            numbered(
-                "response.function_call_arguments.done",
-                **where,
-                name=said.tool.name,
-                arguments=args,
-            )
-        )
-    events.append(numbered("response.output_item.done", output_index=0, item=item))
-    events.append(numbered("response.completed", response={**response, "output": [item]}))
+        _function_call_events(out, item, chunks)
+    out.add("response.output_item.done", output_index=0, item=item)
+    out.add("response.completed", response={**response, "output": [item]})
     # The Responses API ends with response.completed; it sends no [DONE].
-    return Stream(events, done=False)
+    return Stream(out.events, done=False)
+
+
+def _message_events(out: _Events, item: dict[str, Any], chunks: int | None) -> None:
+    part: dict[str, Any] = item["content"][0]
+    text: str = part["text"]
+    at = {"item_id": item["id"], "output_index": 0, "content_index": 0}
+    added = {**item, "status": "in_progress", "content": []}
+    out.add("response.output_item.added", output_index=0, item=added)
+    out.add("response.content_part.added", **at, part={**part, "text": ""})
+    for piece in pieces(text, chunks):
+        out.add("response.output_text.delta", **at, delta=piece, logprobs=[])
+    out.add("response.output_text.done", **at, text=text, logprobs=[])
+    out.add("response.content_part.done", **at, part=part)
+
+
+def _function_call_events(out: _Events, item: dict[str, Any], chunks: int | None) -> None:
+    args: str = item["arguments"]
+    where = {"item_id": item["id"], "output_index": 0}
+    added = {**item, "status": "in_progress", "arguments": ""}
+    out.add("response.output_item.added", output_index=0, item=added)
+    for piece in pieces(args, chunks or max(1, len(args) // 8)):
+        out.add("response.function_call_arguments.delta", **where, delta=piece)
+    out.add("response.function_call_arguments.done", **where, name=item["name"], arguments=args)
 
 
 def embeddings(request: dict[str, Any], model: str, style: Style) -> Reply:

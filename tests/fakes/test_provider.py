@@ -6,9 +6,6 @@ import asyncio
 import base64
 import gzip
 import math
-import os
-import signal
-import sys
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
@@ -617,26 +614,3 @@ async def test_close_ends_hanging_requests_promptly(http: aiohttp.ClientSession)
     with pytest.raises(aiohttp.ClientConnectionError):
         await request
     assert not fake.cancelled.is_set()  # closing is not a client leaving
-
-
-# --- command line ---
-
-
-async def test_cli_prints_its_url_and_exits_0_on_sigterm(http: aiohttp.ClientSession) -> None:
-    code = "import sys; from proxy.fakes.provider import main; sys.exit(main(sys.argv[1:]))"
-    argv = ["--name", "cli", "--api-key", KEY, "--models", "m1,m2", "--variant", "1"]
-    proc = await asyncio.create_subprocess_exec(
-        sys.executable, "-c", code, *argv, stdout=asyncio.subprocess.PIPE, env=os.environ.copy()
-    )
-    try:
-        assert proc.stdout is not None
-        url = (await asyncio.wait_for(proc.stdout.readline(), 10)).decode().strip()
-        assert url.startswith("http://127.0.0.1:") and url.endswith("/v1")
-        async with http.get(f"{url}/models") as resp:
-            assert [m["id"] for m in (await resp.json())["data"]] == ["m1", "m2"]
-        proc.send_signal(signal.SIGTERM)
-        assert await asyncio.wait_for(proc.wait(), 10) == 0
-    finally:
-        if proc.returncode is None:
-            proc.kill()
-            await proc.wait()

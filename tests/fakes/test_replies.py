@@ -9,22 +9,12 @@ from collections.abc import Callable
 from typing import Any
 
 import orjson
-import pytest
-from hypothesis import given
-from hypothesis import strategies as st
 
 from proxy.fakes import replies as fake_replies
 from proxy.fakes.answers import answer_text
+from proxy.fakes.api import Stream
 from proxy.fakes.provider import Behaviour
-from proxy.fakes.replies import (
-    DONE,
-    Invalid,
-    Stream,
-    model_bodies,
-    pieces,
-    status_error,
-    truncated,
-)
+from proxy.fakes.replies import Invalid, model_bodies, status_error
 
 CHAT = "gpt-4o-mini"
 MESSAGES: list[Any] = [{"role": "user", "content": "What is the capital of France?"}]
@@ -60,17 +50,6 @@ def body(reply: fake_replies.Reply) -> Any:
 def payloads(reply: fake_replies.Reply) -> list[Any]:
     assert isinstance(reply, Stream)
     return [orjson.loads(e.split(b"data: ", 1)[1]) for e in reply.events]
-
-
-@given(st.text(), st.integers(min_value=1, max_value=200))
-def test_stream_pieces_join_back_into_the_text(text: str, count: int) -> None:
-    got = pieces(text, count)
-    assert "".join(got) == text
-    assert len(got) == min(count, len(text))
-
-
-def test_stream_pieces_default_to_one_per_word_keeping_leading_spaces() -> None:
-    assert pieces("Hello big world ", None) == ["Hello", " big", " world "]
 
 
 def test_chat_answer_is_one_choice_with_usage() -> None:
@@ -188,15 +167,6 @@ def test_invalid_requests_are_refused_naming_the_parameter() -> None:
     for param, got in refusals:
         assert isinstance(got, Invalid) and got.param == param and got.message
     assert asked == []  # refused before taking an id, so the ids of later replies don't shift
-
-
-def test_truncated_event_keeps_its_framing_but_breaks_its_json() -> None:
-    whole = fake_replies.data({"choices": [{"delta": {"content": "Hello there"}}]})
-    cut = truncated(whole)
-    assert cut.startswith(b"data: {") and cut.endswith(b"\n\n") and len(cut) < len(whole)
-    with pytest.raises(orjson.JSONDecodeError):
-        orjson.loads(cut[6:])
-    assert DONE == b"data: [DONE]\n\n"
 
 
 def test_rate_limits_ask_the_client_to_retry_after_a_second() -> None:
