@@ -2,24 +2,21 @@
 
 from __future__ import annotations
 
-import asyncio
 import re
-import shutil
 from pathlib import Path
 from typing import Any
 
 import orjson
-import pytest
 from plotly.offline import get_plotlyjs
 
 from proxy.report.build import ReportFilter, build_report
 from proxy.report.html import diff_words, write_html
 from proxy.report.thresholds import ReportSettings
 from tests.conftest import base_config
+from tests.report.browser import chromium
 from tests.report.test_build import SETTINGS, T0, basic_recording, ex, resp, write
 
 MESSAGES: list[Any] = [{"role": "user", "content": "Describe a lighthouse"}]
-CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 
 
 async def recorded_db(old: Any, new: Any, make_sidecar: Any, sdk: Any, tmp_path: Path) -> str:
@@ -46,9 +43,13 @@ async def recorded_db(old: Any, new: Any, make_sidecar: Any, sdk: Any, tmp_path:
     return db
 
 
-@pytest.mark.skipif(
-    CHROMIUM is None, reason="Debian's chromium is not installed (scripts/test installs it)"
-)
+# Each figure's div: "drawn" once Plotly has put its SVG layers in it.
+CHARTS = """JSON.parse(document.getElementById('figures').textContent).map(f => {
+  const div = document.getElementById(f.id);
+  return [f.id, div === null ? "missing" : div.querySelector(".main-svg") ? "drawn" : "empty"];
+})"""
+
+
 async def test_html_report_renders_every_chart_in_chromium(
     old, new, make_sidecar, sdk, tmp_path
 ) -> None:
@@ -60,24 +61,17 @@ async def test_html_report_renders_every_chart_in_chromium(
     assert not re.search(r"<script[^>]+src=", html)  # self-contained: nothing fetched
     figures = orjson.loads(re.search(r'id="figures">(.*?)</script>', html, re.S).group(1))  # type: ignore[union-attr]
     assert len(figures) >= 2
-    assert CHROMIUM is not None
-    proc = await asyncio.create_subprocess_exec(
-        CHROMIUM, "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-        "--disable-background-networking", "--disable-component-update", "--disable-sync",
-        f"--user-data-dir={tmp_path / 'chrome'}", "--virtual-time-budget=10000",
-        "--enable-logging=stderr", "--v=0", "--dump-dom", out.as_uri(),
-        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
-    )  # fmt: skip
-    dom_bytes, err_bytes = await asyncio.wait_for(proc.communicate(), timeout=90)
-    dom, err = dom_bytes.decode(), err_bytes.decode()
-    assert proc.returncode == 0, err[-2000:]
-    assert "Uncaught" not in err, err[-2000:]
-    for fig in figures:
-        # Plotly replaces each target div's content with its SVG layers once the chart draws.
-        m = re.search(rf'<div[^>]*id="{re.escape(fig["id"])}"[^>]*>(.*?)</div>', dom, re.S)
-        assert m is not None, f"chart {fig['id']} missing from the rendered page"
-        start = dom.index(f'id="{fig["id"]}"')
-        assert "main-svg" in dom[start : start + 200_000], f"chart {fig['id']} did not draw"
+    async with chromium(tmp_path) as browser:
+        page = await browser.open(out.as_uri())
+        await page.wait_for(f"({CHARTS}).every(([, state]) => state === 'drawn')")
+        charts = dict(await page.evaluate(CHARTS))
+        text = await page.evaluate("document.body.innerText")
+    assert page.errors == []
+    assert page.requests == [out.as_uri()]
+    assert charts == {f["id"]: "drawn" for f in figures}
+    assert text.startswith("Migration report")
+    for heading in ("Verdict", "Charts", "Traffic", "Latency", "Compatibility"):
+        assert f"\n{heading}" in text, heading
 
 
 def test_write_html_is_self_contained_with_the_figures(tmp_path: Path) -> None:
