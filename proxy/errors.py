@@ -2,7 +2,7 @@
 
 SidecarError
  ├── ConfigError            a config file refused (file, key path, reason); never an HTTP answer
- └── ProxyError             an HTTP answer the sidecar gives itself (upstream errors pass through)
+ └── ErrorAnswer            an HTTP error the sidecar answers itself (upstream errors pass through)
       ├── BadRequest        400  the request cannot be proxied as sent
       ├── NotFound          404  no such path on the sidecar
       ├── BodyTimeout       408  the request body stopped arriving (`limits.body_timeout`)
@@ -32,7 +32,9 @@ class ConfigError(SidecarError):
         super().__init__("\n".join(lines))
 
 
-class ProxyError(SidecarError):
+class ErrorAnswer(SidecarError):
+    """An error the sidecar answers with itself, OpenAI-shaped: raised, then `response()`."""
+
     status = 500
     type = "proxy_error"
     code = "proxy_error"
@@ -51,43 +53,43 @@ class ProxyError(SidecarError):
         )
 
 
-class BadRequest(ProxyError):
+class BadRequest(ErrorAnswer):
     status = 400
     type = "invalid_request_error"
     code = "bad_request"
 
 
-class NotFound(ProxyError):
+class NotFound(ErrorAnswer):
     status = 404
     type = "invalid_request_error"
     code = "not_found"
 
 
-class NotImplementedHere(ProxyError):
+class NotImplementedHere(ErrorAnswer):
     status = 501
     type = "invalid_request_error"
     code = "not_implemented"
 
 
-class BodyTimeout(ProxyError):
+class BodyTimeout(ErrorAnswer):
     status = 408
     type = "invalid_request_error"
     code = "request_timeout"
 
 
-class BodyTooLarge(ProxyError):
+class BodyTooLarge(ErrorAnswer):
     status = 413
     type = "invalid_request_error"
     code = "request_too_large"
 
 
-class UpstreamUnreachable(ProxyError):
+class UpstreamUnreachable(ErrorAnswer):
     status = 502
     type = "upstream_error"
     code = "upstream_unreachable"
 
 
-class UpstreamTimeout(ProxyError):
+class UpstreamTimeout(ErrorAnswer):
     status = 504
     type = "upstream_error"
     code = "upstream_timeout"

@@ -8,7 +8,7 @@ from typing import Any
 import orjson
 
 from proxy.config import BodyPolicy
-from proxy.record import measure
+from proxy.record import answers
 from proxy.record.rows import ErrorKind, Response, Role
 from proxy.sse import Kind, StreamTally
 
@@ -59,7 +59,7 @@ class Meter:
         """`tally=False`: nobody will read the stream's contents, so it is not parsed."""
         self.ttfb_ms = self.elapsed_ms()
         self.status = status
-        self.error_kind = measure.error_kind_for_status(status)
+        self.error_kind = answers.error_kind_for_status(status)
         if stream and tally:
             self.tally = StreamTally()
 
@@ -106,27 +106,27 @@ class Meter:
             finish = tally.finish_reason
             done = tally.done
             text = tally.text
-            json_ok = measure.json_ok(text, self.json_mode)
+            json_ok = answers.json_ok(text, self.json_mode)
             if paired:
-                shape = measure.stream_shape(tally)
-                tool_calls = measure.tool_calls_json(tally.tool_calls)
-                text_sha = measure.text_sha256(text) if text or not tally.tool_calls else None
+                shape = answers.stream_shape(tally)
+                tool_calls = answers.tool_calls_json(tally.tool_calls)
+                text_sha = answers.text_sha256(text) if text or not tally.tool_calls else None
             if policy != "none":
-                body = measure.stream_body(tally)
+                body = answers.stream_body(tally)
         elif body:
             parsed: Any = _loads(body)
             if parsed is not None:
-                prompt, completion, total = measure.usage_of(parsed)
+                prompt, completion, total = answers.usage_of(parsed)
                 if paired or self.json_mode:
-                    answer = measure.answer_of(parsed)
+                    answer = answers.answer_of(parsed)
                     finish = answer.finish_reason
-                    json_ok = measure.json_ok(answer.text, self.json_mode)
+                    json_ok = answers.json_ok(answer.text, self.json_mode)
                     if paired:
-                        shape = measure.shape_of(parsed)
-                        tool_calls = measure.tool_calls_json(answer.tool_calls)
-                        text_sha = measure.text_sha256(answer.text)
+                        shape = answers.shape_of(parsed)
+                        tool_calls = answers.tool_calls_json(answer.tool_calls)
+                        text_sha = answers.text_sha256(answer.text)
                 else:
-                    finish = measure.finish_of(parsed)  # the text is read by nothing
+                    finish = answers.finish_of(parsed)  # the text is read by nothing
         # Positional, in field order: with 23 keywords the call cost 2.2 us, this 0.8.
         return Response(
             exchange_id,
@@ -153,7 +153,7 @@ class Meter:
             body if policy == "full" else None,  # response_body
             # response_sha256: under "full" the body itself is kept, and a digest of it would
             # cost each recorded answer ~7 us under load for a column nothing reads.
-            measure.sha256_hex(body) if body is not None and policy == "hash" else None,
+            answers.sha256_hex(body) if body is not None and policy == "hash" else None,
         )
 
 

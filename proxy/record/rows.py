@@ -61,7 +61,7 @@ class Response(NamedTuple):
     total_tokens: int | None
     finish_reason: str | None
     stream_done: bool | None  # streams: saw `data: [DONE]` (or response.completed)
-    shape: str | None  # JSON shape signature of the answer, see `measure.shape_of`
+    shape: str | None  # JSON shape signature of the answer, see `answers.shape_of`
     tool_calls: str | None  # JSON list of {"name", "keys", "valid"} per tool call
     json_ok: bool | None  # JSON mode asked: did the content parse; else None
     text_sha256: str | None  # of the normalised answer text, for exact-match rates

@@ -16,7 +16,7 @@ from typing import Any, Final, get_args, get_origin, get_type_hints
 
 import orjson
 
-from proxy.record.measure import answer_of, similarity
+from proxy.record.answers import answer_of, similarity
 from proxy.record.schema import open_readonly
 from proxy.report.data import (
     Count,

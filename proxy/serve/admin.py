@@ -22,7 +22,7 @@ def _json(data: Any, status: int = 200) -> web.Response:
 
 
 async def answer(sidecar: Sidecar, request: web.BaseRequest) -> web.StreamResponse:
-    """The answer to an admin request; raises `ProxyError` for a path that is not one."""
+    """The answer to an admin request; raises `ErrorAnswer` for a path that is not one."""
     path, method = request.path, request.method
     if path == "/_proxy/health" and method == "GET":
         return _json(health(sidecar.live))
@@ -74,7 +74,7 @@ def health(live: Live) -> dict[str, Any]:
 
 def stats(sidecar: Sidecar) -> dict[str, Any]:
     """Counters since start: requests and errors per upstream, shadow copies, the recorder."""
-    out = sidecar.stats.as_dict()
+    out = sidecar.counters.as_dict()
     out["shadow"]["in_flight"] = sidecar.shadower.in_flight
     affinity = sidecar.pipeline.affinity
     out["affinity"] = {"ids": len(affinity), "routed": affinity.routed}

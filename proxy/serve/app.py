@@ -19,16 +19,16 @@ from aiohttp import web
 from proxy import config as config_mod
 from proxy import logs
 from proxy.config import Config, RecordConfig
-from proxy.errors import ConfigError, ProxyError
+from proxy.errors import ConfigError, ErrorAnswer
 from proxy.record.schema import StoreError
 from proxy.record.writer import Recorder, WriterSettings
 from proxy.serve import admin, affinity
+from proxy.serve.counters import Counters
 from proxy.serve.pipeline import Pipeline
 from proxy.serve.protocol import Server
 from proxy.serve.reload import ConfigWatcher
 from proxy.serve.runtime import Live
 from proxy.serve.shadow import Shadower
-from proxy.serve.stats import Stats
 
 log = structlog.get_logger("proxy.app")
 
@@ -59,10 +59,10 @@ class Sidecar:
         self.path = path
         self.digest = config_mod.digest(text)
         self.live = Live(cfg, self.digest, path)
-        self.stats = Stats()
+        self.counters = Counters()
         self.recorder = _new_recorder(cfg.record) if cfg.record.enabled else None
-        self.shadower = Shadower(self.stats, self.recorder)
-        self.pipeline = Pipeline(self.live, self.stats, self.recorder, self.shadower)
+        self.shadower = Shadower(self.counters, self.recorder)
+        self.pipeline = Pipeline(self.live, self.counters, self.recorder, self.shadower)
         self.watcher = ConfigWatcher(path, self._file_changed) if watch else None
         self._reload_lock = asyncio.Lock()
         self._runner: web.ServerRunner | None = None
@@ -123,14 +123,14 @@ class Sidecar:
         if request.path.startswith("/_proxy/"):
             try:
                 return await admin.answer(self, request)
-            except ProxyError as e:
+            except ErrorAnswer as e:
                 return e.response()
         try:
             return await self.pipeline.handle(request)
         except Exception:
             # A bug must still answer in the shape the app's SDK understands.
             log.exception("unhandled error", path=request.path)
-            return ProxyError("the sidecar failed on this request; see its log").response()
+            return ErrorAnswer("the sidecar failed on this request; see its log").response()
 
     def health(self) -> dict[str, Any]:
         return admin.health(self.live)

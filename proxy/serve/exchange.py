@@ -15,7 +15,7 @@ from typing import Protocol
 
 import aiohttp
 
-from proxy.errors import ProxyError, UpstreamTimeout, UpstreamUnreachable
+from proxy.errors import ErrorAnswer, UpstreamTimeout, UpstreamUnreachable
 from proxy.record.meter import Meter
 from proxy.record.rows import ErrorKind
 from proxy.serve.affinity import HEAD_BYTES
@@ -63,7 +63,7 @@ class Failure:
     """An upstream failure as the app and the record see it."""
 
     kind: ErrorKind
-    error: ProxyError  # its message is the record's reason; before `begin`, the app's answer
+    error: ErrorAnswer  # its message is the record's reason; before `begin`, the app's answer
     midway: bool  # the answer had begun: the app has headers already
     is_sse: bool
 
@@ -99,7 +99,7 @@ async def exchange(attempt: Attempt, meter: Meter, sink: Sink) -> None:
         meter.fail("client_disconnect", e.reason)
         if upr is not None:
             upr.close()  # drop the upstream connection: that is how it learns to stop
-    except (TimeoutError, ProxyError, aiohttp.ClientError) as e:
+    except (TimeoutError, ErrorAnswer, aiohttp.ClientError) as e:
         failure = _failure(e, attempt, progress)
         meter.fail(failure.kind, failure.error.message)
         if upr is not None and failure.kind == "timeout":
@@ -171,22 +171,23 @@ async def _pump(
 ) -> None:
     """Hand the answer on chunk by chunk; an SSE stream is also parsed, and handed on event
     by event where a usage chunk is held back or a model id put back."""
+    # Per chunk, everything is a local: this loop runs for every chunk of every stream.
     loop = asyncio.get_running_loop()
-    up = attempt.upstream
-    content = upr.content
-    tally = meter.tally
-    head = meter.head
+    every = attempt.upstream.idle
+    content, write, stop = upr.content, sink.write, sink.stop_at_done
+    tally, head = meter.tally, meter.head
+    strip, unmap = attempt.strip_usage, attempt.unmap
     # Whole events go out, not raw reads, when one may be held back or rewritten.
-    framed = is_sse and sink.relays and (attempt.strip_usage or attempt.unmap is not None)
+    framed = is_sse and sink.relays and (strip or unmap is not None)
     decoder = SSEDecoder() if tally is not None or framed else None
     if start:
         meter.bytes += len(start)
         if head is not None:
             head += start[:HEAD_BYTES]
-        await sink.write(start)
-    armed = -up.idle
+        await write(start)
+    armed = -every
     while True:
-        armed = push_deadline(idle, armed, loop.time(), up.idle)
+        armed = push_deadline(idle, armed, loop.time(), every)
         chunk = await content.readany()
         if not chunk:
             break
@@ -194,37 +195,40 @@ async def _pump(
         if head is not None and len(head) < HEAD_BYTES:
             head += chunk[:HEAD_BYTES]
         if decoder is None:
-            await sink.write(chunk)
+            await write(chunk)
         elif framed:
-            await _write_events(attempt, meter, sink, decoder.feed(chunk))
+            out = []
+            for ev in decoder.feed(chunk):
+                kind = tally.add(ev) if tally is not None else Kind.OTHER
+                meter.event(kind)
+                if not (strip and kind is Kind.USAGE_ONLY):
+                    out.append(ev.raw if unmap is None else unmap(ev.raw))
+            if out:
+                await write(out[0] if len(out) == 1 else b"".join(out))
         else:
             # Nothing to hold back or rewrite: the bytes go out as they came, then are parsed.
-            await sink.write(chunk)
+            await write(chunk)
             for ev in decoder.feed(chunk):
                 meter.event(tally.add(ev))  # type: ignore[union-attr]
-            if sink.stop_at_done and tally.done:  # type: ignore[union-attr]
+            if stop and tally.done:  # type: ignore[union-attr]
                 # Complete: an upstream slow to end its response after `[DONE]` (or
                 # `response.completed`) must not make this a timeout.
                 upr.close()
                 break
     if decoder is not None:  # an unterminated last event
-        await _write_events(attempt, meter, sink, decoder.flush(), framed)
+        await _flush(attempt, meter, sink, decoder.flush(), framed)
 
 
-async def _write_events(
-    attempt: Attempt, meter: Meter, sink: Sink, events: list[Event], framed: bool = True
+async def _flush(
+    attempt: Attempt, meter: Meter, sink: Sink, events: list[Event], framed: bool
 ) -> None:
     tally = meter.tally
-    strip, unmap = attempt.strip_usage, attempt.unmap
-    out = []
     for ev in events:
         kind = tally.add(ev) if tally is not None else Kind.OTHER
         meter.event(kind)
-        if strip and kind is Kind.USAGE_ONLY:
-            continue
-        out.append(ev.raw if unmap is None else unmap(ev.raw))
-    if framed and out:
-        await sink.write(out[0] if len(out) == 1 else b"".join(out))
+        if framed and not (attempt.strip_usage and kind is Kind.USAGE_ONLY):
+            unmap = attempt.unmap
+            await sink.write(ev.raw if unmap is None else unmap(ev.raw))
 
 
 def _bufferable(upr: aiohttp.ClientResponse, ctype: str) -> bool:

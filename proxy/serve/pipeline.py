@@ -17,8 +17,8 @@ from typing import TYPE_CHECKING
 from aiohttp import web
 
 from proxy import logs
-from proxy.errors import BadRequest, BodyTimeout, BodyTooLarge, ProxyError
-from proxy.record import measure
+from proxy.errors import BadRequest, BodyTimeout, BodyTooLarge, ErrorAnswer
+from proxy.record import answers
 from proxy.record.meter import Meter, refused
 from proxy.record.rows import Exchange, StoredObject
 from proxy.serve.affinity import Affinity, answer_id
@@ -30,19 +30,19 @@ from proxy.serve.router import Choice, choose
 
 if TYPE_CHECKING:
     from proxy.record.writer import Recorder
+    from proxy.serve.counters import Counters
     from proxy.serve.runtime import Live, Runtime
     from proxy.serve.shadow import Shadower
-    from proxy.serve.stats import Stats
 
 
 class Pipeline:
     """Holds what every request needs; `handle` is the aiohttp request handler for `/v1/...`."""
 
     def __init__(
-        self, live: Live, stats: Stats, recorder: Recorder | None, shadower: Shadower
+        self, live: Live, counters: Counters, recorder: Recorder | None, shadower: Shadower
     ) -> None:
         self.live = live
-        self.stats = stats
+        self.counters = counters
         self.recorder = recorder
         self.shadower = shadower
         self.affinity = Affinity()
@@ -51,7 +51,7 @@ class Pipeline:
         arrival = Arrival(new_request_id(), time.time(), time.perf_counter(), self.live.current)
         try:
             call = await read_call(request, arrival)
-        except ProxyError as e:
+        except ErrorAnswer as e:
             return await self.refuse(request, arrival, e)
         choice = choose(call, self.affinity, random.random())
         if choice.why == "object":
@@ -99,9 +99,9 @@ class Pipeline:
                 self.affinity.learn(made, name)
                 if recorder is not None:
                     recorder.submit(StoredObject(made, name, time.time()))
-        self.stats.requests[name] += 1
+        self.counters.requests[name] += 1
         if meter.error_kind is not None:
-            self.stats.errors[name] += 1
+            self.counters.errors[name] += 1
         self._log(call.arrival, call.route.name, name, call.model, meter.status)
         if recorder is not None:
             policy = rt.record.bodies
@@ -109,10 +109,10 @@ class Pipeline:
             recorder.submit(meter.record(call.id, policy.response, paired))
 
     async def refuse(
-        self, request: web.BaseRequest, arrival: Arrival, e: ProxyError
+        self, request: web.BaseRequest, arrival: Arrival, e: ErrorAnswer
     ) -> web.StreamResponse:
         """A request the sidecar answers itself: counted, logged, recorded, then answered."""
-        self.stats.proxy_errors += 1
+        self.counters.proxy_errors += 1
         self._log(arrival, "-", "-", None, e.status)
         recorder = self._recorder(arrival.runtime)
         if recorder is not None:
@@ -160,5 +160,5 @@ def exchange_row(call: Call, request_policy: str) -> Exchange:
         arrival.runtime.revision,
         hash_key(call.sticky) if call.sticky is not None else None,
         body if request_policy == "full" else None,
-        measure.sha256_hex(body) if request_policy == "hash" else None,
+        answers.sha256_hex(body) if request_policy == "hash" else None,
     )

@@ -6,7 +6,7 @@ copy) gets its own attempt, made from the same `Call`.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from typing import NamedTuple
 
 from multidict import CIMultiDict
 
@@ -23,8 +23,7 @@ from proxy.serve.rewrite import (
 from proxy.serve.upstream import UpstreamClient
 
 
-@dataclass(frozen=True, slots=True)
-class Attempt:
+class Attempt(NamedTuple):
     """One request to one upstream, and what its answer needs on the way back."""
 
     role: Role

@@ -5,7 +5,7 @@ from __future__ import annotations
 import aiohttp
 from aiohttp import web
 
-from proxy.errors import ProxyError, error_body
+from proxy.errors import ErrorAnswer, error_body
 from proxy.serve.exchange import ClientGone, Failure
 from proxy.serve.headers import response_headers
 from proxy.serve.plan import Attempt
@@ -29,7 +29,7 @@ class Relay:
     def answer(self) -> web.StreamResponse:
         """The response the handler returns; every exchange ends having made one."""
         if self.response is None:  # a bug: still an answer the app's SDK understands
-            return ProxyError("the sidecar made no answer; see its log").response(self._call_id)
+            return ErrorAnswer("the sidecar made no answer; see its log").response(self._call_id)
         return self.response
 
     def whole(self, upr: aiohttp.ClientResponse, body: bytes) -> None:

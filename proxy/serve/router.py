@@ -9,7 +9,7 @@ from bisect import bisect_right
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from fnmatch import translate
-from typing import TYPE_CHECKING, Literal
+from typing import TYPE_CHECKING, Literal, NamedTuple
 
 from proxy.config import Config, ShadowConfig, Sticky
 
@@ -132,8 +132,7 @@ def build_table(cfg: Config) -> Table:
 Why = Literal["weight", "sticky", "object"]
 
 
-@dataclass(frozen=True, slots=True)
-class Choice:
+class Choice(NamedTuple):
     """Which upstream serves a call, and why."""
 
     upstream: str

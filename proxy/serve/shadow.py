@@ -20,7 +20,7 @@ from proxy.serve.plan import Attempt, plan
 
 if TYPE_CHECKING:
     from proxy.record.writer import Recorder
-    from proxy.serve.stats import Stats
+    from proxy.serve.counters import Counters
 
 log = structlog.get_logger("proxy.shadow")
 
@@ -91,8 +91,8 @@ _MEASURE = _Measure()
 class Shadower:
     """Owns every shadow task; a full house skips the copy (counted) rather than queueing it."""
 
-    def __init__(self, stats: Stats, recorder: Recorder | None) -> None:
-        self.stats = stats
+    def __init__(self, counters: Counters, recorder: Recorder | None) -> None:
+        self.counters = counters
         self.recorder = recorder
         self.in_flight = 0
         self._tasks: set[asyncio.Task[None]] = set()
@@ -108,12 +108,12 @@ class Shadower:
         if cfg is None or not call.shadow or self._closed or (call.stream and not cfg.streams):
             return None
         if unrepeatable(call.method, call.tail, call.body):
-            self.stats.shadow_skipped_state += 1
+            self.counters.shadow_skipped_state += 1
             return None
         after: asyncio.Future[None] | None = None
         for role, name in self._targets(call, cfg, serving):
             if self.in_flight >= cfg.max_in_flight:
-                self.stats.shadow_skipped_cap += 1
+                self.counters.shadow_skipped_cap += 1
                 continue
             rt = call.arrival.runtime
             attempt = plan(call, rt.upstreams[name], role, rt.record.enabled)
@@ -132,7 +132,7 @@ class Shadower:
         targets: list[tuple[Role, str]] = []
         if cfg.sample >= 1.0 or random.random() < cfg.sample:
             if cfg.upstream == serving:
-                self.stats.shadow_skipped_same += 1
+                self.counters.shadow_skipped_same += 1
             else:
                 targets.append(("shadow", cfg.upstream))
         # The noise floor is the primary disagreeing with itself: a canary's second answer
@@ -159,7 +159,7 @@ class Shadower:
         except asyncio.CancelledError:
             self.in_flight -= 1  # stopped before it was sent: nothing to record
             raise
-        self.stats.shadow_sent += 1
+        self.counters.shadow_sent += 1
         up = attempt.upstream
         meter = Meter(attempt.role, up.name, attempt.model_sent, attempt.json_mode)
         up.enter()
@@ -173,7 +173,7 @@ class Shadower:
             self.in_flight -= 1
             meter.done()
             if meter.error_kind is not None:
-                self.stats.shadow_failed += 1
+                self.counters.shadow_failed += 1
             if self.recorder is not None and policy is not None:
                 self.recorder.submit(meter.record(call_id, policy))
 

@@ -20,7 +20,7 @@ from typing import Any
 import orjson
 import pytest
 
-from proxy.record import measure
+from proxy.record import answers
 from proxy.record.rows import Exchange, Response, Revision
 from proxy.record.schema import MIGRATIONS, SCHEMA_VERSION, StoreError
 from proxy.report.build import Report, ReportFilter, build_report, load_json, parse_time
@@ -145,7 +145,7 @@ def resp(
         shape=shape,
         tool_calls=tool_calls,
         json_ok=json_ok,
-        text_sha256=measure.text_sha256(text),
+        text_sha256=answers.text_sha256(text),
         response_body=payload,
         response_sha256=None,
     )
@@ -423,7 +423,7 @@ def test_noise_pairs_are_reported_beside_the_shadow(basic: str) -> None:
 
 def test_similarity_is_measured_over_recorded_bodies(basic: str) -> None:
     p = build_report(basic, ReportFilter(), SETTINGS).pairs[0]
-    scores = [1.0] * 5 + [measure.similarity(same_text(i), other_text(i)) for i in range(5, 9)]
+    scores = [1.0] * 5 + [answers.similarity(same_text(i), other_text(i)) for i in range(5, 9)]
     assert p.similarity.sampled == 9
     assert p.similarity.mean == pytest.approx(sum(scores) / 9)
     assert p.similarity.p10 == min(scores)  # nearest rank ceil(0.9) = 1: the lowest

@@ -9,7 +9,7 @@ import orjson
 from multidict import CIMultiDict
 
 from proxy import config as config_mod
-from proxy.record import measure
+from proxy.record import answers
 from proxy.serve.call import Arrival, Call
 from proxy.serve.rewrite import ModelAt
 from proxy.serve.runtime import Live, Runtime
@@ -63,7 +63,7 @@ def make_call(
         model,
         model_at,
         obj is not None and obj.get("stream") is True,
-        obj is not None and measure.wants_json(obj),
+        obj is not None and answers.wants_json(obj),
         sticky,
         rt.table.match(path, model),
         True,

@@ -5,7 +5,7 @@ from __future__ import annotations
 import aiohttp
 import pytest
 
-from proxy.errors import ProxyError, UpstreamTimeout, UpstreamUnreachable
+from proxy.errors import ErrorAnswer, UpstreamTimeout, UpstreamUnreachable
 from proxy.record.meter import Meter
 from proxy.serve.exchange import Failure, _failure, _Progress, exchange
 from proxy.serve.plan import Attempt, plan
@@ -91,5 +91,5 @@ async def test_a_failed_send_is_measured_and_handed_to_the_sink(
     await exchange(a, meter, sink)  # type: ignore[arg-type]
     assert meter.error_kind == "connection" and meter.status is None
     [failure] = sink.failures
-    assert isinstance(failure.error, ProxyError) and failure.error.status == 502
+    assert isinstance(failure.error, ErrorAnswer) and failure.error.status == 502
     assert not failure.midway

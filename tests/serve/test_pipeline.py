@@ -761,10 +761,10 @@ async def test_a_key_an_upstream_quotes_in_its_error_reaches_neither_app_nor_rec
         assert message.startswith("Invalid API key: [key redacted by the sidecar]")
         assert OLD_KEY not in str(e.value.body) and OLD_KEY not in e.value.response.text
         for _ in range(250):
-            if sc.stats.shadow_sent == 1 and sc.shadower.in_flight == 0:
+            if sc.counters.shadow_sent == 1 and sc.shadower.in_flight == 0:
                 break
             await asyncio.sleep(0.02)
-        assert sc.stats.shadow_sent == 1
+        assert sc.counters.shadow_sent == 1
         await sc.stop()
         recorded = b"".join(p.read_bytes() for p in tmp_path.glob("r.db*"))
         assert b"key redacted by the sidecar" in recorded  # the bodies are there...

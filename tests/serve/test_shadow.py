@@ -182,7 +182,7 @@ async def test_failing_shadow_never_changes_the_answer(
     if fault != "broken_stream":  # that fault only breaks streams
         assert shadow[0] is not None
     assert {r[1] for r in rows(db, sql, "primary")} == {None}
-    assert sc.stats.shadow_failed == sum(v is not None for v in shadow.values())
+    assert sc.counters.shadow_failed == sum(v is not None for v in shadow.values())
 
 
 async def test_in_flight_cap_skips_and_counts(old, new, make_sidecar, tmp_path) -> None:
@@ -196,14 +196,14 @@ async def test_in_flight_cap_skips_and_counts(old, new, make_sidecar, tmp_path) 
                 assert r.status == 200
 
         await asyncio.gather(*(one() for _ in range(3)))
-    assert sc.stats.shadow_sent == 2
-    assert sc.stats.shadow_skipped_cap == 1
+    assert sc.counters.shadow_sent == 2
+    assert sc.counters.shadow_skipped_cap == 1
 
 
 async def test_shadow_to_the_serving_upstream_is_skipped(old, new, make_sidecar, sdk) -> None:
     sc = await make_sidecar(base_config(old, new, split={"new": 1}, shadow=shadowing()))
     await sdk(sc).chat.completions.create(model="gpt-4o-mini", messages=MESSAGES)
-    assert sc.stats.shadow_skipped_same == 1 and len(new.received) == 1
+    assert sc.counters.shadow_skipped_same == 1 and len(new.received) == 1
 
 
 async def test_x_shadow_off_opts_a_call_out(old, new, make_sidecar, sdk) -> None:
@@ -212,7 +212,7 @@ async def test_x_shadow_off_opts_a_call_out(old, new, make_sidecar, sdk) -> None
         model="gpt-4o-mini", messages=MESSAGES, extra_headers={"x-shadow": "off"}
     )
     await asyncio.sleep(0.1)
-    assert not new.received and sc.stats.shadow_sent == 0
+    assert not new.received and sc.counters.shadow_sent == 0
 
 
 async def test_noise_copies_go_to_the_serving_upstream(
@@ -443,7 +443,7 @@ async def test_object_apis_and_chained_calls_are_not_copied(
     sc = await make_sidecar(base_config(old, new, shadow=shadowing(noise_sample=1.0)))
     client = sdk(sc)
     first = await client.responses.create(model="gpt-4o-mini", input="hi")
-    assert sc.stats.shadow_sent == 2  # a plain call: its shadow and its noise copy
+    assert sc.counters.shadow_sent == 2  # a plain call: its shadow and its noise copy
     await client.responses.create(model="gpt-4o-mini", input="and?", previous_response_id=first.id)
     async with aiohttp.ClientSession() as s:
         for path, data in (("/files", b"--x\r\n"), ("/batches", b'{"input_file_id": "f"}')):
@@ -452,7 +452,7 @@ async def test_object_apis_and_chained_calls_are_not_copied(
         async with s.get(f"{sc.url}/models") as r:
             await r.read()
     await asyncio.sleep(0.2)
-    assert sc.stats.shadow_sent == 2
+    assert sc.counters.shadow_sent == 2
     assert sc.stats_view()["shadow"]["skipped_not_repeatable"] == 4
     assert [r.path for r in new.received] == ["/v1/responses"]  # the first call's copy only
 

@@ -7,7 +7,7 @@ from collections import Counter
 from typing import Any
 
 
-class Stats:
+class Counters:
     __slots__ = (
         "errors",
         "proxy_errors",

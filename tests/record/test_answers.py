@@ -7,8 +7,8 @@ from typing import Any
 import orjson
 import pytest
 
-from proxy.record import measure
-from proxy.record.measure import Answer
+from proxy.record import answers
+from proxy.record.answers import Answer
 from proxy.sse import SSEDecoder, StreamTally, ToolCall
 
 
@@ -152,15 +152,15 @@ def tally_of(stream: bytes) -> StreamTally:
     ],
 )
 def test_error_kind_for_status(status: int, kind: str | None) -> None:
-    assert measure.error_kind_for_status(status) == kind
+    assert answers.error_kind_for_status(status) == kind
 
 
 def test_usage_of_chat_completion() -> None:
-    assert measure.usage_of(openai_text()) == (1117, 46, 1163)
+    assert answers.usage_of(openai_text()) == (1117, 46, 1163)
 
 
 def test_usage_of_responses_maps_input_and_output_tokens() -> None:
-    assert measure.usage_of(responses_body()) == (328, 52, 380)
+    assert answers.usage_of(responses_body()) == (328, 52, 380)
 
 
 def test_usage_of_embeddings_has_no_completion_tokens() -> None:
@@ -170,7 +170,7 @@ def test_usage_of_embeddings_has_no_completion_tokens() -> None:
         "model": "text-embedding-3-small",
         "usage": {"prompt_tokens": 8, "total_tokens": 8},
     }
-    assert measure.usage_of(body) == (8, None, 8)
+    assert answers.usage_of(body) == (8, None, 8)
 
 
 @pytest.mark.parametrize(
@@ -178,19 +178,19 @@ def test_usage_of_embeddings_has_no_completion_tokens() -> None:
     [{"choices": []}, {"usage": None}, {"usage": {"prompt_tokens": "3"}}, [], None, "x"],
 )
 def test_missing_usage_is_none_not_zero(body: object) -> None:
-    assert measure.usage_of(body) == (None, None, None)
+    assert answers.usage_of(body) == (None, None, None)
 
 
 # --- shape ---------------------------------------------------------------------------------
 
 
 def test_shape_ignores_volatile_fields_and_values_between_providers() -> None:
-    assert measure.shape_signature(openai_text()) == measure.shape_signature(gateway_text())
-    assert measure.shape_of(openai_text()) == measure.shape_of(gateway_text())
+    assert answers.shape_signature(openai_text()) == answers.shape_signature(gateway_text())
+    assert answers.shape_of(openai_text()) == answers.shape_of(gateway_text())
 
 
 def test_shape_signature_is_readable() -> None:
-    assert measure.shape_signature(gateway_text()) == (
+    assert answers.shape_signature(gateway_text()) == (
         '{choices:[{finish_reason:"stop",index:num,message:{content:str,role:str}}],'
         'model:str,object:"chat.completion",'
         "usage:{completion_tokens:num,prompt_tokens:num,total_tokens:num}}"
@@ -198,21 +198,21 @@ def test_shape_signature_is_readable() -> None:
 
 
 def test_shape_of_is_sixteen_hex_digits() -> None:
-    assert re.fullmatch(r"[0-9a-f]{16}", measure.shape_of(openai_text()))
+    assert re.fullmatch(r"[0-9a-f]{16}", answers.shape_of(openai_text()))
 
 
 def test_tool_call_answer_differs_in_shape_from_text_answer() -> None:
-    assert measure.shape_of(openai_tool_call()) != measure.shape_of(openai_text())
+    assert answers.shape_of(openai_tool_call()) != answers.shape_of(openai_text())
 
 
 def test_finish_reason_value_is_part_of_the_shape() -> None:
     truncated = openai_text()
     truncated["choices"][0]["finish_reason"] = "length"
-    assert measure.shape_of(truncated) != measure.shape_of(openai_text())
+    assert answers.shape_of(truncated) != answers.shape_of(openai_text())
 
 
 def test_object_value_is_part_of_the_shape() -> None:
-    assert measure.shape_of(openai_text(object="text_completion")) != measure.shape_of(
+    assert answers.shape_of(openai_text(object="text_completion")) != answers.shape_of(
         openai_text()
     )
 
@@ -220,35 +220,35 @@ def test_object_value_is_part_of_the_shape() -> None:
 def test_a_missing_usage_changes_the_shape() -> None:
     body = openai_text()
     del body["usage"]
-    assert measure.shape_of(body) != measure.shape_of(openai_text())
+    assert answers.shape_of(body) != answers.shape_of(openai_text())
 
 
 def test_value_type_changes_the_shape() -> None:
-    assert measure.shape_signature({"a": 1}) != measure.shape_signature({"a": "1"})
-    assert measure.shape_signature({"a": 1}) == measure.shape_signature({"a": 2.5})
+    assert answers.shape_signature({"a": 1}) != answers.shape_signature({"a": "1"})
+    assert answers.shape_signature({"a": 1}) == answers.shape_signature({"a": 2.5})
 
 
 def test_lists_are_summarised_by_the_union_of_element_shapes() -> None:
-    assert measure.shape_signature([{"a": 1}, {"a": 2}]) == measure.shape_signature([{"a": 3}])
-    assert measure.shape_signature([1, "x", {"b": None}]) == "[num|str|{}]"
+    assert answers.shape_signature([{"a": 1}, {"a": 2}]) == answers.shape_signature([{"a": 3}])
+    assert answers.shape_signature([1, "x", {"b": None}]) == "[num|str|{}]"
 
 
 def test_shape_of_a_huge_embedding_body_is_cheap_and_stable() -> None:
     body = {"object": "list", "data": [{"embedding": [0.1] * 3072, "index": 0}] * 50}
-    assert measure.shape_signature(body) == '{data:[{embedding:[num],index:num}],object:"list"}'
+    assert answers.shape_signature(body) == '{data:[{embedding:[num],index:num}],object:"list"}'
 
 
 def test_shape_of_deeply_nested_json_does_not_raise() -> None:
     deep: object = "x"
     for _ in range(5000):
         deep = {"a": [deep]}
-    assert measure.shape_of(deep)
+    assert answers.shape_of(deep)
 
 
 def test_shape_of_responses_text_vs_function_call_differ() -> None:
     text_only = responses_body()
     text_only["output"] = text_only["output"][:1]
-    assert measure.shape_of(text_only) != measure.shape_of(responses_body())
+    assert answers.shape_of(text_only) != answers.shape_of(responses_body())
 
 
 def test_stream_shapes_match_for_the_same_reassembled_answer() -> None:
@@ -262,8 +262,8 @@ def test_stream_shapes_match_for_the_same_reassembled_answer() -> None:
         b'data: {"choices":[{"index":0,"delta":{"content":"Hello there"},"finish_reason":"stop"}],'
         b'"usage":{"prompt_tokens":1,"completion_tokens":2,"total_tokens":3}}\n\ndata: [DONE]\n\n'
     )
-    assert measure.stream_signature(a) == 'stream{finish_reason:"stop",text,usage}'
-    assert measure.stream_shape(a) == measure.stream_shape(b)
+    assert answers.stream_signature(a) == 'stream{finish_reason:"stop",text,usage}'
+    assert answers.stream_shape(a) == answers.stream_shape(b)
 
 
 def test_stream_shape_differs_for_tool_calls_and_missing_usage() -> None:
@@ -275,15 +275,15 @@ def test_stream_shape_differs_for_tool_calls_and_missing_usage() -> None:
         b'data: {"choices":[{"index":0,"delta":{"content":"Hi"},"finish_reason":"stop"}]}\n\n'
     )
     assert (
-        measure.stream_signature(tools) == 'stream{finish_reason:"tool_calls",tools:[get_weather]}'
+        answers.stream_signature(tools) == 'stream{finish_reason:"tool_calls",tools:[get_weather]}'
     )
-    assert measure.stream_signature(text) == 'stream{finish_reason:"stop",text}'
-    assert measure.stream_shape(tools) != measure.stream_shape(text)
+    assert answers.stream_signature(text) == 'stream{finish_reason:"stop",text}'
+    assert answers.stream_shape(tools) != answers.stream_shape(text)
 
 
 def test_stream_shape_marks_an_error() -> None:
     tally = tally_of(b'data: {"error":{"message":"boom"}}\n\n')
-    assert measure.stream_signature(tally) == "stream{error}"
+    assert answers.stream_signature(tally) == "stream{error}"
 
 
 def test_stream_body_is_the_reassembled_answer() -> None:
@@ -291,7 +291,7 @@ def test_stream_body_is_the_reassembled_answer() -> None:
         b'data: {"choices":[{"index":0,"delta":{"content":"Hi","tool_calls":[{"index":0,'
         b'"function":{"name":"f","arguments":"{}"}}]},"finish_reason":"stop"}]}\n\n'
     )
-    assert orjson.loads(measure.stream_body(tally)) == {
+    assert orjson.loads(answers.stream_body(tally)) == {
         "text": "Hi",
         "tool_calls": [{"name": "f", "arguments": "{}"}],
         "finish_reason": "stop",
@@ -302,13 +302,13 @@ def test_stream_body_is_the_reassembled_answer() -> None:
 
 
 def test_answer_of_chat_text() -> None:
-    assert measure.answer_of(openai_text()) == Answer(
+    assert answers.answer_of(openai_text()) == Answer(
         "The image shows a wooden boardwalk.", (), "stop"
     )
 
 
 def test_answer_of_chat_tool_call() -> None:
-    assert measure.answer_of(openai_tool_call()) == Answer(
+    assert answers.answer_of(openai_tool_call()) == Answer(
         None, (ToolCall("get_weather", '{"location":"Shanghai"}'),), "tool_calls"
     )
 
@@ -329,11 +329,11 @@ def test_answer_of_legacy_completion() -> None:
         ],
         "usage": {"prompt_tokens": 5, "completion_tokens": 7, "total_tokens": 12},
     }
-    assert measure.answer_of(body) == Answer("\n\nThis is indeed a test", (), "length")
+    assert answers.answer_of(body) == Answer("\n\nThis is indeed a test", (), "length")
 
 
 def test_answer_of_responses_joins_output_text_and_lists_function_calls() -> None:
-    assert measure.answer_of(responses_body()) == Answer(
+    assert answers.answer_of(responses_body()) == Answer(
         "In a peaceful grove, a unicorn.",
         (ToolCall("get_weather", '{"location":"Paris"}'),),
         "completed",
@@ -353,12 +353,12 @@ def test_answer_of_content_parts_and_object_arguments() -> None:
             }
         ]
     }
-    assert measure.answer_of(body) == Answer("ab", (ToolCall("f", '{"x":1}'),), "tool_calls")
+    assert answers.answer_of(body) == Answer("ab", (ToolCall("f", '{"x":1}'),), "tool_calls")
 
 
 @pytest.mark.parametrize("body", [None, [], {"error": {"message": "x"}}, {"choices": []}])
 def test_answer_of_anything_else_is_empty(body: object) -> None:
-    assert measure.answer_of(body) == Answer(None, (), None)
+    assert answers.answer_of(body) == Answer(None, (), None)
 
 
 def test_tool_calls_json_lists_names_keys_and_validity() -> None:
@@ -367,7 +367,7 @@ def test_tool_calls_json_lists_names_keys_and_validity() -> None:
         ToolCall("broken", '{"location": "Par'),
         ToolCall("list_args", "[1, 2]"),
     ]
-    assert orjson.loads(measure.tool_calls_json(calls) or "") == [
+    assert orjson.loads(answers.tool_calls_json(calls) or "") == [
         {"name": "get_weather", "keys": ["location", "unit"], "valid": True},
         {"name": "broken", "keys": None, "valid": False},
         {"name": "list_args", "keys": None, "valid": False},
@@ -375,15 +375,15 @@ def test_tool_calls_json_lists_names_keys_and_validity() -> None:
 
 
 def test_tool_calls_json_is_none_without_calls() -> None:
-    assert measure.tool_calls_json([]) is None
-    assert measure.tool_calls_json(()) is None
+    assert answers.tool_calls_json([]) is None
+    assert answers.tool_calls_json(()) is None
 
 
 # --- JSON mode -----------------------------------------------------------------------------
 
 
 def test_json_ok_is_none_unless_json_mode() -> None:
-    assert measure.json_ok("not json", json_mode=False) is None
+    assert answers.json_ok("not json", json_mode=False) is None
 
 
 @pytest.mark.parametrize(
@@ -391,7 +391,7 @@ def test_json_ok_is_none_unless_json_mode() -> None:
     [('{"a": 1}', True), ("[1]", True), ("```json\n{}\n```", False), ("", False), (None, False)],
 )
 def test_json_ok_in_json_mode(text: str | None, ok: bool) -> None:
-    assert measure.json_ok(text, json_mode=True) is ok
+    assert answers.json_ok(text, json_mode=True) is ok
 
 
 @pytest.mark.parametrize(
@@ -408,38 +408,38 @@ def test_json_ok_in_json_mode(text: str | None, ok: bool) -> None:
     ],
 )
 def test_wants_json(request_body: object, wanted: bool) -> None:
-    assert measure.wants_json(request_body) is wanted
+    assert answers.wants_json(request_body) is wanted
 
 
 # --- text comparison -----------------------------------------------------------------------
 
 
 def test_normalise_casefolds_collapses_space_and_drops_trailing_punctuation() -> None:
-    assert measure.normalise("  Hello,\n\tWORLD!!  ") == "hello, world"
-    assert measure.normalise("Straße。") == "strasse"
-    assert measure.normalise("...") == ""
+    assert answers.normalise("  Hello,\n\tWORLD!!  ") == "hello, world"
+    assert answers.normalise("Straße。") == "strasse"
+    assert answers.normalise("...") == ""
 
 
 def test_text_sha256_matches_across_trivial_differences() -> None:
-    assert measure.text_sha256("The answer is 42.") == measure.text_sha256("the answer  is 42")
-    assert measure.text_sha256("The answer is 42.") != measure.text_sha256("The answer is 43.")
-    assert measure.text_sha256(None) is None
+    assert answers.text_sha256("The answer is 42.") == answers.text_sha256("the answer  is 42")
+    assert answers.text_sha256("The answer is 42.") != answers.text_sha256("The answer is 43.")
+    assert answers.text_sha256(None) is None
 
 
 def test_sha256_hex() -> None:
-    assert measure.sha256_hex(b"abc") == hashlib.sha256(b"abc").hexdigest()
+    assert answers.sha256_hex(b"abc") == hashlib.sha256(b"abc").hexdigest()
 
 
 def test_similarity_bounds() -> None:
-    assert measure.similarity("Same words here.", "same  words here") == 1.0
-    assert measure.similarity("alpha beta", "gamma delta") == 0.0
-    assert measure.similarity("", "") == 1.0
-    assert measure.similarity("", "x") == 0.0
+    assert answers.similarity("Same words here.", "same  words here") == 1.0
+    assert answers.similarity("alpha beta", "gamma delta") == 0.0
+    assert answers.similarity("", "") == 1.0
+    assert answers.similarity("", "x") == 0.0
 
 
 def test_similarity_is_token_level_and_order_aware() -> None:
-    close = measure.similarity("the cat sat on the mat", "the cat sat on a mat")
-    shuffled = measure.similarity("first mix then bake", "first bake then mix")
+    close = answers.similarity("the cat sat on the mat", "the cat sat on a mat")
+    shuffled = answers.similarity("first mix then bake", "first bake then mix")
     assert 0.8 < close < 1.0
     assert shuffled < 1.0
 
@@ -470,4 +470,4 @@ _FINISH_CASES = [
 
 @pytest.mark.parametrize("body", _FINISH_CASES)
 def test_finish_of_agrees_with_answer_of(body: object) -> None:
-    assert measure.finish_of(body) == measure.answer_of(body).finish_reason
+    assert answers.finish_of(body) == answers.answer_of(body).finish_reason
