@@ -220,7 +220,7 @@ class Recorder:
     # -- request path -------------------------------------------------------------------
 
     def submit(self, record: _Record) -> None:
-        """Queue an Exchange, Response or Revision for the writer; never blocks, never raises."""
+        """Queue a row (Exchange, Response, Revision, StoredObject); never blocks, never raises."""
         if not self._accepting:
             self._drop(1, "recorder closed")
             return
@@ -235,11 +235,6 @@ class Recorder:
             self._drained.clear()
         if n + 1 >= self._batch_size:
             self._wake.set()
-
-    exchange = submit  # one method under four names: a record is a record to the writer
-    response = submit
-    revision = submit
-    stored = submit
 
     def _drop(self, n: int, reason: str) -> None:
         self._dropped += n

@@ -144,10 +144,10 @@ async def test_records_read_back_equal_with_nulls_kept(
         revision="1-abcdef01", ts=1.5, rollback=True, split='{"a":1}', path="c.yaml"
     )
     for record in (full_e, bare_e):
-        rec.exchange(record)
+        rec.submit(record)
     for r in (full_r, bare_r):
-        rec.response(r)
-    rec.revision(revision)
+        rec.submit(r)
+    rec.submit(revision)
     await wait_until(lambda: rec.stats().written == 5)
 
     with contextlib.closing(open_readonly(str(db))) as conn:
@@ -171,13 +171,13 @@ async def test_bodies_keep_their_bytes_and_types_utf8_or_not(
     rec = await started(recorders, db)
     texts = [response(1, response_body='{"text": "h\u00e9 \u2603"}'.encode(), total_ms=1.25)]
     binary = [response(2, response_body=b"\xff\x00\xfe", ttfb_ms=3.0)]
-    rec.exchange(exchange(1, request_body=b"\x00\x01\xff"))
+    rec.submit(exchange(1, request_body=b"\x00\x01\xff"))
     await wait_until(lambda: rec.stats().written == 1)
     for r in texts:
-        rec.response(r)
+        rec.submit(r)
     await wait_until(lambda: rec.stats().written == 2)
     for r in binary:
-        rec.response(r)
+        rec.submit(r)
     await wait_until(lambda: rec.stats().written == 3)
     with contextlib.closing(open_readonly(str(db))) as conn:
         got = [Response(*row) for row in conn.execute("SELECT * FROM responses ORDER BY 1")]
@@ -194,9 +194,9 @@ async def test_response_written_before_its_exchange(
     db: Path, recorders: Callable[..., Recorder]
 ) -> None:
     rec = await started(recorders, db)
-    rec.response(response(7, role="shadow"))
+    rec.submit(response(7, role="shadow"))
     await wait_until(lambda: rec.stats().written == 1)
-    rec.exchange(exchange(7))
+    rec.submit(exchange(7))
     await wait_until(lambda: rec.stats().written == 2)
 
     assert rows(db, "SELECT e.id, r.role FROM exchanges e JOIN responses r ON r.exchange_id = e.id")
@@ -207,10 +207,10 @@ async def test_repeated_response_replaces_and_repeated_exchange_is_ignored(
     db: Path, recorders: Callable[..., Recorder]
 ) -> None:
     rec = await started(recorders, db)
-    rec.exchange(exchange(1, route="first"))
-    rec.exchange(exchange(1, route="second"))
-    rec.response(response(1, status=500))
-    rec.response(response(1, status=200))
+    rec.submit(exchange(1, route="first"))
+    rec.submit(exchange(1, route="second"))
+    rec.submit(response(1, status=500))
+    rec.submit(response(1, status=200))
     await wait_until(lambda: rec.stats().written == 4)
 
     assert rows(db, "SELECT route FROM exchanges") == [("first",)]
@@ -223,7 +223,7 @@ async def test_full_queue_drops_and_counts_without_raising(
     rec = recorders(db, queue_size=2)  # not started: nothing drains the queue
     with capture_logs() as logs:
         for i in range(50):
-            rec.exchange(exchange(i))
+            rec.submit(exchange(i))
 
     assert rec.stats() == RecorderStats(
         written=0, dropped=48, queue_depth=2, batches=0, errors=0, last_error=None
@@ -237,13 +237,13 @@ async def test_locked_database_drops_the_batch_then_recovers(
 ) -> None:
     rec = await started(recorders, db)
     with write_lock(db):
-        rec.exchange(exchange(1))
+        rec.submit(exchange(1))
         await wait_until(lambda: rec.stats().dropped == 1)
         stats = rec.stats()
         assert stats.errors == 3 and stats.written == 0
         assert stats.last_error is not None and "locked" in stats.last_error
 
-    rec.exchange(exchange(2))
+    rec.submit(exchange(2))
     await wait_until(lambda: rec.stats().written == 1)
     assert rows(db, "SELECT id FROM exchanges") == [("req-2",)]
 
@@ -253,7 +253,7 @@ async def test_lock_shorter_than_busy_timeout_is_waited_out(
 ) -> None:
     rec = await started(recorders, db, busy_timeout=2.0)
     with write_lock(db):
-        rec.exchange(exchange(1))
+        rec.submit(exchange(1))
         await asyncio.sleep(0.05)  # the writer is now waiting on the lock inside SQLite
     await wait_until(lambda: rec.stats().written == 1)
     assert rec.stats().errors == 0
@@ -263,16 +263,16 @@ async def test_database_replaced_by_a_directory_drops_then_recovers(
     db: Path, recorders: Callable[..., Recorder]
 ) -> None:
     rec = await started(recorders, db)
-    rec.exchange(exchange(1))
+    rec.submit(exchange(1))
     await wait_until(lambda: rec.stats().written == 1)
     replace_with_directory(db)
 
-    rec.exchange(exchange(2))
+    rec.submit(exchange(2))
     await wait_until(lambda: rec.stats().dropped == 1)
     assert rec.stats().errors >= 1
 
     shutil.rmtree(db)
-    rec.exchange(exchange(3))
+    rec.submit(exchange(3))
     await wait_until(lambda: rec.stats().written == 2)
     # A fresh database, created and migrated by the reopen.
     assert rows(db, "SELECT id FROM exchanges") == [("req-3",)]
@@ -284,8 +284,8 @@ async def test_close_flushes_everything_queued(
 ) -> None:
     rec = await started(recorders, db, linger=60.0)  # only close() ends this linger
     for i in range(100):
-        rec.exchange(exchange(i))
-        rec.response(response(i))
+        rec.submit(exchange(i))
+        rec.submit(response(i))
     started_at = time.monotonic()
     await rec.close()
 
@@ -301,7 +301,7 @@ async def test_full_batch_is_written_without_waiting_out_the_linger(
 ) -> None:
     rec = await started(recorders, db, batch_size=4, linger=60.0)
     for i in range(4):
-        rec.exchange(exchange(i))
+        rec.submit(exchange(i))
     await wait_until(lambda: rec.stats().written == 4)
     assert rec.stats().batches == 1
 
@@ -313,7 +313,7 @@ async def test_close_with_a_hung_database_respects_its_timeout(
     rec = await started(recorders, db, busy_timeout=0.2, retry_interval=0.3)
     with write_lock(db):
         for i in range(10):
-            rec.exchange(exchange(i))
+            rec.submit(exchange(i))
         started_at = time.monotonic()
         await rec.close(timeout=0.3)
         elapsed = time.monotonic() - started_at
@@ -329,8 +329,8 @@ async def test_records_after_close_are_dropped_and_close_is_idempotent(
     rec = await started(recorders, db)
     await rec.close()
     await rec.close()
-    rec.exchange(exchange(1))
-    rec.revision(Revision(revision="r", ts=0.0, rollback=False, split="{}", path="c.yaml"))
+    rec.submit(exchange(1))
+    rec.submit(Revision(revision="r", ts=0.0, rollback=False, split="{}", path="c.yaml"))
 
     assert rec.stats().dropped == 2
 
@@ -428,7 +428,7 @@ async def test_a_missing_directory_is_made(
     tmp_path: Path, recorders: Callable[..., Recorder]
 ) -> None:
     rec = await started(recorders, tmp_path / "data" / "sub" / "sidecar.db")
-    rec.exchange(exchange(1))
+    rec.submit(exchange(1))
     await rec.close()
     assert rec.stats().written == 1
 
@@ -438,10 +438,10 @@ async def test_retention_keeps_the_newest_max_rows_with_their_responses(
 ) -> None:
     rec = await started(recorders, db, max_rows=3, retention_interval=0.02)
     for i in range(10):
-        rec.exchange(exchange(i, ts=1000.0 + i))
-        rec.response(response(i, ts=1000.0 + i))
-        rec.response(response(i, ts=1000.5 + i, role="shadow"))
-    rec.response(response(99, ts=1.0))  # its exchange never arrived
+        rec.submit(exchange(i, ts=1000.0 + i))
+        rec.submit(response(i, ts=1000.0 + i))
+        rec.submit(response(i, ts=1000.5 + i, role="shadow"))
+    rec.submit(response(99, ts=1.0))  # its exchange never arrived
 
     def trimmed() -> bool:
         return rows(db, "SELECT count(*) FROM responses") == [(6,)]
@@ -461,12 +461,12 @@ async def test_retention_deletes_exchanges_older_than_max_age_with_their_respons
     rec = await started(recorders, db, max_age_days=1.0, retention_interval=0.02)
     now = time.time()
     old, new = now - 2 * 86_400, now
-    rec.exchange(exchange(1, ts=old))
-    rec.response(response(1, ts=old))
-    rec.response(response(1, ts=new, role="shadow"))  # late shadow answer to an old request
-    rec.exchange(exchange(2, ts=new))
-    rec.response(response(2, ts=new))
-    rec.response(response(3, ts=old))  # orphan
+    rec.submit(exchange(1, ts=old))
+    rec.submit(response(1, ts=old))
+    rec.submit(response(1, ts=new, role="shadow"))  # late shadow answer to an old request
+    rec.submit(exchange(2, ts=new))
+    rec.submit(response(2, ts=new))
+    rec.submit(response(3, ts=old))  # orphan
 
     def aged() -> bool:
         return rows(db, "SELECT count(*) FROM responses") == [(1,)]
@@ -481,7 +481,7 @@ async def test_readonly_connection_reads_while_recording_and_cannot_write(
 ) -> None:
     rec = await started(recorders, db)
     with contextlib.closing(open_readonly(str(db))) as conn:
-        rec.exchange(exchange(1))
+        rec.submit(exchange(1))
         await wait_until(lambda: rec.stats().written == 1)
         assert conn.execute("SELECT id FROM exchanges").fetchall() == [("req-1",)]
         with pytest.raises(sqlite3.OperationalError, match="readonly"):
@@ -493,8 +493,8 @@ async def test_objects_are_kept_for_the_affinity_newest_last_and_bounded(
 ) -> None:
     rec = await started(recorders, db, max_objects=3)
     for i in range(5):
-        rec.stored(StoredObject(f"resp_{i}", "new" if i % 2 else "old", 1000.0 + i))
-    rec.stored(StoredObject("resp_1", "new", 1010.0))  # made again: now the newest
+        rec.submit(StoredObject(f"resp_{i}", "new" if i % 2 else "old", 1000.0 + i))
+    rec.submit(StoredObject("resp_1", "new", 1010.0))  # made again: now the newest
     await wait_until(lambda: rec.stats().written == 6)
     assert await rec.objects() == [("resp_3", "new"), ("resp_4", "old"), ("resp_1", "new")]
     assert rows(db, "SELECT count(*) FROM objects") == [(3,)]
