@@ -68,16 +68,6 @@ class Failure:
     is_sse: bool
 
 
-class _Progress:
-    """How far an exchange got: what a failure means depends on it."""
-
-    __slots__ = ("began", "is_sse")
-
-    def __init__(self) -> None:
-        self.began = False
-        self.is_sse = False
-
-
 async def exchange(attempt: Attempt, meter: Meter, sink: Sink) -> None:
     """Send `attempt`, hand its answer to `sink`, and measure it all on `meter`.
 
@@ -85,14 +75,31 @@ async def exchange(attempt: Attempt, meter: Meter, sink: Sink) -> None:
     app leaving is measured as `client_disconnect`. Cancellation passes through.
     """
     up = attempt.upstream
-    progress = _Progress()
     upr: aiohttp.ClientResponse | None = None
+    began = is_sse = False  # what a failure means depends on how far the answer got
     try:
         # One deadline for the headers and a plain answer; a stream re-arms it per chunk.
         async with asyncio.timeout(up.first_byte) as deadline:
             upr = await up.send(attempt.method, attempt.tail, attempt.query, attempt.headers, attempt.body)  # fmt: skip
             try:
-                await _answer(attempt, meter, sink, upr, deadline, progress)
+                ctype = upr.headers.get("content-type", "")
+                is_sse = ctype.startswith("text/event-stream")
+                meter.headers(upr.status, is_sse, attempt.parse_stream)
+                start = b""
+                if not is_sse and (not sink.relays or _bufferable(upr, ctype)):
+                    data, whole = await read_upto(upr.content, BUFFER_LIMIT)
+                    if whole:
+                        meter.bytes = len(data)
+                        # Recorded as the provider sent it, less a key it quoted.
+                        meter.body = up.scrub(upr.status, data)
+                        sink.whole(upr, meter.body)
+                        return
+                    start = data  # larger than it said, or than it could say: piped on
+                deadline.reschedule(None)
+                began = True
+                await sink.begin(upr, is_sse)
+                await _pump(attempt, meter, sink, upr, deadline, start, is_sse)
+                await sink.end()
             finally:
                 upr.release()
     except ClientGone as e:
@@ -100,7 +107,7 @@ async def exchange(attempt: Attempt, meter: Meter, sink: Sink) -> None:
         if upr is not None:
             upr.close()  # drop the upstream connection: that is how it learns to stop
     except (TimeoutError, ErrorAnswer, aiohttp.ClientError) as e:
-        failure = _failure(e, attempt, progress)
+        failure = _failure(e, attempt, began, is_sse)
         meter.fail(failure.kind, failure.error.message)
         if upr is not None and failure.kind == "timeout":
             upr.close()
@@ -110,10 +117,12 @@ async def exchange(attempt: Attempt, meter: Meter, sink: Sink) -> None:
             meter.fail("client_disconnect", gone.reason)
 
 
-def _failure(exc: BaseException, attempt: Attempt, progress: _Progress) -> Failure:
-    """The one mapping of an upstream failure to its error kind and message."""
+def _failure(exc: BaseException, attempt: Attempt, midway: bool, is_sse: bool) -> Failure:
+    """The one mapping of an upstream failure to its error kind and message.
+
+    `midway`: the answer had begun streaming; `is_sse`: it is an event stream.
+    """
     up = attempt.upstream
-    midway, is_sse = progress.began, progress.is_sse
     if isinstance(exc, UpstreamTimeout | UpstreamUnreachable):  # raised by `send`
         kind: ErrorKind = "timeout" if isinstance(exc, UpstreamTimeout) else "connection"
         return Failure(kind, exc, midway, is_sse)
@@ -129,35 +138,6 @@ def _failure(exc: BaseException, attempt: Attempt, progress: _Progress) -> Failu
         return Failure("broken_stream" if is_sse else "connection", broken, midway, is_sse)
     reason = f"upstream {up.name!r} ({up.host}) broke off its answer: {name}"
     return Failure("connection", UpstreamUnreachable(reason), midway, is_sse)
-
-
-async def _answer(
-    attempt: Attempt,
-    meter: Meter,
-    sink: Sink,
-    upr: aiohttp.ClientResponse,
-    deadline: asyncio.Timeout,
-    progress: _Progress,
-) -> None:
-    ctype = upr.headers.get("content-type", "")
-    is_sse = ctype.startswith("text/event-stream")
-    progress.is_sse = is_sse
-    meter.headers(upr.status, is_sse, attempt.parse_stream)
-    start = b""
-    if not is_sse and (not sink.relays or _bufferable(upr, ctype)):
-        data, whole = await read_upto(upr.content, BUFFER_LIMIT)
-        if whole:
-            meter.bytes = len(data)
-            # Recorded as the provider sent it, less a key it quoted.
-            meter.body = attempt.upstream.scrub(upr.status, data)
-            sink.whole(upr, meter.body)
-            return
-        start = data  # larger than it said, or than it could say: piped on
-    deadline.reschedule(None)
-    progress.began = True
-    await sink.begin(upr, is_sse)
-    await _pump(attempt, meter, sink, upr, deadline, start, is_sse)
-    await sink.end()
 
 
 async def _pump(

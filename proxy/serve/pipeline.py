@@ -60,12 +60,14 @@ class Pipeline:
         attempt = plan(
             call, rt.upstreams[choice.upstream], "primary", self._recorder(rt) is not None
         )
-        answered = self.shadower.offer(call, choice.upstream)
+        answered = (
+            self.shadower.offer(call, choice.upstream) if call.route.shadow is not None else None
+        )
         up = attempt.upstream
         meter = Meter(attempt.role, up.name, attempt.model_sent, attempt.json_mode)
         if attempt.learn:
             meter.head = bytearray()  # a streamed answer names its object in its first event
-        relay = Relay(request, call.id, attempt)
+        relay = Relay(request, arrival.id, attempt)
         up.enter()
         try:
             await exchange(attempt, meter, relay)

@@ -43,10 +43,21 @@ class Attempt(NamedTuple):
 
 def plan(call: Call, up: UpstreamClient, role: Role, recording: bool) -> Attempt:
     """The attempt for `up`; `recording`: the answer will be recorded (usage is asked for)."""
-    # Usage is asked for only to be recorded: with recording off the request goes as sent,
-    # and the stream is relayed without being parsed at all.
-    want_usage = recording and call.stream and call.tail in USAGE_OPT_IN_PATHS
-    tail, body, sent, strip = _rewrite(call, up, want_usage)
+    model, tail, body = call.model, call.tail, call.body
+    moved: tuple[str, bytes, str] | None = None
+    sent: str | None
+    if model is not None:  # named in the path or a form field: mapped there
+        moved = model_outside_body(up.models, tail, body, model, call.model_at)
+    if moved is not None:
+        tail, body, sent = moved
+        strip = False
+    else:
+        # Usage is asked for only to be recorded: with recording off the request goes as
+        # sent, and the stream is relayed without being parsed at all.
+        want_usage = recording and call.stream and tail in USAGE_OPT_IN_PATHS
+        body, sent, strip = upstream_body(
+            up.models, up.inject_usage, call.json, body, model, want_usage
+        )
     headers = CIMultiDict(call.headers)
     headers.update(up.headers)
     primary = role == "primary"
@@ -65,21 +76,6 @@ def plan(call: Call, up: UpstreamClient, role: Role, recording: bool) -> Attempt
         _unmap(call, up, sent),
         primary and (creates(call.method, call.tail) or stores_completion(call.tail, call.json, call.body)),
     )  # fmt: skip
-
-
-def _rewrite(
-    call: Call, up: UpstreamClient, want_usage: bool
-) -> tuple[str, bytes, str | None, bool]:
-    """(path tail, body, model sent, strip the usage chunk) for `up`."""
-    model = call.model
-    if model is not None:
-        elsewhere = model_outside_body(up.models, call.tail, call.body, model, call.model_at)
-        if elsewhere is not None:
-            return (*elsewhere, False)
-    body, sent, strip = upstream_body(
-        up.models, up.inject_usage, call.json, call.body, model, want_usage
-    )
-    return call.tail, body, sent, strip
 
 
 def _unmap(call: Call, up: UpstreamClient, sent: str | None) -> Unmap | None:

@@ -147,10 +147,11 @@ def choose(call: Call, affinity: Affinity, u: float) -> Choice:
     sticky key say; only the rollback switch sends it to the primary regardless (and it
     fails there). Under rollback every route's split is the primary alone (`build_table`).
     """
-    rt = call.arrival.runtime
     owner = affinity.owner(call.tail, call.body)
-    if owner is not None and owner in rt.upstreams and not rt.config.rollback:
-        return Choice(owner, "object")
+    if owner is not None:
+        rt = call.arrival.runtime
+        if owner in rt.upstreams and not rt.config.rollback:
+            return Choice(owner, "object")
     split = call.route.split
     if call.sticky is not None:
         return Choice(split.pick(sticky_point(call.sticky)), "sticky")

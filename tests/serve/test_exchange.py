@@ -7,7 +7,7 @@ import pytest
 
 from proxy.errors import ErrorAnswer, UpstreamTimeout, UpstreamUnreachable
 from proxy.record.meter import Meter
-from proxy.serve.exchange import Failure, _failure, _Progress, exchange
+from proxy.serve.exchange import Failure, _failure, exchange
 from proxy.serve.plan import Attempt, plan
 from tests.serve.calls import make_call, runtime
 
@@ -15,12 +15,6 @@ from tests.serve.calls import make_call, runtime
 def attempt() -> Attempt:
     rt = runtime()
     return plan(make_call(rt, body={"model": "m"}), rt.upstreams["old"], "primary", False)
-
-
-def progress(began: bool, is_sse: bool = False) -> _Progress:
-    p = _Progress()
-    p.began, p.is_sse = began, is_sse
-    return p
 
 
 @pytest.mark.parametrize(
@@ -38,14 +32,14 @@ def progress(began: bool, is_sse: bool = False) -> _Progress:
 def test_each_failure_maps_to_one_kind(
     exc: BaseException, began: bool, is_sse: bool, kind: str, status: int
 ) -> None:
-    failure = _failure(exc, attempt(), progress(began, is_sse))
+    failure = _failure(exc, attempt(), began, is_sse)
     assert (failure.kind, failure.error.status, failure.midway) == (kind, status, began)
 
 
 def test_a_timeout_says_which_deadline_passed() -> None:
     a = attempt()
-    assert "sent no answer within" in _failure(TimeoutError(), a, progress(False)).error.message
-    assert "mid-stream" in _failure(TimeoutError(), a, progress(True, True)).error.message
+    assert "sent no answer within" in _failure(TimeoutError(), a, False, False).error.message
+    assert "mid-stream" in _failure(TimeoutError(), a, True, True).error.message
 
 
 class Sink:
