@@ -19,6 +19,7 @@ from pydantic import (
     model_validator,
 )
 
+from proxy.adapters.registry import Api, serves_path
 from proxy.errors import ConfigError
 from proxy.report.thresholds import ReportSettings
 
@@ -53,9 +54,12 @@ class Pool(_Strict):
 
 class UpstreamConfig(_Strict):
     base_url: str
+    # The provider's API shape (see proxy/adapters): calls it does not speak are translated.
+    api: Api = "openai"
     api_key: SecretStr | None = None
     # Header the key goes in; "authorization" sends "Bearer <key>", any other sends the bare key.
-    auth_header: str = "authorization"
+    # Unset: "authorization", or "x-api-key" for `api: anthropic`.
+    auth_header: str | None = None
     models: dict[str, str] = {}
     headers: dict[str, str] = {}
     timeouts: Timeouts = Timeouts()
@@ -88,8 +92,14 @@ class UpstreamConfig(_Strict):
 
     @field_validator("auth_header")
     @classmethod
-    def _lower(cls, v: str) -> str:
-        return v.lower()
+    def _lower(cls, v: str | None) -> str | None:
+        return None if v is None else v.lower()
+
+    @property
+    def key_header(self) -> str:
+        if self.auth_header is not None:
+            return self.auth_header
+        return "x-api-key" if self.api == "anthropic" else "authorization"
 
 
 class Sticky(_Strict):
@@ -117,9 +127,14 @@ class ShadowConfig(_Strict):
 
 
 class RouteConfig(_Strict):
-    path: str  # "/v1/embeddings" matches it and everything below it
+    # "/v1/embeddings" matches it and everything below it. A path outside /v1/ (Gemini's
+    # "/v1beta") is accepted only under such a route, and sent to the upstream's origin.
+    path: str
     model: str | None = None  # glob on the requested model, e.g. "gpt-4o*"
     name: str | None = None
+    # Where `rollback: true` sends this route (default: the top-level `primary`); also the
+    # route's whole split when it has no `split`, and the upstream its noise copies go to.
+    primary: str | None = None
     split: dict[str, Weight] | None = None
     shadow: ShadowConfig | Literal[False] | None = None  # None inherits; false turns it off
 
@@ -197,6 +212,46 @@ def _references(cfg: Config) -> list[tuple[str, str]]:
             problems.append(
                 (f"routes.{i}.shadow.upstream", f"{route.shadow.upstream!r} is not an upstream")
             )
+        if route.primary is not None and route.primary not in names:
+            problems.append(
+                (
+                    f"routes.{i}.primary",
+                    f"{route.primary!r} is not one of upstreams {sorted(names)}",
+                )
+            )
+    if not problems:
+        problems += _route_shapes(cfg)
+    return problems
+
+
+def _route_shapes(cfg: Config) -> list[tuple[str, str]]:
+    """Every upstream a route with a path may send to can serve that path, the rollback
+    target above all: a switch that should make things safe must not break a route."""
+    problems: list[tuple[str, str]] = []
+    for i, route in enumerate(cfg.routes):
+        if route.path == "/":
+            continue
+        target = route.primary or cfg.primary
+        uses: list[tuple[str, str]] = []
+        weights = (
+            route.split
+            if route.split is not None
+            else ({target: 1.0} if route.primary else cfg.default_split())
+        )
+        uses += [(f"split.{n}", n) for n, w in weights.items() if w > 0]
+        shadow = cfg.shadow if route.shadow is None else (route.shadow or None)
+        if shadow is not None:
+            uses.append(("shadow.upstream", shadow.upstream))
+        for key, name in uses:
+            api = cfg.upstreams[name].api
+            if not serves_path(api, route.path):
+                problems.append(
+                    (f"routes.{i}.{key}", f"{name!r} (api: {api}) cannot serve {route.path}")
+                )
+        api = cfg.upstreams[target].api
+        if not serves_path(api, route.path):
+            why = f"under rollback this route goes to {target!r} (api: {api}), which cannot serve {route.path}: give the route a `primary` that can"
+            problems.append((f"routes.{i}", why))
     return problems
 
 

@@ -167,3 +167,55 @@ def test_arbitrary_text_is_refused_with_a_config_error_or_accepted(text: str) ->
         config_mod.parse(text.encode(), "fuzz.yaml", env={})
     except ConfigError as e:
         assert str(e).startswith("fuzz.yaml")
+
+
+# -- provider shapes and routes ------------------------------------------------------------
+
+SHAPES = """
+upstreams:
+  openai: {base_url: "http://127.0.0.1:1/v1"}
+  claude_old: {base_url: "http://127.0.0.1:2/v1", api: anthropic}
+  claude_new: {base_url: "http://127.0.0.1:3/v1", api: anthropic, auth_header: Authorization}
+primary: openai
+routes:
+  - {path: /v1/messages, primary: claude_old, split: {claude_old: 90, claude_new: 10}}
+"""
+
+
+def test_an_anthropic_upstream_sends_its_key_as_x_api_key_unless_told_otherwise() -> None:
+    cfg = config_mod.parse(SHAPES.encode(), "cfg.yaml", env={})
+    assert cfg.upstreams["openai"].key_header == "authorization"
+    assert cfg.upstreams["claude_old"].key_header == "x-api-key"
+    assert cfg.upstreams["claude_new"].key_header == "authorization"
+
+
+def test_a_route_whose_rollback_cannot_serve_it_is_refused_naming_it() -> None:
+    text = SHAPES.replace("primary: claude_old, ", "")
+    assert refused(text) == [
+        (
+            "routes.0",
+            "under rollback this route goes to 'openai' (api: openai), which cannot serve "
+            "/v1/messages: give the route a `primary` that can",
+        )
+    ]
+
+
+def test_a_route_that_splits_to_an_upstream_that_cannot_serve_it_is_refused() -> None:
+    text = SHAPES.replace("claude_new: 10", "openai: 10")
+    assert refused(text) == [
+        ("routes.0.split.openai", "'openai' (api: openai) cannot serve /v1/messages")
+    ]
+
+
+def test_a_route_primary_must_be_an_upstream() -> None:
+    assert refused(SHAPES.replace("primary: claude_old", "primary: claude")) == [
+        (
+            "routes.0.primary",
+            "'claude' is not one of upstreams ['claude_new', 'claude_old', 'openai']",
+        )
+    ]
+
+
+def test_an_unknown_api_is_refused() -> None:
+    problems = refused(SHAPES.replace("api: anthropic}", "api: gemini}", 1))
+    assert problems[0][0] == "upstreams.claude_old.api"

@@ -35,6 +35,7 @@ OBJECT_APIS: Final = (
     "/conversations",
     "/containers",
     "/evals",
+    "/videos",  # a video job: made by a POST, polled and downloaded by its id
 )
 # POST to these (or below them) creates an object whose id the answer carries at the top.
 CREATES: Final = ("/responses", *OBJECT_APIS)

@@ -76,6 +76,7 @@ class Call(NamedTuple):
     sticky: str | None  # the sticky key's value
     route: Route
     shadow: bool  # False when the app said `x-shadow: off`
+    rooted: bool  # a path outside /v1/ (allowed by a route): `tail` is the whole path
 
     @property
     def id(self) -> str:
@@ -86,7 +87,7 @@ async def read_call(request: web.BaseRequest, arrival: Arrival) -> Call:
     """Validate, read the body, and sniff what the call asks for; raises `ErrorAnswer`."""
     rt = arrival.runtime
     path = request.path
-    refuse_early(request, path)
+    refuse_early(request, path, rt)
     body = await read_body(request, rt.max_body, rt.body_timeout)
     headers = forward_headers(request.headers, REQUEST_DROP)
     # aiohttp has already decoded a body sent as gzip, deflate, br or zstd: it goes on
@@ -96,7 +97,9 @@ async def read_call(request: web.BaseRequest, arrival: Arrival) -> Call:
     if decoded:
         headers.popall("content-encoding")
     readable = rt.inspect_bodies and bool(body) and (coding is None or decoded)
-    tail = request.rel_url.raw_path[3:]  # "/v1" is 3 characters
+    rooted = not path.startswith("/v1/")
+    raw_path = request.rel_url.raw_path
+    tail = raw_path if rooted else raw_path[3:]  # "/v1" is 3 characters
     obj = _json_object(request, body) if readable else None
     model, at = _model(request, tail, obj, body, readable, rt.inspect_bodies)
     return Call(
@@ -115,15 +118,16 @@ async def read_call(request: web.BaseRequest, arrival: Arrival) -> Call:
         _sticky(rt, request, obj),
         rt.table.match(path, model),
         request.headers.get("x-shadow") != "off",
+        rooted,
     )
 
 
-def refuse_early(request: web.BaseRequest, path: str) -> None:
+def refuse_early(request: web.BaseRequest, path: str, rt: Runtime) -> None:
     """What is refused on the request line and headers alone, before the body is read."""
-    if not path.startswith("/v1/"):
+    if not rt.table.accepts(path):
         raise NotFound(
             f"no such path on the sidecar: {path!r}; the API lives under /v1/ "
-            "(set OPENAI_BASE_URL=http://host:port/v1)"
+            "(set OPENAI_BASE_URL=http://host:port/v1; a path outside /v1/ needs a route)"
         )
     if request.method == "GET" and "websocket" in request.headers.get("upgrade", "").lower():
         # Dropping the hop-by-hop Upgrade header would send the provider a plain GET, and the

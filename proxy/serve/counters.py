@@ -16,6 +16,7 @@ class Counters:
         "shadow_sent",
         "shadow_skipped_cap",
         "shadow_skipped_same",
+        "shadow_skipped_shape",
         "shadow_skipped_state",
         "started_at",
     )
@@ -29,6 +30,7 @@ class Counters:
         self.shadow_failed = 0
         self.shadow_skipped_cap = 0
         self.shadow_skipped_same = 0
+        self.shadow_skipped_shape = 0  # not copied: the shadow's provider shape has no such call
         self.shadow_skipped_state = 0  # not copied: an object API, or names a stored object
 
     def as_dict(self) -> dict[str, Any]:
@@ -43,5 +45,6 @@ class Counters:
                 "skipped_in_flight_cap": self.shadow_skipped_cap,
                 "skipped_same_upstream": self.shadow_skipped_same,
                 "skipped_not_repeatable": self.shadow_skipped_state,
+                "skipped_other_shape": self.shadow_skipped_shape,
             },
         }

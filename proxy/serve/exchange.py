@@ -10,12 +10,15 @@ to the app; a shadow copy only measures it.
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Protocol
 
 import aiohttp
+from multidict import CIMultiDict
 
 from proxy.errors import ErrorAnswer, UpstreamTimeout, UpstreamUnreachable
+from proxy.record.answers import error_kind_for_status
 from proxy.record.meter import Meter
 from proxy.record.rows import ErrorKind
 from proxy.serve.affinity import HEAD_BYTES
@@ -44,10 +47,10 @@ class Sink(Protocol):
     def stop_at_done(self) -> bool:
         """Whether a stream is complete at `[DONE]`, without waiting for the upstream to end it."""
 
-    def whole(self, upr: aiohttp.ClientResponse, body: bytes) -> None:
-        """A plain answer, read whole (and scrubbed of the sidecar's key)."""
+    def whole(self, status: int, headers: Mapping[str, str], body: bytes) -> None:
+        """A plain answer, read whole (scrubbed of the sidecar's key, in the app's shape)."""
 
-    async def begin(self, upr: aiohttp.ClientResponse, is_sse: bool) -> None:
+    async def begin(self, status: int, headers: Mapping[str, str], is_sse: bool) -> None:
         """A streamed (or too large to hold) answer starts."""
 
     async def write(self, data: bytes) -> None: ...
@@ -80,7 +83,7 @@ async def exchange(attempt: Attempt, meter: Meter, sink: Sink) -> None:
     try:
         # One deadline for the headers and a plain answer; a stream re-arms it per chunk.
         async with asyncio.timeout(up.first_byte) as deadline:
-            upr = await up.send(attempt.method, attempt.tail, attempt.query, attempt.headers, attempt.body)  # fmt: skip
+            upr = await up.send(attempt.method, attempt.tail, attempt.query, attempt.headers, attempt.body, attempt.rooted)  # fmt: skip
             try:
                 ctype = upr.headers.get("content-type", "")
                 is_sse = ctype.startswith("text/event-stream")
@@ -90,14 +93,12 @@ async def exchange(attempt: Attempt, meter: Meter, sink: Sink) -> None:
                     data, whole = await read_upto(upr.content, BUFFER_LIMIT)
                     if whole:
                         meter.bytes = len(data)
-                        # Recorded as the provider sent it, less a key it quoted.
-                        meter.body = up.scrub(upr.status, data)
-                        sink.whole(upr, meter.body)
+                        _whole(attempt, meter, sink, upr, up.scrub(upr.status, data))
                         return
                     start = data  # larger than it said, or than it could say: piped on
                 deadline.reschedule(None)
                 began = True
-                await sink.begin(upr, is_sse)
+                await sink.begin(upr.status, upr.headers, is_sse)
                 await _pump(attempt, meter, sink, upr, deadline, start, is_sse)
                 await sink.end()
             finally:
@@ -115,6 +116,27 @@ async def exchange(attempt: Attempt, meter: Meter, sink: Sink) -> None:
             await sink.fail(failure)
         except ClientGone as gone:
             meter.fail("client_disconnect", gone.reason)
+
+
+def _whole(
+    attempt: Attempt, meter: Meter, sink: Sink, upr: aiohttp.ClientResponse, body: bytes
+) -> None:
+    """A plain answer to the sink, through the adapter when the provider speaks another shape;
+    recorded as the app gets it (less a key it quoted), so both sides compare alike."""
+    translation = attempt.translation
+    if translation is None:
+        meter.body = body
+        sink.whole(upr.status, upr.headers, body)
+        return
+    answer = translation.answer(upr.status, body, dict(upr.headers))
+    if answer.status != upr.status:
+        meter.status = answer.status
+        meter.error_kind = error_kind_for_status(answer.status)
+    headers = CIMultiDict(upr.headers)
+    headers["content-type"] = "application/json"
+    headers.update(answer.headers)
+    meter.body = answer.body
+    sink.whole(answer.status, headers, answer.body)
 
 
 def _failure(exc: BaseException, attempt: Attempt, midway: bool, is_sse: bool) -> Failure:
@@ -157,8 +179,10 @@ async def _pump(
     content, write, stop = upr.content, sink.write, sink.stop_at_done
     tally, head = meter.tally, meter.head
     strip, unmap = attempt.strip_usage, attempt.unmap
-    # Whole events go out, not raw reads, when one may be held back or rewritten.
-    framed = is_sse and sink.relays and (strip or unmap is not None)
+    translation = attempt.translation
+    translator = translation.stream() if translation is not None and is_sse else None
+    # Whole events go out, not raw reads, when one may be held back, rewritten or translated.
+    framed = is_sse and (translator is not None or (sink.relays and (strip or unmap is not None)))
     decoder = SSEDecoder() if tally is not None or framed else None
     if start:
         meter.bytes += len(start)
@@ -177,14 +201,20 @@ async def _pump(
         if decoder is None:
             await write(chunk)
         elif framed:
+            events = decoder.feed(chunk)
+            if translator is not None:
+                events = [out for ev in events for out in translator.event(ev)]
             out = []
-            for ev in decoder.feed(chunk):
+            for ev in events:
                 kind = tally.add(ev) if tally is not None else Kind.OTHER
                 meter.event(kind)
                 if not (strip and kind is Kind.USAGE_ONLY):
                     out.append(ev.raw if unmap is None else unmap(ev.raw))
             if out:
                 await write(out[0] if len(out) == 1 else b"".join(out))
+            if stop and tally is not None and tally.done:
+                upr.close()
+                break
         else:
             # Nothing to hold back or rewrite: the bytes go out as they came, then are parsed.
             await write(chunk)
@@ -196,7 +226,10 @@ async def _pump(
                 upr.close()
                 break
     if decoder is not None:  # an unterminated last event
-        await _flush(attempt, meter, sink, decoder.flush(), framed)
+        events = decoder.flush()
+        if translator is not None:
+            events = [out for ev in events for out in translator.event(ev)] + translator.end()
+        await _flush(attempt, meter, sink, events, framed)
 
 
 async def _flush(

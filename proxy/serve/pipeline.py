@@ -57,9 +57,12 @@ class Pipeline:
         if choice.why == "object":
             self.affinity.routed += 1
         rt = arrival.runtime
-        attempt = plan(
-            call, rt.upstreams[choice.upstream], "primary", self._recorder(rt) is not None
-        )
+        try:
+            attempt = plan(
+                call, rt.upstreams[choice.upstream], "primary", self._recorder(rt) is not None
+            )
+        except ErrorAnswer as e:
+            return await self.refuse(request, arrival, e)
         answered = (
             self.shadower.offer(call, choice.upstream) if call.route.shadow is not None else None
         )

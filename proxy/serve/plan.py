@@ -10,12 +10,16 @@ from typing import NamedTuple
 
 from multidict import CIMultiDict
 
+from proxy.adapters import registry
+from proxy.adapters.base import AppCall, Translation, Unsupported
+from proxy.errors import BadRequest, NotImplementedHere
 from proxy.record.rows import Role
 from proxy.serve.affinity import creates, stores_completion
 from proxy.serve.call import Call
 from proxy.serve.rewrite import (
     USAGE_OPT_IN_PATHS,
     Unmap,
+    id_unmapper,
     model_outside_body,
     model_unmapper,
     upstream_body,
@@ -39,10 +43,25 @@ class Attempt(NamedTuple):
     strip_usage: bool  # the sidecar asked for the usage chunk: the app did not, and won't see it
     unmap: Unmap | None  # puts the app's model ids back where the answer names the upstream's
     learn: bool  # the answer names an object the app will name again (see `affinity`)
+    translation: Translation | None  # the provider speaks another shape (see `proxy.adapters`)
+    rooted: bool  # `tail` is a path from the upstream's origin, not from its base_url
 
 
 def plan(call: Call, up: UpstreamClient, role: Role, recording: bool) -> Attempt:
-    """The attempt for `up`; `recording`: the answer will be recorded (usage is asked for)."""
+    """The attempt for `up`; `recording`: the answer will be recorded (usage is asked for).
+
+    Raises `ErrorAnswer` when `up` cannot take the call: its provider shape has no such
+    call (501), or the call asks for what the shape cannot express (400).
+    """
+    try:
+        translation = registry.translation(up.api, call.method, call.tail)
+    except registry.CannotServe as e:
+        raise NotImplementedHere(
+            f"upstream {up.name!r} (api: {up.api}) cannot serve {e}; route this path to an "
+            "upstream that can (routes: with a split and a primary of that shape)"
+        ) from None
+    if translation is not None:
+        return _translated(call, up, role, translation)
     model, tail, body = call.model, call.tail, call.body
     moved: tuple[str, bytes, str] | None = None
     sent: str | None
@@ -75,18 +94,44 @@ def plan(call: Call, up: UpstreamClient, role: Role, recording: bool) -> Attempt
         strip,
         _unmap(call, up, sent),
         primary and (creates(call.method, call.tail) or stores_completion(call.tail, call.json, call.body)),
+        None,
+        call.rooted,
+    )  # fmt: skip
+
+
+def _translated(call: Call, up: UpstreamClient, role: Role, translation: Translation) -> Attempt:
+    """The attempt for an upstream of another shape: its request, made by the adapter."""
+    model = call.model
+    sent = up.models.get(model, model) if model is not None else None
+    try:
+        asked = translation.request(AppCall(call.method, call.tail, call.json, sent, call.stream))
+    except Unsupported as e:
+        raise BadRequest(
+            f"upstream {up.name!r} (api: {up.api}) cannot take this call: {e}"
+        ) from None
+    headers = CIMultiDict(call.headers)
+    headers.popall("content-type", None)
+    headers["content-type"] = "application/json"
+    for name, value in asked.headers.items():
+        headers.setdefault(name, value)
+    headers.update(up.headers)  # the upstream's own settings win over the adapter's defaults
+    # The adapter's stream always carries usage; the app sees it only if it asked.
+    opts = call.json.get("stream_options") if call.json is not None else None
+    strip = call.stream and not (isinstance(opts, dict) and opts.get("include_usage") is True)
+    return Attempt(
+        role, up, asked.method, asked.tail, call.query, headers, asked.body, sent,
+        call.json_mode, True, strip, _unmap(call, up, sent), False, translation, False,
     )  # fmt: skip
 
 
 def _unmap(call: Call, up: UpstreamClient, sent: str | None) -> Unmap | None:
     """The answer names the id the provider was sent; the app gets back the one it asked for."""
-    if (
-        up.unmap_ids is not None
-        and call.method == "GET"
-        and (call.tail == "/models" or (call.model_at == "path" and "/" not in call.tail[8:]))
-    ):
-        return up.unmap_ids  # the model list, or one model: ids as the app knows them
     model = call.model
+    if call.method == "GET" and up.unmap_ids is not None:
+        if call.tail == "/models":
+            return up.unmap_ids  # the model list: ids as the app knows them
+        if call.model_at == "path" and "/" not in call.tail[8:]:  # one model
+            return id_unmapper(sent, model) if model and sent and sent != model else None
     if model is not None and sent is not None and sent != model:
         return model_unmapper(sent, model)
     return None

@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-import aiohttp
+from collections.abc import Mapping
+
 from aiohttp import web
 
 from proxy.errors import ErrorAnswer, error_body
@@ -32,16 +33,19 @@ class Relay:
             return ErrorAnswer("the sidecar made no answer; see its log").response(self._call_id)
         return self.response
 
-    def whole(self, upr: aiohttp.ClientResponse, body: bytes) -> None:
+    def whole(self, status: int, headers: Mapping[str, str], body: bytes) -> None:
         unmap = self._attempt.unmap
-        if unmap is not None and "json" in upr.headers.get("content-type", ""):
+        if unmap is not None and "json" in headers.get("content-type", ""):
             body = unmap(body)
-        headers = response_headers(upr.headers, self._call_id, self._attempt.upstream.name)
-        self.response = web.Response(status=upr.status, body=body, headers=headers)
+        out = response_headers(headers, self._call_id, self._attempt.upstream.name)
+        self.response = web.Response(status=status, body=body, headers=out)
 
-    async def begin(self, upr: aiohttp.ClientResponse, is_sse: bool) -> None:
-        headers = response_headers(upr.headers, self._call_id, self._attempt.upstream.name)
-        resp = self.response = self._stream = web.StreamResponse(status=upr.status, headers=headers)
+    async def begin(self, status: int, headers: Mapping[str, str], is_sse: bool) -> None:
+        out = response_headers(headers, self._call_id, self._attempt.upstream.name)
+        if self._attempt.translation is not None and is_sse:
+            out.popall("content-type", None)
+            out["content-type"] = "text/event-stream; charset=utf-8"
+        resp = self.response = self._stream = web.StreamResponse(status=status, headers=out)
         if is_sse:
             # No proxy or browser between here and the app may hold events back.
             resp.headers["cache-control"] = "no-cache"

@@ -138,21 +138,42 @@ def model_unmapper(sent: str, asked: str) -> Unmap:
 
 
 def model_id_unmapper(models: Mapping[str, str]) -> Unmap | None:
-    """The model list and a model object (`GET /models`, `GET /models/{id}`) from an upstream
-    with its own ids name its mapped models by the ids the app asks for.
-
-    Only `"id": "<one of the upstream's ids in the map>"` members change; the provider's other
-    models keep their ids. Two app ids mapped to one provider id come back as the first.
+    """The model list (`GET /models`) of an upstream with its own ids names every id the app
+    may ask for: an entry whose id the map reaches is given once per app id that maps to it
+    (`gpt-4` and `gpt-4-turbo` both to `llama-3.3-70b`: two entries), the provider's other
+    models keep their ids. An answer that is not a JSON list goes back as it came.
     """
-    back: dict[bytes, bytes] = {}
+    back: dict[str, list[str]] = {}
     for asked, sent in models.items():
-        back.setdefault(orjson.dumps(sent), orjson.dumps(asked))
+        back.setdefault(sent, []).append(asked)
     if not back:
         return None
-    ids = b"|".join(re.escape(q) for q in sorted(back, key=len, reverse=True))
-    pattern = re.compile(rb'("id"\s*:\s*)(' + ids + rb")")
 
     def unmap(data: bytes) -> bytes:
-        return pattern.sub(lambda m: m.group(1) + back[m.group(2)], data)
+        try:
+            obj = orjson.loads(data)
+        except orjson.JSONDecodeError:
+            return data
+        entries = obj.get("data") if isinstance(obj, dict) else None
+        if not isinstance(entries, list):
+            return data
+        out: list[Any] = []
+        for entry in entries:
+            ids = back.get(str(entry.get("id"))) if isinstance(entry, dict) else None
+            out.extend([{**entry, "id": asked} for asked in ids] if ids else [entry])
+        return orjson.dumps({**obj, "data": out})
+
+    return unmap
+
+
+@lru_cache(maxsize=256)
+def id_unmapper(sent: str, asked: str) -> Unmap:
+    """One model object (`GET /models/{model}`) names the id the app asked for."""
+    quoted = orjson.dumps(sent)
+    pattern = re.compile(rb'("id"\s*:\s*)' + re.escape(quoted))
+    replacement = rb"\g<1>" + orjson.dumps(asked).replace(b"\\", b"\\\\")
+
+    def unmap(data: bytes) -> bytes:
+        return pattern.sub(replacement, data)
 
     return unmap

@@ -74,6 +74,7 @@ class Route:
     model: re.Pattern[str] | None
     split: Split
     shadow: ShadowConfig | None  # already resolved for rollback
+    primary: str  # where rollback sends it; its noise copies' upstream
 
     def matches(self, path: str, model: str | None) -> bool:
         if self.prefix and not (
@@ -87,6 +88,13 @@ class Route:
 class Table:
     routes: tuple[Route, ...]  # first match wins; the last is the catch-all
     sticky: Sticky | None
+    outside: tuple[str, ...] = ()  # route prefixes outside /v1/, accepted as they are
+
+    def accepts(self, path: str) -> bool:
+        """Whether the sidecar takes a request for `path` at all."""
+        if path.startswith("/v1/"):
+            return True
+        return any(path == p or path.startswith(p + "/") for p in self.outside)
 
     def match(self, path: str, model: str | None) -> Route:
         for route in self.routes:
@@ -96,8 +104,7 @@ class Table:
 
 
 def build_table(cfg: Config) -> Table:
-    """Compile routes once per config; under rollback every route serves the primary only."""
-    rollback_split = split_of({cfg.primary: 1.0})
+    """Compile routes once per config; under rollback each route serves its primary only."""
 
     def shadow_for(shadow: ShadowConfig | None) -> ShadowConfig | None:
         if shadow is None or (cfg.rollback and not shadow.during_rollback):
@@ -106,15 +113,20 @@ def build_table(cfg: Config) -> Table:
 
     routes: list[Route] = []
     for rc in cfg.routes:
-        weights = rc.split if rc.split is not None else cfg.default_split()
+        primary = rc.primary or cfg.primary
+        if rc.split is not None:
+            weights = rc.split
+        else:
+            weights = {primary: 1.0} if rc.primary else cfg.default_split()
         shadow = cfg.shadow if rc.shadow is None else (rc.shadow or None)
         routes.append(
             Route(
                 name=rc.name or (rc.path + (f"[{rc.model}]" if rc.model else "")),
                 prefix=rc.path if rc.path != "/" else "",
                 model=re.compile(translate(rc.model)) if rc.model else None,
-                split=rollback_split if cfg.rollback else split_of(weights),
+                split=split_of({primary: 1.0}) if cfg.rollback else split_of(weights),
                 shadow=shadow_for(shadow),
+                primary=primary,
             )
         )
     routes.append(
@@ -122,11 +134,14 @@ def build_table(cfg: Config) -> Table:
             name="default",
             prefix="",
             model=None,
-            split=rollback_split if cfg.rollback else split_of(cfg.default_split()),
+            split=split_of({cfg.primary: 1.0} if cfg.rollback else cfg.default_split()),
             shadow=shadow_for(cfg.shadow),
+            primary=cfg.primary,
         )
     )
-    return Table(tuple(routes), cfg.sticky)
+    # Paths outside /v1/ that a route accepts (Gemini's /v1beta): refused everywhere else.
+    outside = tuple(r.prefix for r in routes if r.prefix and not r.prefix.startswith("/v1/"))
+    return Table(tuple(routes), cfg.sticky, outside)
 
 
 Why = Literal["weight", "sticky", "object"]

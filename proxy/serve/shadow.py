@@ -5,12 +5,13 @@ from __future__ import annotations
 import asyncio
 import random
 import re
+from collections.abc import Mapping
 from typing import TYPE_CHECKING, Final
 
-import aiohttp
 import structlog
 
 from proxy.config import BodyPolicy, ShadowConfig
+from proxy.errors import ErrorAnswer
 from proxy.record.meter import Meter
 from proxy.record.rows import Role
 from proxy.serve.affinity import ID_FIELDS, ID_LIST_FIELDS, OBJECT_APIS, may_reference
@@ -69,10 +70,10 @@ class _Measure:
     relays = False
     stop_at_done = True  # complete at `[DONE]`: a lingering upstream is not a timeout
 
-    def whole(self, upr: aiohttp.ClientResponse, body: bytes) -> None:
+    def whole(self, status: int, headers: Mapping[str, str], body: bytes) -> None:
         pass
 
-    async def begin(self, upr: aiohttp.ClientResponse, is_sse: bool) -> None:
+    async def begin(self, status: int, headers: Mapping[str, str], is_sse: bool) -> None:
         pass
 
     async def write(self, data: bytes) -> None:
@@ -116,7 +117,11 @@ class Shadower:
                 self.counters.shadow_skipped_cap += 1
                 continue
             rt = call.arrival.runtime
-            attempt = plan(call, rt.upstreams[name], role, rt.record.enabled)
+            try:
+                attempt = plan(call, rt.upstreams[name], role, rt.record.enabled)
+            except ErrorAnswer:  # a provider of another shape that cannot take this call
+                self.counters.shadow_skipped_shape += 1
+                continue
             if after is None:
                 after = asyncio.get_running_loop().create_future()
             self.in_flight += 1
@@ -137,8 +142,11 @@ class Shadower:
                 targets.append(("shadow", cfg.upstream))
         # The noise floor is the primary disagreeing with itself: a canary's second answer
         # would measure the canary instead, so only requests the primary served get one.
-        primary = call.arrival.runtime.config.primary
-        if cfg.noise_sample and serving == primary and random.random() < cfg.noise_sample:
+        if (
+            cfg.noise_sample
+            and serving == call.route.primary
+            and random.random() < cfg.noise_sample
+        ):
             targets.append(("noise", serving))
         return targets
 

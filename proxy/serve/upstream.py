@@ -88,11 +88,14 @@ class UpstreamClient:
         self.name = name
         self.cfg = cfg
         self.base = cfg.base_url
-        self.host = urlsplit(cfg.base_url).netloc
+        parts = urlsplit(cfg.base_url)
+        self.host = parts.netloc
+        self.origin = f"{parts.scheme}://{parts.netloc}"  # for paths outside /v1/ (see routes)
+        self.api = cfg.api
         self.models = cfg.models
         # Its model list and model objects, with the ids the app asks for (see `rewrite`).
         self.unmap_ids = model_id_unmapper(cfg.models)
-        self._urls: dict[tuple[str, str], URL] = {}
+        self._urls: dict[tuple[str, str, bool], URL] = {}
         self.inject_usage = cfg.inject_usage
         self.proxy = proxy_for(cfg.base_url, cfg.proxy)
         # For messages: where the proxy is, never its credentials.
@@ -105,9 +108,8 @@ class UpstreamClient:
             key = cfg.api_key.get_secret_value()
             # Shorter than this it is a placeholder, and replacing it could mangle a body.
             self._key = key.encode() if len(key) >= MIN_REDACTED_KEY else None
-            headers[cfg.auth_header] = (
-                f"Bearer {key}" if cfg.auth_header == "authorization" else key
-            )
+            header = cfg.key_header
+            headers[header] = f"Bearer {key}" if header == "authorization" else key
         self.headers = headers
         self.in_flight = 0
         self._session: aiohttp.ClientSession | None = None
@@ -141,21 +143,28 @@ class UpstreamClient:
             )
         return self._session
 
-    def url(self, tail: str, query: str) -> URL:
+    def url(self, tail: str, query: str, rooted: bool = False) -> URL:
         # An app calls a handful of paths: their URLs are built once (yarl parses the string
         # each time, ~4 us). Bounded, so that ids in paths or queries can't grow it forever.
-        key = (tail, query)
+        key = (tail, query, rooted)
         url = self._urls.get(key)
         if url is None:
             # encoded=True keeps the app's own percent-encoding byte for byte.
-            text = f"{self.base}{tail}?{query}" if query else f"{self.base}{tail}"
+            base = self.origin if rooted else self.base
+            text = f"{base}{tail}?{query}" if query else f"{base}{tail}"
             url = URL(text, encoded=True)
             if len(self._urls) < _URL_CACHE:
                 self._urls[key] = url
         return url
 
     async def send(
-        self, method: str, tail: str, query: str, headers: CIMultiDict[str], body: bytes
+        self,
+        method: str,
+        tail: str,
+        query: str,
+        headers: CIMultiDict[str],
+        body: bytes,
+        rooted: bool = False,
     ) -> aiohttp.ClientResponse:
         """Send and wait for the response headers; connection failures become `UpstreamUnreachable`.
 
@@ -165,7 +174,7 @@ class UpstreamClient:
         try:
             return await self.session.request(
                 method,
-                self.url(tail, query),
+                self.url(tail, query, rooted),
                 headers=headers,
                 data=body if body else None,
                 allow_redirects=False,

@@ -67,4 +67,5 @@ def make_call(
         sticky,
         rt.table.match(path, model),
         True,
+        False,
     )

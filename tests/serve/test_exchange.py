@@ -51,10 +51,10 @@ class Sink:
     def __init__(self) -> None:
         self.failures: list[Failure] = []
 
-    def whole(self, upr: object, body: bytes) -> None:
+    def whole(self, status: int, headers: object, body: bytes) -> None:
         raise AssertionError("no answer was expected")
 
-    async def begin(self, upr: object, is_sse: bool) -> None:
+    async def begin(self, status: int, headers: object, is_sse: bool) -> None:
         raise AssertionError("no answer was expected")
 
     async def write(self, data: bytes) -> None:

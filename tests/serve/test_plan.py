@@ -5,7 +5,7 @@ from __future__ import annotations
 import orjson
 
 from proxy.serve.plan import plan
-from tests.serve.calls import make_call, runtime
+from tests.serve.calls import CONFIG, make_call, runtime
 
 CHAT = {"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "hi"}]}
 
@@ -77,4 +77,30 @@ def test_the_model_list_of_an_upstream_with_its_own_ids_names_the_app_s_ids() ->
     call = make_call(rt, method="GET", tail="/models")
     attempt = plan(call, rt.upstreams["new"], "primary", recording=False)
     assert attempt.unmap is not None
-    assert attempt.unmap(b'{"id": "prov/gpt-4o-mini"}') == b'{"id": "gpt-4o-mini"}'
+    listed = attempt.unmap(b'{"object": "list", "data": [{"id": "prov/gpt-4o-mini"}, {"id": "x"}]}')
+    assert [m["id"] for m in orjson.loads(listed)["data"]] == ["gpt-4o-mini", "x"]
+
+
+def test_a_many_to_one_map_lists_every_id_the_app_may_ask_for() -> None:
+    many = b"""upstreams:
+  many:
+    base_url: "http://127.0.0.1:3/v1"
+    models: {gpt-4: llama-3.3-70b, gpt-4-turbo: llama-3.3-70b}
+"""
+    rt = runtime(CONFIG.replace(b"upstreams:\n", many))
+    attempt = plan(
+        make_call(rt, method="GET", tail="/models"), rt.upstreams["many"], "primary", False
+    )
+    listed = attempt.unmap(
+        b'{"object": "list", "data": [{"id": "llama-3.3-70b", "owned_by": "m"}]}'
+    )  # type: ignore[misc]
+    assert [m["id"] for m in orjson.loads(listed)["data"]] == ["gpt-4", "gpt-4-turbo"]
+    one = make_call(
+        rt, method="GET", tail="/models/gpt-4-turbo", model="gpt-4-turbo", model_at="path"
+    )
+    attempt = plan(one, rt.upstreams["many"], "primary", False)
+    assert attempt.tail == "/models/llama-3.3-70b"
+    assert attempt.unmap(b'{"id": "llama-3.3-70b"}') == b'{"id": "gpt-4-turbo"}'  # type: ignore[misc]
+    chat = make_call(rt, body={"model": "gpt-4-turbo", "messages": []})
+    attempt = plan(chat, rt.upstreams["many"], "primary", False)
+    assert attempt.unmap(b'{"model": "llama-3.3-70b"}') == b'{"model": "gpt-4-turbo"}'  # type: ignore[misc]
