@@ -1,5 +1,5 @@
 """Server-Sent Events: cut a byte stream into events without changing a byte, and tally
-what an OpenAI-style stream said (text, tool calls, usage, its end) for the record.
+what an OpenAI- or Anthropic-style stream said (text, tool calls, usage, its end) for the record.
 
 Pure: no I/O, no clock. The relay writes each `Event.raw` through as it arrives and hands
 the same event to a `StreamTally`; the caller timestamps what `StreamTally.add` reports.
@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import enum
 import re
-from typing import Any, NamedTuple
+from typing import Any, Final, NamedTuple
 
 import orjson
 
@@ -247,23 +247,61 @@ class _ToolDraft:
         self.arguments: list[str] = []
 
 
-def usage_tokens(usage: object) -> tuple[int | None, int | None, int | None]:
-    """(prompt, completion, total) from a `usage` object of any OpenAI API; None where absent."""
+class Usage(NamedTuple):
+    """Token counts of one answer; None where the provider didn't say.
+
+    `prompt` counts every prompt token, cached or not, as OpenAI does; `cached` is the part
+    read from the provider's prompt cache.
+    """
+
+    prompt: int | None
+    completion: int | None
+    total: int | None
+    cached: int | None
+
+
+NO_USAGE: Final = Usage(None, None, None, None)
+# Anthropic's input_tokens leaves out the cache: its prompt is the sum of these three.
+_ANTHROPIC_PROMPT: Final = (
+    "input_tokens",
+    "cache_read_input_tokens",
+    "cache_creation_input_tokens",
+)
+
+
+def _count(value: object) -> int | None:
+    # Counts are plain ints; `type(..) is int` also turns away bools (and costs no call).
+    return value if type(value) is int else None
+
+
+def _cached(details: object) -> int | None:
+    return _count(details.get("cached_tokens")) if isinstance(details, dict) else None
+
+
+def usage_tokens(usage: object) -> Usage:
+    """The counts of a `usage` object of any OpenAI API, or of Anthropic's Messages API."""
     if not isinstance(usage, dict):
-        return None, None, None
+        return NO_USAGE
+    if "cache_read_input_tokens" in usage or "cache_creation_input_tokens" in usage:
+        return _anthropic_usage(usage)
     prompt = usage.get("prompt_tokens")
     if prompt is None:
         prompt = usage.get("input_tokens")
     completion = usage.get("completion_tokens")
     if completion is None:
         completion = usage.get("output_tokens")
-    total = usage.get("total_tokens")
-    # Counts are plain ints; `type(..) is int` also turns away bools (and costs no call).
-    return (
-        prompt if type(prompt) is int else None,
-        completion if type(completion) is int else None,
-        total if type(total) is int else None,
+    details = usage.get("prompt_tokens_details")
+    if details is None:
+        details = usage.get("input_tokens_details")
+    return Usage(
+        _count(prompt), _count(completion), _count(usage.get("total_tokens")), _cached(details)
     )
+
+
+def _anthropic_usage(usage: dict[str, Any]) -> Usage:
+    parts = [_count(usage.get(key)) for key in _ANTHROPIC_PROMPT]
+    prompt = None if parts[0] is None else sum(p or 0 for p in parts)
+    return Usage(prompt, _count(usage.get("output_tokens")), None, parts[1])
 
 
 def _message_of(error: object) -> str:
@@ -279,30 +317,20 @@ def _message_of(error: object) -> str:
 class StreamTally:
     """Accumulates what a stream said, for recording. One per stream.
 
-    Reads three dialects: Chat Completions chunks (and legacy Completions), the `[DONE]`
-    sentinel, and Responses API events. Only choice 0 is reassembled; `events` counts the
-    events that carried data.
+    Reads four dialects: Chat Completions chunks (and legacy Completions), the `[DONE]`
+    sentinel, Responses API events, and Anthropic's Messages events. Only choice 0 is
+    reassembled; `events` counts the events that carried data.
     """
 
-    __slots__ = (
-        "_completion",
-        "_done",
-        "_error",
-        "_events",
-        "_finish",
-        "_prompt",
-        "_text",
-        "_tools",
-        "_total",
-    )
+    __slots__ = ("_counts", "_done", "_error", "_events", "_finish", "_text", "_tools", "_usage")
 
     def __init__(self) -> None:
         self._text: list[str] = []
         self._tools: dict[int, _ToolDraft] = {}
         self._finish: str | None = None
-        self._prompt: int | None = None
-        self._completion: int | None = None
-        self._total: int | None = None
+        self._usage = NO_USAGE
+        # Anthropic states its counts in pieces (message_start, then message_delta).
+        self._counts: dict[str, Any] = {}
         self._done = False
         self._error: str | None = None
         self._events = 0
@@ -326,16 +354,24 @@ class StreamTally:
         return self._finish
 
     @property
+    def usage(self) -> Usage:
+        return self._usage
+
+    @property
     def prompt_tokens(self) -> int | None:
-        return self._prompt
+        return self._usage.prompt
 
     @property
     def completion_tokens(self) -> int | None:
-        return self._completion
+        return self._usage.completion
 
     @property
     def total_tokens(self) -> int | None:
-        return self._total
+        return self._usage.total
+
+    @property
+    def cached_tokens(self) -> int | None:
+        return self._usage.cached
 
     @property
     def done(self) -> bool:
@@ -373,8 +409,11 @@ class StreamTally:
         if error is not None:
             return self._fail(_message_of(error))
         kind = obj.get("type", ev.event)
-        if isinstance(kind, str) and (kind.startswith("response.") or kind == "error"):
-            return self._add_response_event(kind, obj)
+        if isinstance(kind, str):
+            if kind.startswith("response.") or kind == "error":
+                return self._add_response_event(kind, obj)
+            if kind in _MESSAGE_EVENTS:
+                return self._add_message_event(kind, obj)
         choices = obj.get("choices")
         if isinstance(choices, list):
             return self._add_chunk(choices, obj.get("usage"))
@@ -387,7 +426,7 @@ class StreamTally:
 
     def _set_usage(self, usage: object) -> None:
         if isinstance(usage, dict):
-            self._prompt, self._completion, self._total = usage_tokens(usage)
+            self._usage = usage_tokens(usage)
 
     def _add_chunk(self, choices: list[Any], usage: object) -> Kind:
         self._set_usage(usage)
@@ -490,3 +529,66 @@ class StreamTally:
             status = response.get("status")
             if isinstance(status, str):
                 self._finish = status
+
+    # --- Anthropic's Messages stream -----------------------------------------------------
+
+    def _add_message_event(self, kind: str, obj: dict[str, Any]) -> Kind:
+        if kind == "content_block_delta":
+            return self._add_block_delta(obj.get("index"), obj.get("delta"))
+        if kind == "content_block_start":
+            block = obj.get("content_block")
+            if isinstance(block, dict) and block.get("type") == "tool_use":
+                name = block.get("name")
+                self._draft(obj.get("index"), True).name = name if isinstance(name, str) else ""
+                return Kind.CONTENT  # as a chat stream's first tool-call delta is
+            return Kind.OTHER
+        if kind == "message_start":
+            message = obj.get("message")
+            if isinstance(message, dict):
+                self._add_message_usage(message.get("usage"))
+            return Kind.OTHER
+        if kind == "message_delta":
+            delta = obj.get("delta")
+            if isinstance(delta, dict) and isinstance(delta.get("stop_reason"), str):
+                self._finish = delta["stop_reason"]
+            self._add_message_usage(obj.get("usage"))
+            return Kind.OTHER
+        if kind == "message_stop":
+            self._done = True
+            return Kind.DONE
+        return Kind.OTHER  # ping, content_block_stop
+
+    def _add_block_delta(self, index: object, delta: object) -> Kind:
+        if not isinstance(delta, dict):
+            return Kind.OTHER
+        kind = delta.get("type")
+        if kind == "text_delta":
+            text = delta.get("text")
+            if text and isinstance(text, str):
+                self._text.append(text)
+                return Kind.CONTENT
+        elif kind == "input_json_delta":
+            partial = delta.get("partial_json")
+            if isinstance(partial, str):
+                self._draft(index, False).arguments.append(partial)
+                return Kind.CONTENT
+        return Kind.OTHER
+
+    def _add_message_usage(self, usage: object) -> None:
+        """message_start states the prompt, message_delta the output so far: keep the latest
+        of each count, whichever event it came in."""
+        if not isinstance(usage, dict):
+            return
+        counts = self._counts
+        for key in (*_ANTHROPIC_PROMPT, "output_tokens"):
+            value = usage.get(key)
+            if type(value) is int:
+                counts[key] = value
+        self._usage = _anthropic_usage(counts)
+
+
+# Anthropic's Messages stream: `ping` and `content_block_stop` carry nothing we keep.
+_BLOCK_EVENTS: Final = ("content_block_start", "content_block_delta", "content_block_stop")
+_MESSAGE_EVENTS: Final = frozenset(
+    ("message_start", "message_delta", "message_stop", "ping", *_BLOCK_EVENTS)
+)

@@ -647,3 +647,102 @@ def test_responses_type_from_the_event_line_when_data_has_none() -> None:
     stream = b'event: response.output_text.delta\ndata: {"delta":"x"}\n\n'
     tally, kinds = tally_of(stream)
     assert (kinds, tally.text) == ([Kind.CONTENT], "x")
+
+
+def test_chat_usage_chunk_carries_the_cached_prompt_tokens() -> None:
+    chunk = (
+        b"data: " + _HEAD + b'[],"usage":{"prompt_tokens":2006,"completion_tokens":3,'
+        b'"total_tokens":2009,"prompt_tokens_details":{"cached_tokens":1920}}}\n\n'
+    )
+    tally, _ = tally_of(chunk)
+    assert tally.usage == (2006, 3, 2009, 1920)
+    assert tally.cached_tokens == 1920
+
+
+# --- Anthropic Messages streams (events as api.anthropic.com sends them) -------------------
+
+
+def _msg(kind: str, body: str) -> bytes:
+    return f'event: {kind}\ndata: {{"type":"{kind}"{body}}}\n\n'.encode()
+
+
+_MESSAGE_START = _msg(
+    "message_start",
+    ',"message":{"id":"msg_1nZdL29xx5MUA1yADyHTEsnR8uuvGzszyY","type":"message",'
+    '"role":"assistant","content":[],"model":"claude-sonnet-4-5","stop_reason":null,'
+    '"stop_sequence":null,"usage":{"input_tokens":472,"cache_creation_input_tokens":0,'
+    '"cache_read_input_tokens":2048,"output_tokens":2}}',
+)
+
+ANTHROPIC_TOOL = (
+    _MESSAGE_START
+    + _msg("content_block_start", ',"index":0,"content_block":{"type":"text","text":""}')
+    + _msg("ping", "")
+    + _msg(
+        "content_block_delta",
+        ',"index":0,"delta":{"type":"text_delta","text":"Okay, let me check"}',
+    )
+    + _msg("content_block_delta", ',"index":0,"delta":{"type":"text_delta","text":" the weather."}')
+    + _msg("content_block_stop", ',"index":0')
+    + _msg(
+        "content_block_start",
+        ',"index":1,"content_block":{"type":"tool_use","id":"toolu_01T1x1fJ34qAmk2tNTrN7Up6",'
+        '"name":"get_weather","input":{}}',
+    )
+    + _msg(
+        "content_block_delta", ',"index":1,"delta":{"type":"input_json_delta","partial_json":""}'
+    )
+    + _msg(
+        "content_block_delta",
+        ',"index":1,"delta":{"type":"input_json_delta","partial_json":"{\\"location\\":"}',
+    )
+    + _msg(
+        "content_block_delta",
+        ',"index":1,"delta":{"type":"input_json_delta","partial_json":" \\"Paris\\"}"}',
+    )
+    + _msg("content_block_stop", ',"index":1')
+    + _msg(
+        "message_delta",
+        ',"delta":{"stop_reason":"tool_use","stop_sequence":null},"usage":{"output_tokens":89}',
+    )
+    + _msg("message_stop", "")
+)
+
+
+def test_anthropic_stream_is_reassembled_with_its_tool_call_and_usage() -> None:
+    tally, kinds = tally_of(ANTHROPIC_TOOL)
+    assert tally.text == "Okay, let me check the weather."
+    assert tally.tool_calls == [ToolCall("get_weather", '{"location": "Paris"}')]
+    assert tally.finish_reason == "tool_use"
+    # The prompt counts the cache read too, as OpenAI's prompt_tokens does.
+    assert tally.usage == (472 + 2048, 89, None, 2048)
+    assert tally.done and tally.error is None
+    assert kinds[0] == Kind.OTHER  # message_start: no content yet
+    assert kinds[3] == Kind.CONTENT  # the first text_delta: time to first token
+    assert kinds[-1] == Kind.DONE
+
+
+def test_anthropic_stream_without_message_stop_is_not_done() -> None:
+    tally, _ = tally_of(ANTHROPIC_TOOL.rsplit(b"event: message_stop", 1)[0])
+    assert not tally.done
+    assert tally.tool_calls[0].arguments == '{"location": "Paris"}'
+
+
+def test_anthropic_error_event_breaks_the_stream() -> None:
+    stream = _MESSAGE_START + (
+        b"event: error\n"
+        b'data: {"type":"error","error":{"type":"overloaded_error","message":"Overloaded"}}\n\n'
+    )
+    tally, kinds = tally_of(stream)
+    assert kinds == [Kind.OTHER, Kind.ERROR]
+    assert tally.error == "Overloaded"
+    assert not tally.done
+
+
+def test_anthropic_usage_in_message_delta_updates_what_it_states() -> None:
+    stream = _MESSAGE_START + _msg(
+        "message_delta",
+        ',"delta":{"stop_reason":"end_turn"},"usage":{"input_tokens":500,"output_tokens":7}',
+    )
+    tally, _ = tally_of(stream)
+    assert tally.usage == (500 + 2048, 7, None, 2048)

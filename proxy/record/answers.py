@@ -14,17 +14,20 @@ from typing import Any, NamedTuple
 import orjson
 
 from proxy.record.rows import ErrorKind
-from proxy.sse import StreamTally, ToolCall, usage_tokens
+from proxy.sse import StreamTally, ToolCall, Usage, usage_tokens
 
 __all__ = [
     "Answer",
     "answer_of",
+    "embedding_dims",
     "error_kind_for_status",
     "finish_of",
+    "images_of",
     "json_ok",
     "normalise",
     "sha256_hex",
     "shape_of",
+    "shape_paths",
     "shape_signature",
     "similarity",
     "stream_body",
@@ -52,11 +55,65 @@ def error_kind_for_status(status: int) -> ErrorKind | None:
     return "http_5xx"
 
 
-def usage_of(body: object) -> tuple[int | None, int | None, int | None]:
-    """(prompt, completion, total) tokens of a non-stream body; None for what it didn't say."""
+def usage_of(body: object) -> Usage:
+    """The token counts of a non-stream body (OpenAI's APIs or Anthropic's Messages), with
+    its cached prompt tokens; None for what it didn't say."""
     if not isinstance(body, dict):
-        return None, None, None
+        return usage_tokens(None)
     return usage_tokens(body.get("usage"))
+
+
+def _first_item(body: object) -> object:
+    if isinstance(body, dict):
+        data = body.get("data")
+        if isinstance(data, list) and data:
+            return data[0]
+    return None
+
+
+def embedding_dims(body: object) -> int | None:
+    """The dimension of an embeddings answer's first vector (a list of floats, or base64 of
+    float32s as the SDKs ask for by default); None for any other answer."""
+    item = _first_item(body)
+    if not isinstance(item, dict):
+        return None
+    return _dims(item.get("embedding"))
+
+
+def _dims(vector: object) -> int | None:
+    if isinstance(vector, list):
+        return len(vector)
+    if isinstance(vector, str) and vector:
+        padding = len(vector) - len(vector.rstrip("="))
+        return (len(vector) * 3 // 4 - padding) // 4  # float32: four bytes each
+    return None
+
+
+def images_of(body: object) -> int | None:
+    """How many images an answer carries: the Images API's `data` items with a `url` or
+    `b64_json`, or the Responses API's finished `image_generation_call` outputs; None when
+    it is no image answer."""
+    if not isinstance(body, dict):
+        return None
+    data = body.get("data")
+    if isinstance(data, list) and data:
+        first = data[0]
+        if isinstance(first, dict) and ("url" in first or "b64_json" in first):
+            return sum(
+                1 for d in data if isinstance(d, dict) and (d.get("url") or d.get("b64_json"))
+            )
+        return None
+    output = body.get("output")
+    if isinstance(output, list):
+        images = sum(
+            1
+            for item in output
+            if isinstance(item, dict)
+            and item.get("type") == "image_generation_call"
+            and item.get("result")
+        )
+        return images or None
+    return None
 
 
 # --- shape ---------------------------------------------------------------------------------
@@ -120,6 +177,10 @@ def _sig(value: object, depth: int) -> str:
                 continue
             if name in _VALUED and isinstance(item, str):
                 parts.append(f"{name}:{_quoted(item)}")
+            elif name == "embedding" and (dims := _dims(item)) is not None:
+                # A vector's length is its shape: 1536 numbers don't fit an index of 1024.
+                kind = "[num" if isinstance(item, list) else "[b64"
+                parts.append(f"embedding:{kind};{dims}]")
             elif name == "usage" and isinstance(item, dict):
                 usage = {k: v for k, v in item.items() if k in _USAGE_KEYS}
                 parts.append(f"usage:{_sig(usage, depth + 1)}")
@@ -154,6 +215,49 @@ def shape_signature(obj: object) -> str:
     providers give equal strings.
     """
     return _sig(obj, 0)
+
+
+def shape_paths(obj: object) -> dict[str, str]:
+    """The shape one leaf at a time, by the rules of `shape_signature`: each JSON path
+    (`choices[].message.content`) with its type, or its value for the keys whose value is
+    part of the shape. Two answers' differing paths say where their shapes part."""
+    found: dict[str, set[str]] = {}
+    _walk(obj, "", found, 0)
+    return {path: "|".join(sorted(kinds)) for path, kinds in found.items()}
+
+
+def _walk(value: object, path: str, found: dict[str, set[str]], depth: int) -> None:
+    if isinstance(value, dict) and depth < _MAX_DEPTH:
+        for key, item in value.items():
+            name = str(key)
+            if (
+                name in _VOLATILE
+                or name.startswith("x_")
+                or item is None
+                or (isinstance(item, _EMPTY_ABLE) and not item)
+            ):
+                continue
+            where = f"{path}.{name}" if path else name
+            if name in _VALUED and isinstance(item, str):
+                found.setdefault(where, set()).add(_quoted(item))
+            elif name == "embedding" and (dims := _dims(item)) is not None:
+                kind = "num" if isinstance(item, list) else "b64"
+                found.setdefault(where, set()).add(f"[{kind};{dims}]")
+            elif name == "usage" and isinstance(item, dict):
+                usage = {k: v for k, v in item.items() if k in _USAGE_KEYS}
+                _walk(usage, where, found, depth + 1)
+            else:
+                _walk(item, where, found, depth + 1)
+        return
+    if isinstance(value, list) and depth < _MAX_DEPTH:
+        types = set(map(type, value))
+        if types <= _NUMBERS or types == {str}:
+            found.setdefault(path or "$", set()).add(_sig(value, depth))
+            return
+        for item in value:
+            _walk(item, path + "[]", found, depth + 1)
+        return
+    found.setdefault(path or "$", set()).add(_sig(value, _MAX_DEPTH))
 
 
 def shape_of(obj: object) -> str:
@@ -272,11 +376,31 @@ def _responses_answer(body: dict[str, Any], output: list[Any]) -> Answer:
     )
 
 
+def _message_answer(body: dict[str, Any], content: list[Any]) -> Answer:
+    texts: list[str] = []
+    calls: list[ToolCall] = []
+    for block in content:
+        if not isinstance(block, dict):
+            continue
+        if block.get("type") == "text" and isinstance(block.get("text"), str):
+            texts.append(block["text"])
+        elif block.get("type") == "tool_use":
+            name = block.get("name")
+            calls.append(
+                ToolCall(name if isinstance(name, str) else "", _arguments(block.get("input")))
+            )
+    stop = body.get("stop_reason")
+    return Answer(
+        "".join(texts) if texts else None, tuple(calls), stop if isinstance(stop, str) else None
+    )
+
+
 def answer_of(body: object) -> Answer:
-    """Text, tool calls and finish reason of a non-stream chat, completions or Responses body.
+    """Text, tool calls and finish reason of a non-stream chat, completions, Responses or
+    Anthropic Messages body.
 
     Only choice 0 counts. For the Responses API the finish reason is the response `status`,
-    as it is for its streams.
+    as it is for its streams; for Anthropic's, the `stop_reason`.
     """
     if not isinstance(body, dict):
         return _NO_ANSWER
@@ -287,6 +411,9 @@ def answer_of(body: object) -> Answer:
     output = body.get("output")
     if isinstance(output, list):
         return _responses_answer(body, output)
+    content = body.get("content")
+    if body.get("type") == "message" and isinstance(content, list):
+        return _message_answer(body, content)
     return _NO_ANSWER
 
 
@@ -305,6 +432,9 @@ def finish_of(body: object) -> str | None:
     if isinstance(body.get("output"), list):
         status = body.get("status")
         return status if isinstance(status, str) else None
+    if body.get("type") == "message":
+        stop = body.get("stop_reason")
+        return stop if isinstance(stop, str) else None
     return None
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+from collections.abc import Mapping
 from typing import Any
 
 import orjson
@@ -92,17 +93,13 @@ class Meter:
         and the text hash only serve that comparison, and the shape walk is the dearest part
         of a record (~30 us), so an answer with nothing to compare against skips them.
         """
-        prompt = completion = total = None
-        finish = shape = tool_calls = text_sha = None
+        usage = answers.usage_of(None)
+        finish = shape = tool_calls = text_sha = images = dims = None
         json_ok = done = None
         body = self.body
         tally = self.tally
         if tally is not None:
-            prompt, completion, total = (
-                tally.prompt_tokens,
-                tally.completion_tokens,
-                tally.total_tokens,
-            )
+            usage = tally.usage
             finish = tally.finish_reason
             done = tally.done
             text = tally.text
@@ -116,7 +113,9 @@ class Meter:
         elif body:
             parsed: Any = _loads(body)
             if parsed is not None:
-                prompt, completion, total = answers.usage_of(parsed)
+                usage = answers.usage_of(parsed)
+                images = answers.images_of(parsed)
+                dims = answers.embedding_dims(parsed)
                 if paired or self.json_mode:
                     answer = answers.answer_of(parsed)
                     finish = answer.finish_reason
@@ -141,9 +140,9 @@ class Meter:
             self.ttft_ms,
             self.total_ms,
             self.bytes,
-            prompt,  # prompt_tokens
-            completion,  # completion_tokens
-            total,  # total_tokens
+            usage.prompt,  # prompt_tokens
+            usage.completion,  # completion_tokens
+            usage.total,  # total_tokens
             finish,  # finish_reason
             done,  # stream_done
             shape,
@@ -154,6 +153,9 @@ class Meter:
             # response_sha256: under "full" the body itself is kept, and a digest of it would
             # cost each recorded answer ~7 us under load for a column nothing reads.
             answers.sha256_hex(body) if body is not None and policy == "hash" else None,
+            usage.cached,  # cached_tokens
+            images,
+            dims,  # embedding_dims
         )
 
 
@@ -163,6 +165,17 @@ def refused(exchange_id: str, ts: float, status: int, reason: str, total_ms: flo
         exchange_id, "primary", "-", None, ts, status, "proxy", reason, None, None, total_ms, 0,
         None, None, None, None, None, None, None, None, None, None, None,
     )  # fmt: skip
+
+
+def retry_of(headers: Mapping[str, str]) -> tuple[str | None, int | None]:
+    """`Exchange.retry_key` and `retry_count` from the app's request headers (a
+    case-insensitive mapping, as aiohttp's): the official SDKs send the same
+    `Idempotency-Key` on every attempt of one POST, and `x-stainless-retry-count`. The key is
+    kept as 16 hex digits of its SHA-256: enough to link attempts, nothing to replay."""
+    key = headers.get("Idempotency-Key")
+    count = headers.get("x-stainless-retry-count")
+    retries = int(count) if count is not None and count.isdigit() and len(count) < 6 else None
+    return (answers.sha256_hex(key.encode())[:16] if key else None), retries
 
 
 def _loads(body: bytes) -> Any:

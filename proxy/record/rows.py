@@ -39,6 +39,12 @@ class Exchange(NamedTuple):
     sticky_key: str | None  # SHA-256 prefix of the sticky key, never the key itself
     request_body: bytes | None  # only under body policy "full"
     request_sha256: str | None  # only under "hash" (under "full" the body itself is kept)
+    # The SDKs retry a failed call (429, 5xx, a lost connection) twice by default, each
+    # attempt its own request: the same `Idempotency-Key` (POSTs) and a growing
+    # `x-stainless-retry-count`. Fields added later come last, with defaults, so that rows
+    # built positionally before they existed still are whole (see `meter.retry_of`).
+    retry_key: str | None = None  # 16 hex digits of the Idempotency-Key's SHA-256
+    retry_count: int | None = None  # x-stainless-retry-count: 0 on the first attempt
 
 
 class Response(NamedTuple):
@@ -67,6 +73,9 @@ class Response(NamedTuple):
     text_sha256: str | None  # of the normalised answer text, for exact-match rates
     response_body: builtins.bytes | None  # under "full": the body (streams: reassembled JSON)
     response_sha256: str | None  # only under "hash"
+    cached_tokens: int | None = None  # prompt tokens read from the provider's cache
+    images: int | None = None  # images in an image answer; None for any other answer
+    embedding_dims: int | None = None  # an embeddings answer's vector length
 
 
 class Revision(NamedTuple):

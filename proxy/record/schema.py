@@ -82,6 +82,17 @@ MIGRATIONS: Final[tuple[tuple[str, ...], ...]] = (
             ts REAL NOT NULL
         )""",
     ),
+    (
+        # Retries linked into calls, cached prompt tokens, images priced per image, and
+        # embedding dimensions. Columns are appended, so old rows read NULL: not measured.
+        "ALTER TABLE exchanges ADD COLUMN retry_key TEXT",
+        "ALTER TABLE exchanges ADD COLUMN retry_count INTEGER",
+        "ALTER TABLE responses ADD COLUMN cached_tokens INTEGER",
+        "ALTER TABLE responses ADD COLUMN images INTEGER",
+        "ALTER TABLE responses ADD COLUMN embedding_dims INTEGER",
+        # Partial: most requests carry no key, and the report only looks up those that do.
+        "CREATE INDEX exchanges_retry_key ON exchanges(retry_key) WHERE retry_key IS NOT NULL",
+    ),
 )
 
 SCHEMA_VERSION: Final = len(MIGRATIONS)

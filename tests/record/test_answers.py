@@ -2,6 +2,8 @@ from __future__ import annotations
 
 import hashlib
 import re
+import struct
+from base64 import b64encode
 from typing import Any
 
 import orjson
@@ -155,12 +157,38 @@ def test_error_kind_for_status(status: int, kind: str | None) -> None:
     assert answers.error_kind_for_status(status) == kind
 
 
-def test_usage_of_chat_completion() -> None:
-    assert answers.usage_of(openai_text()) == (1117, 46, 1163)
+def test_usage_of_chat_completion_with_its_cached_prompt_tokens() -> None:
+    assert answers.usage_of(openai_text()) == (1117, 46, 1163, 0)
 
 
 def test_usage_of_responses_maps_input_and_output_tokens() -> None:
-    assert answers.usage_of(responses_body()) == (328, 52, 380)
+    assert answers.usage_of(responses_body())[:3] == (328, 52, 380)
+
+
+def test_usage_of_reads_cached_tokens_of_chat_and_responses() -> None:
+    chat = {"usage": {"prompt_tokens": 2006, "completion_tokens": 300, "total_tokens": 2306,
+                      "prompt_tokens_details": {"cached_tokens": 1920}}}  # fmt: skip
+    responses = {"usage": {"input_tokens": 2006, "output_tokens": 300, "total_tokens": 2306,
+                           "input_tokens_details": {"cached_tokens": 1024}}}  # fmt: skip
+    assert answers.usage_of(chat) == (2006, 300, 2306, 1920)
+    assert answers.usage_of(responses) == (2006, 300, 2306, 1024)
+
+
+def test_usage_of_anthropic_counts_the_cache_into_the_prompt() -> None:
+    # Anthropic's input_tokens leaves out what was read from or written to the cache; the
+    # record's prompt_tokens counts the whole prompt, as OpenAI's does.
+    message = {
+        "type": "message",
+        "usage": {
+            "input_tokens": 21,
+            "cache_creation_input_tokens": 188,
+            "cache_read_input_tokens": 1500,
+            "output_tokens": 393,
+        },
+    }
+    assert answers.usage_of(message) == (21 + 188 + 1500, 393, None, 1500)
+    plain = {"type": "message", "usage": {"input_tokens": 12, "output_tokens": 6}}
+    assert answers.usage_of(plain) == (12, 6, None, None)
 
 
 def test_usage_of_embeddings_has_no_completion_tokens() -> None:
@@ -170,7 +198,7 @@ def test_usage_of_embeddings_has_no_completion_tokens() -> None:
         "model": "text-embedding-3-small",
         "usage": {"prompt_tokens": 8, "total_tokens": 8},
     }
-    assert answers.usage_of(body) == (8, None, 8)
+    assert answers.usage_of(body) == (8, None, 8, None)
 
 
 @pytest.mark.parametrize(
@@ -178,7 +206,7 @@ def test_usage_of_embeddings_has_no_completion_tokens() -> None:
     [{"choices": []}, {"usage": None}, {"usage": {"prompt_tokens": "3"}}, [], None, "x"],
 )
 def test_missing_usage_is_none_not_zero(body: object) -> None:
-    assert answers.usage_of(body) == (None, None, None)
+    assert answers.usage_of(body) == (None, None, None, None)
 
 
 # --- shape ---------------------------------------------------------------------------------
@@ -235,7 +263,64 @@ def test_lists_are_summarised_by_the_union_of_element_shapes() -> None:
 
 def test_shape_of_a_huge_embedding_body_is_cheap_and_stable() -> None:
     body = {"object": "list", "data": [{"embedding": [0.1] * 3072, "index": 0}] * 50}
-    assert answers.shape_signature(body) == '{data:[{embedding:[num],index:num}],object:"list"}'
+    assert (
+        answers.shape_signature(body) == '{data:[{embedding:[num;3072],index:num}],object:"list"}'
+    )
+
+
+def embeddings(dims: int, base64: bool = False) -> dict[str, object]:
+    vector: object = [0.5] * dims
+    if base64:
+        vector = b64encode(struct.pack(f"<{dims}f", *([0.5] * dims))).decode()
+    return {
+        "object": "list",
+        "data": [{"object": "embedding", "index": 0, "embedding": vector}],
+        "model": "text-embedding-3-small",
+        "usage": {"prompt_tokens": 8, "total_tokens": 8},
+    }
+
+
+@pytest.mark.parametrize("base64", [False, True])
+def test_an_embedding_of_another_dimension_is_another_shape(base64: bool) -> None:
+    assert answers.embedding_dims(embeddings(1536, base64)) == 1536
+    assert answers.embedding_dims(embeddings(1023, base64)) == 1023  # padding counted right
+    assert answers.shape_of(embeddings(1536, base64)) == answers.shape_of(embeddings(1536, base64))
+    assert answers.shape_of(embeddings(1536, base64)) != answers.shape_of(embeddings(1024, base64))
+
+
+def test_embedding_dims_of_other_answers_is_none() -> None:
+    assert answers.embedding_dims(openai_text()) is None
+    assert answers.embedding_dims({"data": [{"url": "https://x"}]}) is None
+    assert answers.embedding_dims({"data": []}) is None
+
+
+def test_images_are_counted_in_image_answers_only() -> None:
+    generated = {"created": 1, "data": [{"b64_json": "aGk="}, {"url": "https://img/2"}]}
+    assert answers.images_of(generated) == 2
+    responses = {"output": [{"type": "image_generation_call", "result": "aGk="},
+                            {"type": "message", "content": []}]}  # fmt: skip
+    assert answers.images_of(responses) == 1
+    assert answers.images_of(openai_text()) is None
+    assert answers.images_of(responses_body()) is None
+    assert answers.images_of(embeddings(8)) is None
+
+
+def test_shape_paths_name_each_leaf_and_where_two_shapes_part() -> None:
+    a = answers.shape_paths(embeddings(1536))
+    b = answers.shape_paths(embeddings(1024))
+    assert a == {
+        "data[].embedding": "[num;1536]",
+        "data[].index": "num",
+        "data[].object": '"embedding"',
+        "model": "str",
+        "object": '"list"',
+        "usage.prompt_tokens": "num",
+        "usage.total_tokens": "num",
+    }
+    assert {k for k in a if a[k] != b.get(k)} == {"data[].embedding"}
+    text = answers.shape_paths(openai_text())
+    assert text["choices[].finish_reason"] == '"stop"'
+    assert "choices[].message.content" in text and "id" not in text
 
 
 def test_shape_of_deeply_nested_json_does_not_raise() -> None:
@@ -354,6 +439,30 @@ def test_answer_of_content_parts_and_object_arguments() -> None:
         ]
     }
     assert answers.answer_of(body) == Answer("ab", (ToolCall("f", '{"x":1}'),), "tool_calls")
+
+
+def test_answer_of_an_anthropic_message_with_text_and_a_tool_use() -> None:
+    body = {
+        "id": "msg_01Aq9w938a90dw8q",
+        "type": "message",
+        "role": "assistant",
+        "model": "claude-sonnet-4-5",
+        "content": [
+            {"type": "text", "text": "Let me check."},
+            {
+                "type": "tool_use",
+                "id": "toolu_01",
+                "name": "get_weather",
+                "input": {"location": "Paris"},
+            },
+        ],
+        "stop_reason": "tool_use",
+        "usage": {"input_tokens": 12, "output_tokens": 30},
+    }
+    assert answers.answer_of(body) == Answer(
+        "Let me check.", (ToolCall("get_weather", '{"location":"Paris"}'),), "tool_use"
+    )
+    assert answers.finish_of(body) == "tool_use"
 
 
 @pytest.mark.parametrize("body", [None, [], {"error": {"message": "x"}}, {"choices": []}])

@@ -13,7 +13,7 @@ import pytest
 from structlog.testing import capture_logs
 
 from proxy.record.rows import Exchange, Response, Revision, StoredObject
-from proxy.record.schema import SCHEMA_VERSION, StoreError, open_readonly
+from proxy.record.schema import MIGRATIONS, SCHEMA_VERSION, StoreError, open_readonly
 from proxy.record.writer import Recorder, RecorderStats, WriterSettings
 
 # Short waits everywhere: a failing batch costs _ATTEMPTS x (busy_timeout + retry_interval).
@@ -33,6 +33,8 @@ def exchange(i: int = 0, *, ts: float | None = None, **changes: Any) -> Exchange
         sticky_key="5f2b",
         request_body=b'{"model":"gpt-4o-mini"}',
         request_sha256="ab" * 32,
+        retry_key="9a0b1c2d3e4f5a6b",
+        retry_count=1,
     )
     return e._replace(**changes)
 
@@ -62,6 +64,9 @@ def response(i: int = 0, *, ts: float | None = None, **changes: Any) -> Response
         text_sha256="cd" * 32,
         response_body=b'{"text":"hi"}',
         response_sha256="ef" * 32,
+        cached_tokens=4,
+        images=None,
+        embedding_dims=None,
     )
     return r._replace(**changes)
 
@@ -345,6 +350,7 @@ async def test_empty_file_is_migrated_to_the_current_schema(
     assert rows(db, "PRAGMA journal_mode") == [("wal",)]
     names = rows(db, "SELECT type, name FROM sqlite_master WHERE name NOT LIKE 'sqlite_%'")
     assert sorted(names) == [
+        ("index", "exchanges_retry_key"),
         ("index", "exchanges_revision"),
         ("index", "exchanges_route_model"),
         ("index", "exchanges_ts"),
@@ -355,6 +361,35 @@ async def test_empty_file_is_migrated_to_the_current_schema(
         ("table", "responses"),
         ("table", "revisions"),
     ]
+
+
+async def test_a_version_2_recording_keeps_its_rows_and_reads_null_in_the_new_columns(
+    db: Path, recorders: Callable[..., Recorder]
+) -> None:
+    old_e = exchange(1, ts=1.0)[:11]  # the fields of version 2, in order
+    old_r = response(1, ts=1.0)[:23]
+    with contextlib.closing(sqlite3.connect(db)) as conn:
+        for migration in MIGRATIONS[:2]:
+            for statement in migration:
+                conn.execute(statement)
+        conn.execute(f"INSERT INTO exchanges VALUES ({','.join('?' * 11)})", old_e)
+        conn.execute(f"INSERT INTO responses VALUES ({','.join('?' * 23)})", old_r)
+        conn.execute("PRAGMA user_version = 2")
+        conn.commit()
+
+    rec = await started(recorders, db)
+    new_e, new_r = exchange(2, ts=2.0), response(2, ts=2.0, images=3, embedding_dims=1536)
+    rec.submit(new_e)
+    rec.submit(new_r)
+    await wait_until(lambda: rec.stats().written == 2)
+
+    assert rows(db, "PRAGMA user_version") == [(SCHEMA_VERSION,)]
+    with contextlib.closing(open_readonly(str(db))) as conn:
+        got_e = [Exchange(*row) for row in conn.execute("SELECT * FROM exchanges ORDER BY id")]
+        got_r = [Response(*row) for row in conn.execute("SELECT * FROM responses ORDER BY 1")]
+    assert got_e == [Exchange(*old_e), new_e]
+    assert got_r == [Response(*old_r), new_r]
+    assert (got_e[0].retry_key, got_r[0].cached_tokens, got_r[0].images) == (None, None, None)
 
 
 async def test_schema_columns_are_the_record_fields(

@@ -597,7 +597,7 @@ def synthesize(db_path: str, n: int, seed: int = 0) -> None:
             (rng.random() > 0.02) if ok and variant % 7 == 0 else None,
             hashlib.sha256(text.encode()).hexdigest() if ok else None,
             orjson.dumps(body) if ok and shared % 50 == 0 else None,
-            None,
+            None, None, None, None,
         )  # fmt: skip
 
     with con:
@@ -611,8 +611,9 @@ def synthesize(db_path: str, n: int, seed: int = 0) -> None:
                 model = rng.choice(("gpt-4o-mini", "gpt-4o-mini", "gpt-4o", None))
                 route = "embeddings" if model is None else "chat"
                 exchanges.append(
-                    (xid, ts, route, "POST", "/v1/x", model, stream, names[k], None, None, None)
-                )
+                    (xid, ts, route, "POST", "/v1/x", model, stream, names[k], None, None, None,
+                     None, None)
+                )  # fmt: skip
                 up = "new" if rng.random() < splits[k].get("new", 0) / 100 else "old"
                 shared = rng.getrandbits(30)
                 responses.append(answer(xid, "primary", up, ts + 0.001, stream, model, shared))
@@ -622,8 +623,8 @@ def synthesize(db_path: str, n: int, seed: int = 0) -> None:
                     )
                 if rng.random() < 0.05:
                     responses.append(answer(xid, "noise", up, ts + 0.003, stream, model, shared))
-            con.executemany(f"INSERT INTO exchanges VALUES ({','.join('?' * 11)})", exchanges)
-            con.executemany(f"INSERT INTO responses VALUES ({','.join('?' * 23)})", responses)
+            con.executemany(f"INSERT INTO exchanges VALUES ({','.join('?' * 13)})", exchanges)
+            con.executemany(f"INSERT INTO responses VALUES ({','.join('?' * 26)})", responses)
         add_indexes(con)
     con.close()
 
