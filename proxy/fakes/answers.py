@@ -8,16 +8,22 @@ import hashlib
 import math
 import struct
 import zlib
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any, Final
 
 import orjson
+
+from proxy.fakes.api import Style
 
 _TEMPLATES: Final = (
     'Here is a short answer about "{topic}". The same question always gets the same reply.',
     'Here is a brief answer about "{topic}". The same question always gets the same reply.',
     'A short answer about "{topic}" follows. This provider gives the same reply every time.',
 )
+
+# What a worse provider says to anything: off the topic and short, so that a report's text
+# similarity sees it at once (it shares no word with the templates above).
+WORSE: Final = "Sorry, I can only talk about the weather today."
 
 
 @dataclass(frozen=True, slots=True)
@@ -168,6 +174,30 @@ def answer(
     return Answer(text, None, prompt_tokens, tokens(text))
 
 
+def respond(
+    *, prompt: str, context: str, tools: Any, choice: Any, fmt: Any, style: Style
+) -> Answer:
+    """`answer` as the style says it: worse text (plain answers only, so that a JSON mode
+    still parses) or tool arguments that are not JSON (cut before their last character, as a
+    model stopped short writes them)."""
+    said = answer(
+        prompt=prompt,
+        context=context,
+        tools=tools,
+        choice=choice,
+        fmt=fmt,
+        variant=style.variant,
+        tool_calls=style.tool_calls,
+    )
+    if said.tool is not None and style.tool_json == "broken":
+        args = said.tool.arguments[:-1]
+        return replace(said, tool=ToolCall(said.tool.name, args))
+    plain = not isinstance(fmt, dict) or fmt.get("type") in (None, "text")
+    if said.text is not None and style.quality == "worse" and plain:
+        return replace(said, text=WORSE, completion_tokens=tokens(WORSE))
+    return said
+
+
 def input_texts(raw: Any) -> list[str]:
     """The texts of a `prompt` or `input`: a string, strings, a token array or token arrays.
     The fake has no tokenizer, so token ids stand in for words."""
@@ -224,15 +254,19 @@ def vector(text: str, dimensions: int, variant: int) -> bytes:
 
 def png(key: str) -> str:
     """A real 1x1 PNG whose colour depends on `key`, base64-encoded."""
+    return base64.b64encode(png_bytes(key)).decode()
+
+
+def png_bytes(key: str) -> bytes:
+    """A real 1x1 PNG whose colour depends on `key`."""
 
     def chunk(tag: bytes, body: bytes) -> bytes:
         return struct.pack(">I", len(body)) + tag + body + struct.pack(">I", zlib.crc32(tag + body))
 
     pixel = b"\0" + hashlib.blake2b(key.encode(), digest_size=3).digest()
-    image = (
+    return (
         b"\x89PNG\r\n\x1a\n"
         + chunk(b"IHDR", struct.pack(">IIBBBBB", 1, 1, 8, 2, 0, 0, 0))
         + chunk(b"IDAT", zlib.compress(pixel))
         + chunk(b"IEND", b"")
     )
-    return base64.b64encode(image).decode()

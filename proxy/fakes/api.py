@@ -1,8 +1,9 @@
 """What a provider's API shape is to the fake server, and the SSE framing the shapes share.
 
 The server (`provider.py`) owns the behaviours: faults, latency, pacing, gzip, ids on the wire.
-A shape owns its paths, its bodies and the wording of its refusals: `openai_api.py` is OpenAI's.
-Another provider's API is one more module whose class fits `Api`.
+A shape owns its paths, its bodies and the wording of its refusals: `openai_api.py` is OpenAI's,
+`anthropic_api.py` Anthropic's Messages API, `abstrakt_api.py` an image API with its own error
+codes. Another provider's API is one more module whose class fits `Api`.
 """
 
 from __future__ import annotations
@@ -10,7 +11,7 @@ from __future__ import annotations
 import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Final, Protocol
+from typing import Any, Final, Literal, Protocol
 
 import orjson
 
@@ -33,6 +34,14 @@ class Style(Protocol):
     def usage(self) -> bool: ...
     @property
     def latency(self) -> float: ...
+    @property
+    def tool_json(self) -> Literal["valid", "broken"]: ...
+    @property
+    def refuse_tools(self) -> bool: ...
+    @property
+    def embedding_dims(self) -> int | None: ...
+    @property
+    def quality(self) -> Literal["good", "worse"]: ...
 
 
 @dataclass(frozen=True, slots=True)
@@ -43,6 +52,8 @@ class Ask:
     path: str  # percent-decoded, as the router sees it
     json: Any | None  # None when the body is empty or not JSON
     parsed: bool  # the body was JSON, of whatever type
+    body: bytes = b""  # as received, for the shapes that read forms
+    headers: Mapping[str, str] = field(default_factory=dict)  # case-insensitive on the server
 
 
 @dataclass(frozen=True, slots=True)
@@ -57,6 +68,16 @@ class Stream:
     events: Sequence[bytes]
     done: bool
     trailing: int = 0
+    first: int = 0  # the first event with generated content: `first_token_delay` waits before it
+
+
+@dataclass(frozen=True, slots=True)
+class Body:
+    """A plain answer that is not JSON, or that carries headers of its own."""
+
+    data: bytes
+    content_type: str = "application/json"
+    headers: Mapping[str, str] = field(default_factory=dict)
 
 
 @dataclass(frozen=True, slots=True)
@@ -76,6 +97,11 @@ class Api(Protocol):
         """Exact paths the server routes before its catch-all (only spares a regex match)."""
         ...
 
+    @property
+    def request_id_header(self) -> str:
+        """The response header that carries the request's id (`x-request-id`, `request-id`)."""
+        ...
+
     def unauthorized(self, headers: Mapping[str, str]) -> Refusal | None:
         """The refusal of a request without the fake's key; None when it may pass."""
         ...
@@ -92,7 +118,11 @@ class Api(Protocol):
         """The answer with an error `status` that a fault forces or the error rate draws."""
         ...
 
-    def reply(self, ask: Ask, style: Style) -> bytes | Stream | Refusal:
+    def stream_failure(self, status: int) -> bytes:
+        """The event that ends a stream breaking off with `status` after it began."""
+        ...
+
+    def reply(self, ask: Ask, style: Style) -> bytes | Body | Stream | Refusal:
         """The answer to `ask`; bytes are a JSON body."""
         ...
 

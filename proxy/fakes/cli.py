@@ -8,7 +8,7 @@ import signal
 import sys
 from collections.abc import Callable
 
-from proxy.fakes.provider import FAULTS, Behaviour, FakeProvider
+from proxy.fakes.provider import APIS, FAULTS, Behaviour, FakeProvider
 
 try:
     import uvloop
@@ -21,13 +21,15 @@ else:
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="python -m proxy fake",
-        description="Run a fake OpenAI-compatible provider until SIGINT or SIGTERM.",
+        description="Run a fake provider (OpenAI's, Anthropic's or Abstrakt's API) until SIGINT "
+        "or SIGTERM.",
     )
     parser.add_argument("--name", default="fake")
+    parser.add_argument("--api", choices=APIS, default="openai", help="the API's shape")
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, default=0, help="0 picks a free port")
-    parser.add_argument("--api-key", default=None, help="require 'Authorization: Bearer KEY'")
-    parser.add_argument("--models", default="gpt-4o-mini,text-embedding-3-small", help="a,b,c")
+    parser.add_argument("--api-key", default=None, help="require the key, as the API sends it")
+    parser.add_argument("--models", default=None, help="a,b,c (default: the API's usual ones)")
     parser.add_argument("--latency", type=float, default=0.0, help="seconds")
     parser.add_argument("--chunk-delay", type=float, default=0.0, help="seconds")
     parser.add_argument("--chunks", type=int, default=None)
@@ -36,6 +38,12 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--fail", choices=FAULTS, default=None)
     parser.add_argument("--gzip", action="store_true")
     parser.add_argument("--variant", type=int, default=0)
+    parser.add_argument("--latency-jitter", type=float, default=0.0, help="seconds, at most")
+    parser.add_argument("--first-token-delay", type=float, default=0.0, help="seconds")
+    parser.add_argument("--tool-json", choices=("valid", "broken"), default="valid")
+    parser.add_argument("--refuse-tools", action="store_true")
+    parser.add_argument("--embedding-dims", type=int, default=None)
+    parser.add_argument("--quality", choices=("good", "worse"), default="good")
     parser.add_argument("--seed", type=int, default=0)
     return parser
 
@@ -68,10 +76,21 @@ def main(argv: list[str] | None = None) -> int:
             fail=args.fail,
             gzip=args.gzip,
             variant=args.variant,
+            latency_jitter=args.latency_jitter,
+            first_token_delay=args.first_token_delay,
+            tool_json=args.tool_json,
+            refuse_tools=args.refuse_tools,
+            embedding_dims=args.embedding_dims,
+            quality=args.quality,
         )
-        models = [m.strip() for m in args.models.split(",") if m.strip()]
+        models = (
+            None
+            if args.models is None
+            else [m.strip() for m in args.models.split(",") if m.strip()]
+        )
         provider = FakeProvider(
             name=args.name,
+            api=args.api,
             api_key=args.api_key,
             models=models,
             behaviour=behaviour,

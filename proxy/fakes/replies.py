@@ -13,11 +13,12 @@ import orjson
 
 from proxy.fakes.answers import (
     Answer,
-    answer,
     answer_text,
     chat_prompt,
     input_texts,
     png,
+    png_bytes,
+    respond,
     responses_prompt,
     tokens,
     vector,
@@ -26,6 +27,7 @@ from proxy.fakes.api import Stream, Style, data, event, pieces
 
 _MODEL_CREATED: Final = 1_700_000_000
 MAX_DIMENSIONS: Final = 4096
+DIMENSIONS: Final = 8  # an embedding's length when neither the request nor the style sets one
 
 
 @dataclass(frozen=True, slots=True)
@@ -150,14 +152,13 @@ def chat(
     if not isinstance(messages, list) or not messages:
         return Invalid("messages must be a non-empty array.", "messages")
     prompt, context = chat_prompt(messages)
-    said = answer(
+    said = respond(
         prompt=prompt,
         context=context,
         tools=request.get("tools"),
         choice=request.get("tool_choice"),
         fmt=request.get("response_format"),
-        variant=style.variant,
-        tool_calls=style.tool_calls,
+        style=style,
     )
     head = {
         "id": next_id("chatcmpl-"),
@@ -176,7 +177,7 @@ def chat(
         head["object"] = "chat.completion.chunk"
         with_usage = _stream_usage(style, request)
         events = _chat_chunks(head, said.text, call, usage if with_usage else None, style.chunks)
-        return Stream(events, done=True, trailing=int(with_usage))
+        return Stream(events, done=True, trailing=int(with_usage), first=1)  # after the role
     message: dict[str, Any] = {
         "role": "assistant",
         "content": said.text,
@@ -257,14 +258,13 @@ def responses(
     """POST /v1/responses: one output item, a message or a function call."""
     prompt, context = responses_prompt(request)
     text_config = request.get("text")
-    said = answer(
+    said = respond(
         prompt=prompt,
         context=context,
         tools=request.get("tools"),
         choice=request.get("tool_choice"),
         fmt=text_config.get("format") if isinstance(text_config, dict) else None,
-        variant=style.variant,
-        tool_calls=style.tool_calls,
+        style=style,
     )
     usage = _responses_usage(said) if style.usage else None
     # The response's id is taken before its item's, as OpenAI numbers them.
@@ -352,36 +352,42 @@ def _response_stream(response: dict[str, Any], item: dict[str, Any], chunks: int
     out.add("response.created", response=opening)
     out.add("response.in_progress", response=opening)
     if item["type"] == "message":
-        _message_events(out, item, chunks)
+        first = _message_events(out, item, chunks)
     else:
-        _function_call_events(out, item, chunks)
+        first = _function_call_events(out, item, chunks)
     out.add("response.output_item.done", output_index=0, item=item)
     out.add("response.completed", response={**response, "output": [item]})
     # The Responses API ends with response.completed; it sends no [DONE].
-    return Stream(out.events, done=False)
+    return Stream(out.events, done=False, first=first)
 
 
-def _message_events(out: _Events, item: dict[str, Any], chunks: int | None) -> None:
+def _message_events(out: _Events, item: dict[str, Any], chunks: int | None) -> int:
+    """Adds the message's events; returns the index of its first delta."""
     part: dict[str, Any] = item["content"][0]
     text: str = part["text"]
     at = {"item_id": item["id"], "output_index": 0, "content_index": 0}
     added = {**item, "status": "in_progress", "content": []}
     out.add("response.output_item.added", output_index=0, item=added)
     out.add("response.content_part.added", **at, part={**part, "text": ""})
+    first = len(out.events)
     for piece in pieces(text, chunks):
         out.add("response.output_text.delta", **at, delta=piece, logprobs=[])
     out.add("response.output_text.done", **at, text=text, logprobs=[])
     out.add("response.content_part.done", **at, part=part)
+    return first
 
 
-def _function_call_events(out: _Events, item: dict[str, Any], chunks: int | None) -> None:
+def _function_call_events(out: _Events, item: dict[str, Any], chunks: int | None) -> int:
+    """Adds the call's events; returns the index of its first delta."""
     args: str = item["arguments"]
     where = {"item_id": item["id"], "output_index": 0}
     added = {**item, "status": "in_progress", "arguments": ""}
     out.add("response.output_item.added", output_index=0, item=added)
+    first = len(out.events)
     for piece in pieces(args, chunks or max(1, len(args) // 8)):
         out.add("response.function_call_arguments.delta", **where, delta=piece)
     out.add("response.function_call_arguments.done", **where, name=item["name"], arguments=args)
+    return first
 
 
 def embeddings(request: dict[str, Any], model: str, style: Style) -> Reply:
@@ -389,7 +395,7 @@ def embeddings(request: dict[str, Any], model: str, style: Style) -> Reply:
     inputs = input_texts(request.get("input"))
     if not inputs or not all(inputs):
         return Invalid("input must be a non-empty string or array.", "input")
-    dimensions = request.get("dimensions", 8)
+    dimensions = request.get("dimensions", style.embedding_dims or DIMENSIONS)
     if not isinstance(dimensions, int) or not 1 <= dimensions <= MAX_DIMENSIONS:
         return Invalid(f"dimensions must be an integer from 1 to {MAX_DIMENSIONS}.", "dimensions")
     encoding = request.get("encoding_format", "float")
@@ -415,20 +421,36 @@ def embeddings(request: dict[str, Any], model: str, style: Style) -> Reply:
     return orjson.dumps(body)
 
 
-def images(request: dict[str, Any], model: str, style: Style, *, created: int) -> Reply:
-    """POST /v1/images/generations: `n` tiny PNGs."""
+def images(
+    request: dict[str, Any],
+    model: str,
+    style: Style,
+    *,
+    created: int,
+    publish: Callable[[bytes], str] | None = None,
+) -> Reply:
+    """POST /v1/images/generations: `n` tiny PNGs, as URLs `publish` serves them at or inline.
+
+    As OpenAI's: the DALL-E models (the default when no model is named) answer URLs unless
+    `response_format` is `b64_json`; the gpt-image models always answer base64. Without a
+    `publish` nothing could serve a URL, so every image is inline.
+    """
     prompt, size, n = request.get("prompt"), request.get("size", "1024x1024"), request.get("n", 1)
     if not isinstance(prompt, str) or not prompt:
         return Invalid("prompt must be a non-empty string.", "prompt")
     if not isinstance(n, int) or not 1 <= n <= 10:
         return Invalid("n must be an integer from 1 to 10.", "n")
+    asked = request.get("response_format", "url")
+    if asked not in ("url", "b64_json"):
+        return Invalid("response_format must be url or b64_json.", "response_format")
+    inline = publish is None or asked == "b64_json" or model.startswith("gpt-image")
+    keys = [f"{style.variant}\0{model}\0{prompt}\0{size}\0{i}" for i in range(n)]
     pictures = [
-        {
-            "b64_json": png(f"{style.variant}\0{model}\0{prompt}\0{size}\0{i}"),
-            "revised_prompt": prompt,
-        }
-        for i in range(n)
+        {"url": publish(png_bytes(key))} if publish and not inline else {"b64_json": png(key)}
+        for key in keys
     ]
+    for picture in pictures:
+        picture["revised_prompt"] = prompt
     body = {"created": created, "data": pictures, "output_format": "png", "size": size}
     return orjson.dumps(body)
 
@@ -444,4 +466,49 @@ def run(request: dict[str, Any], model: str, style: Style, *, latency: float) ->
         "images": [{"b64": png(f"{style.variant}\0{model}\0{prompt}\0{size}")}],
         "latency_ms": round(latency * 1000),
     }
+    return orjson.dumps(body)
+
+
+# OpenAI's moderation categories, in the order its answers list them.
+_CATEGORIES: Final = (
+    "harassment",
+    "harassment/threatening",
+    "hate",
+    "hate/threatening",
+    "illicit",
+    "illicit/violent",
+    "self-harm",
+    "self-harm/intent",
+    "self-harm/instructions",
+    "sexual",
+    "sexual/minors",
+    "violence",
+    "violence/graphic",
+)
+# Words that get a text flagged, so that a test can ask for a flag; everything else passes.
+_FLAGGED: Final = {"kill": "violence", "attack": "violence", "hate": "hate"}
+
+
+def moderations(request: dict[str, Any], model: str, *, next_id: Callable[[str], str]) -> Reply:
+    """POST /v1/moderations: one result per input text, flagged by a few words."""
+    raw = request.get("input")
+    texts = input_texts(raw)
+    if isinstance(raw, list) and raw and all(isinstance(part, dict) for part in raw):
+        # Parts of one multimodal input (text and images): one result for them all.
+        texts = [" ".join(p["text"] for p in raw if isinstance(p.get("text"), str))]
+    if not texts:
+        return Invalid("input must be a non-empty string, array of strings or of parts.", "input")
+    results = []
+    for text in texts:
+        words = {w.strip(".,!?;:\"'").lower() for w in text.split()}
+        hits = {category for word, category in _FLAGGED.items() if word in words}
+        results.append(
+            {
+                "flagged": bool(hits),
+                "categories": {c: c in hits for c in _CATEGORIES},
+                "category_scores": {c: 0.91 if c in hits else 0.0001 for c in _CATEGORIES},
+                "category_applied_input_types": {c: ["text"] for c in _CATEGORIES},
+            }
+        )
+    body = {"id": next_id("modr-"), "model": model, "results": results}
     return orjson.dumps(body)

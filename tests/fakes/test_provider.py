@@ -7,7 +7,7 @@ import base64
 import gzip
 import math
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import Callable
 from typing import Any
 
 import aiohttp
@@ -18,8 +18,8 @@ from pydantic import BaseModel
 from yarl import URL
 
 from proxy.fakes.provider import CHUNK_DELAY_HEADER, Behaviour, FakeProvider
+from tests.fakes.conftest import KEY, Connect, Start
 
-KEY = "sk-fake-test-key-0123456789"
 CHAT = "gpt-4o-mini"
 EMBED = "text-embedding-3-small"
 MESSAGES: list[Any] = [
@@ -42,55 +42,6 @@ WEATHER_TOOL: Any = {
         },
     },
 }
-
-Start = Callable[..., Awaitable[FakeProvider]]
-Connect = Callable[..., openai.AsyncOpenAI]
-
-
-@pytest.fixture
-async def start() -> AsyncIterator[Start]:
-    started: list[FakeProvider] = []
-
-    async def _start(**kwargs: Any) -> FakeProvider:
-        kwargs.setdefault("name", "fake")
-        kwargs.setdefault("api_key", KEY)
-        fake = FakeProvider(**kwargs)
-        await fake.start()
-        started.append(fake)
-        return fake
-
-    yield _start
-    for fake in started:
-        await fake.close()
-
-
-@pytest.fixture
-async def fake(start: Start) -> FakeProvider:
-    return await start()
-
-
-@pytest.fixture
-async def connect() -> AsyncIterator[Connect]:
-    clients: list[openai.AsyncOpenAI] = []
-
-    def _connect(fake: FakeProvider, api_key: str = KEY) -> openai.AsyncOpenAI:
-        # Plain HTTP to 127.0.0.1: skipping the CA bundle saves 0.1 s of CPU per client.
-        http_client = openai.DefaultAsyncHttpxClient(verify=False)
-        client = openai.AsyncOpenAI(
-            base_url=fake.url, api_key=api_key, max_retries=0, timeout=10, http_client=http_client
-        )
-        clients.append(client)
-        return client
-
-    yield _connect
-    for client in clients:
-        await client.close()
-
-
-@pytest.fixture
-async def http() -> AsyncIterator[aiohttp.ClientSession]:
-    async with aiohttp.ClientSession(headers={"Authorization": f"Bearer {KEY}"}) as session:
-        yield session
 
 
 async def until(condition: Callable[[], bool]) -> None:
