@@ -12,6 +12,7 @@ import asyncio
 import contextlib
 import random
 import time
+import zlib
 from typing import TYPE_CHECKING
 
 from aiohttp import web
@@ -19,7 +20,7 @@ from aiohttp import web
 from proxy import logs
 from proxy.errors import BadRequest, BodyTimeout, BodyTooLarge, ErrorAnswer
 from proxy.record import answers
-from proxy.record.meter import Meter, refused
+from proxy.record.meter import Meter, refused, retry_of
 from proxy.record.rows import Exchange, StoredObject
 from proxy.serve.affinity import Affinity, answer_id
 from proxy.serve.call import Arrival, Call, hash_key, new_request_id, read_call
@@ -166,4 +167,16 @@ def exchange_row(call: Call, request_policy: str) -> Exchange:
         hash_key(call.sticky) if call.sticky is not None else None,
         body if request_policy == "full" else None,
         answers.sha256_hex(body) if request_policy == "hash" else None,
+        *_retry(call),
     )
+
+
+def _retry(call: Call) -> tuple[str | None, int | None]:
+    """What links an SDK's attempts of one call: its `Idempotency-Key` where it sends one.
+    The openai SDK sends none, only `x-stainless-retry-count`; then the body (same on every
+    attempt) stands in, by length and CRC-32: cheap, and enough within one retry chain."""
+    key, count = retry_of(call.headers)
+    if key is None and count is not None:
+        body = call.body
+        key = f"{len(body) & 0xFFFFFFFF:08x}{zlib.crc32(body):08x}"
+    return key, count

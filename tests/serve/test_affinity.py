@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import Any
 
 import aiohttp
+import openai
 import orjson
 import pytest
 
@@ -139,7 +140,11 @@ async def test_a_chained_response_follows_its_first_across_a_split_change(
     # The rollback switch sends everything to the primary, chained calls included.
     write_rename(Path(sc.path), {**cfg, "split": {"old": 1}, "rollback": True})
     assert await sc.reload("test")
-    await client.responses.create(model="gpt-4o-mini", input="then?", previous_response_id=first_id)
+    # The old provider never had it, and says so as OpenAI does: that is what rollback costs.
+    with pytest.raises(openai.NotFoundError, match="Previous response"):
+        await client.responses.create(
+            model="gpt-4o-mini", input="then?", previous_response_id=first_id
+        )
     assert old.received[-1].json["previous_response_id"] == first_id
 
 

@@ -490,3 +490,21 @@ async def test_a_shadow_stream_is_complete_at_done_even_if_the_upstream_lingers(
     finally:
         release.set()
         await runner.cleanup()
+
+
+async def test_the_sdk_s_retries_of_one_call_are_recorded_as_linked_attempts(
+    old, new, make_sidecar, tmp_path
+) -> None:
+    old.behaviour = Behaviour(error_rate=1.0, error_status=503)
+    sc = await make_sidecar(base_config(old, new, record=recording(tmp_path)))
+    client = openai.AsyncOpenAI(base_url=sc.url, api_key="sk-app", max_retries=2, timeout=20)
+    try:
+        with pytest.raises(openai.InternalServerError):
+            await client.chat.completions.create(model="gpt-4o-mini", messages=MESSAGES)
+    finally:
+        await client.close()
+    db = str(tmp_path / "rec.db")
+    await settled(sc, db, 3, 3)
+    attempts = rows(db, "SELECT retry_key, retry_count FROM exchanges ORDER BY ts")
+    assert [a["retry_count"] for a in attempts] == [0, 1, 2]
+    assert len({a["retry_key"] for a in attempts}) == 1 and len(attempts[0]["retry_key"]) == 16
