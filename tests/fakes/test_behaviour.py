@@ -59,7 +59,8 @@ async def test_first_token_delay_holds_back_the_first_content_chunk_only(
     role_at, content_at = arrived[0][0], arrived[1][0]
     assert arrived[0][1].choices[0].delta.role == "assistant"  # the role chunk comes at once
     assert arrived[1][1].choices[0].delta.content
-    assert content_at - role_at >= delay - 0.002
+    # The client stamps the role chunk when it gets round to it, which may be late.
+    assert content_at - role_at >= delay - 0.05
     assert arrived[-1][0] - content_at < delay  # later chunks are not delayed
 
 
