@@ -5,7 +5,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Literal
 
-Status = Literal["pass", "warn", "fail", "n/a"]
+# "inconclusive": the interval still spans a band edge; more pairs would settle it.
+Status = Literal["pass", "warn", "fail", "inconclusive", "n/a"]
 Unit = Literal["ratio", "share", "difference"]
 Reason = Literal["status", "shape", "tool_calls", "similarity"]
 
@@ -55,6 +56,26 @@ class RevisionSeen:
 
 
 @dataclass(frozen=True, slots=True)
+class Calls:
+    """The app's calls as the SDKs retry them: attempts with one `retry_key` are one call."""
+
+    calls: int  # exchanges, counting all attempts of one call once
+    retried: int  # calls seen with more than one attempt (or a retry count above 0)
+    attempts: int  # exchanges of the retried calls
+    max_attempts: int
+    failed: int  # retried calls whose every attempt the primary answered with an error
+
+
+@dataclass(frozen=True, slots=True)
+class Refusal:
+    """Requests the sidecar answered itself, sent to no upstream, by status and reason."""
+
+    status: int | None
+    reason: str | None
+    count: int
+
+
+@dataclass(frozen=True, slots=True)
 class Traffic:
     exchanges: int
     streams: int
@@ -64,6 +85,26 @@ class Traffic:
     by_route: tuple[Count, ...]
     by_model: tuple[Count, ...]
     revisions: tuple[RevisionSeen, ...]
+    calls: Calls
+    refused: tuple[Refusal, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class DimsSeen:
+    upstream: str
+    role: str
+    dims: int
+    answers: int
+
+
+@dataclass(frozen=True, slots=True)
+class RouteDims:
+    """The embedding dimensions one route's answers came in: `mixed` when the app was served
+    vectors of more than one length, or a shadow's differ from what the app was served."""
+
+    route: str
+    seen: tuple[DimsSeen, ...]
+    mixed: bool
 
 
 @dataclass(frozen=True, slots=True)
@@ -87,7 +128,9 @@ class UpstreamStats:
     prompt_tokens: int
     completion_tokens: int
     total_tokens: int
-    priced: int  # responses with usage and a price
+    cached_tokens: int  # of prompt_tokens, read from the provider's cache
+    images: int
+    priced: int  # responses with a price for what they carry
     cost: float | None  # US dollars over the priced responses
     cost_per_1k: float | None
     streams: int  # streams that got a 2xx answer
@@ -111,6 +154,19 @@ class Similarity:
 
 
 @dataclass(frozen=True, slots=True)
+class Estimate:
+    """A figure, its 95% interval (None: too few values for one) and what it rests on."""
+
+    value: float | None
+    low: float | None
+    high: float | None
+    n: int
+
+
+NO_ESTIMATE = Estimate(None, None, None, 0)
+
+
+@dataclass(frozen=True, slots=True)
 class PairStats:
     """One upstream's copies (`shadow`, or pooled `noise`) against the primary answers."""
 
@@ -119,9 +175,12 @@ class PairStats:
     pairs: int  # both sides recorded, neither ended by the app or refused by the sidecar
     primary_error_rate: float | None
     other_error_rate: float | None
+    both_errors: int  # pairs where both sides had an upstream error
     status: Agreement  # same status class (2xx/4xx/5xx/none)
     status_shape: Agreement  # same status class and same response shape
-    tool_calls: Agreement  # pairs with tool calls: same names and argument keys, args valid
+    # pairs with tool calls (or the primary's tool calls and the copy's 4xx): same names and
+    # argument keys, arguments valid
+    tool_calls: Agreement
     text: Agreement  # normalised answer text identical
     similarity: Similarity
     ttfb_diff_ms: Percentiles  # other minus primary, per exchange
@@ -131,25 +190,37 @@ class PairStats:
     other_ttft_ms: Percentiles
     primary_total_ms: Percentiles  # non-streams answered by both
     other_total_ms: Percentiles
+    # Same request, other / primary: time to first token for streams, total for the rest.
+    latency_ratio: Estimate  # the median of the per-pair ratios
+    latency_diff_ms: Estimate  # the median of the per-pair differences
+    latency_streams: int  # of latency_ratio.n, the pairs compared on time to first token
     usage_pairs: int  # both sides reported usage
     primary_tokens: tuple[int, int, int]  # prompt, completion, total over usage_pairs
     other_tokens: tuple[int, int, int]
+    primary_cached: int  # cached prompt tokens over usage_pairs
+    other_cached: int
+    token_ratio: Estimate  # other / primary total tokens
     priced_pairs: int
     primary_cost: float | None
     other_cost: float | None
+    cost_ratio: Estimate
 
 
 @dataclass(frozen=True, slots=True)
 class Check:
     name: str
     status: Status
-    value: float | None  # the figure compared with the band
+    value: float | None  # the estimate graded against the band
+    low: float | None  # its 95% interval; None when there is none yet
+    high: float | None
     unit: Unit
     warn: float
     fail: float
     n: int  # pairs or answers behind the figure
+    method: str  # how the interval was made
     evidence: str
     note: str | None
+    more: int | None  # inconclusive: how many more pairs would likely settle it
 
 
 @dataclass(frozen=True, slots=True)
@@ -181,6 +252,7 @@ class Example:
     similarity: float | None
     primary: Side
     other: Side
+    paths: tuple[str, ...]  # shape examples: the JSON paths where the two answers differ
 
 
 @dataclass(frozen=True, slots=True)
@@ -208,7 +280,8 @@ class Report:
     upstreams: tuple[UpstreamStats, ...]
     pairs: tuple[PairStats, ...]  # one per shadowed upstream, then the pooled noise floor
     verdicts: tuple[Verdict, ...]
-    verdict: Status  # the worst check of all
+    verdict: Status  # the worst conclusive check; "inconclusive" rather than a pass
+    embeddings: tuple[RouteDims, ...]
     examples: tuple[Example, ...]
     timeline: Timeline
     notes: tuple[str, ...]

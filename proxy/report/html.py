@@ -22,8 +22,10 @@ from proxy.report.text import (
     Table,
     band_text,
     filter_text,
+    interval_text,
     ms,
     sections,
+    settle_text,
     value_text,
     when,
 )
@@ -37,6 +39,7 @@ td,th{border-bottom:1px solid #eee;padding:.25em .7em;vertical-align:top}th{text
 td.r{text-align:right;font-variant-numeric:tabular-nums;white-space:nowrap}.meta{color:#555}
 .status{font-weight:bold;padding:.1em .5em;border-radius:3px;color:#fff}
 .pass{background:#2e8b57}.warn{background:#d98c00}.fail{background:#c0392b}.n\\/a{background:#999}
+.inconclusive{background:#5b6f8a}
 .note{color:#555;font-size:.92em}.chart{height:420px;margin-bottom:1em}
 .pair{display:grid;grid-template-columns:1fr 1fr;gap:1em}
 .pair pre{white-space:pre-wrap;background:#fafafa;border:1px solid #eee;padding:.6em;margin:0}
@@ -109,16 +112,17 @@ def _verdict(report: Report) -> str:
     for v in report.verdicts:
         rows = "".join(
             f"<tr><td>{_e(c.name)}</td><td>{_status(c.status)}</td>"
-            f'<td class="r">{_e(value_text(c))}</td><td>{_e(band_text(c))}</td>'
-            f"<td>{_e(c.evidence)}"
+            f'<td class="r">{_e(value_text(c))}</td><td>{_e(interval_text(c))}'
+            + (f"<br>{_e(settle)}" if (settle := settle_text(c)) else "")
+            + f"</td><td>{_e(band_text(c))}</td><td>{_e(c.evidence)}"
             + (f'<br><span class="note">{_e(c.note)}</span>' if c.note else "")
             + "</td></tr>"
             for c in v.checks
         )
         out.append(
             f"<table><caption>{_e(v.upstream)} as the shadow: {_status(v.status)}</caption>"
-            "<tr><th>check</th><th>status</th><th>figure</th><th>bands</th><th>evidence</th></tr>"
-            f"{rows}</table>"
+            "<tr><th>check</th><th>status</th><th>estimate</th><th>95% interval</th>"
+            f"<th>bands</th><th>evidence</th></tr>{rows}</table>"
         )
     out.append(f'<p class="note">{_e(VERDICT_HELP.format(min_pairs=report.min_pairs))}</p>')
     return "".join(out)
@@ -319,9 +323,16 @@ def _examples(examples: tuple[Example, ...]) -> str:
             a = None if a is None else _e(a)
             b = None if b is None else _e(b)
         sim = f", similarity {e.similarity:.2f}" if e.similarity is not None else ""
+        paths = (
+            '<ul class="paths">'
+            + "".join(f"<li><code>{_e(p)}</code></li>" for p in e.paths)
+            + "</ul>"
+            if e.paths
+            else ""
+        )
         out.append(
             f'<h3>{_e(e.reason)}: {_e(e.exchange_id)}</h3><p class="meta">{_e(when(e.ts))}, '
             f"{_e(e.route)}, {_e(e.model or '(no model)')}{'' if not e.stream else ', stream'}{_e(sim)}</p>"
-            f'<div class="pair">{_side("primary", e.primary, a)}{_side("copy", e.other, b)}</div>'
+            f'{paths}<div class="pair">{_side("primary", e.primary, a)}{_side("copy", e.other, b)}</div>'
         )
     return "".join(out)

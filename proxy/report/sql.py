@@ -2,30 +2,41 @@
 
 from __future__ import annotations
 
+import sqlite3
+from collections.abc import Sequence
 from functools import lru_cache
-from typing import Any, Final
+from typing import Any, Final, NamedTuple
 
 import orjson
 
 from proxy.report.data import ReportFilter
-from proxy.report.thresholds import Price
 
 # The app leaving and the sidecar refusing are nobody's upstream's doing: they are shown,
 # but left out of error rates and of every shadow-vs-primary comparison.
 NOT_UPSTREAM: Final = ("client_disconnect", "proxy")
 
 
-def _usage(a: str) -> str:
+class Query(NamedTuple):
+    """A SELECT and the names of its columns, so rows are read by name, not position."""
+
+    sql: str
+    columns: tuple[str, ...]
+
+    def named(self, row: Sequence[Any]) -> dict[str, Any]:
+        return dict(zip(self.columns, row, strict=True))
+
+
+def _query(columns: list[tuple[str, str]], rest: str) -> Query:
+    select = ",\n  ".join(expr for _, expr in columns)
+    return Query(f"SELECT {select}\n{rest}", tuple(name for name, _ in columns))
+
+
+def usage_sql(a: str) -> str:
     """The token count of a response row, NULL when it reported no usage at all."""
     return (
         f"coalesce({a}.total_tokens, {a}.prompt_tokens + {a}.completion_tokens, "
         f"{a}.prompt_tokens, {a}.completion_tokens)"
     )
-
-
-def _cost(a: str, price: tuple[str, str]) -> str:
-    """Dollars times a million; NULL without a price or prompt tokens."""
-    return f"({a}.prompt_tokens * {price[0]} + coalesce({a}.completion_tokens, 0) * {price[1]})"
 
 
 def _us(expr: str) -> str:
@@ -61,75 +72,78 @@ def since_clause(flt: ReportFilter, a: str) -> str:
     return "" if flt.since is None else f" AND {a}.ts >= :since"
 
 
-def price_sql(
-    pricing: dict[str, dict[str, Price]], a: str, upstream: str | None, params: dict[str, Any]
-) -> tuple[str, str]:
-    """SQL for the input and output price per million tokens of response row `a`, NULL when
-    unpriced; with `upstream` known, only that upstream's table is consulted."""
-    tables = {upstream: pricing.get(upstream, {})} if upstream is not None else pricing
-    sql: list[list[str]] = [[], []]
-    for i, (name, models) in enumerate(tables.items()):
-        cases: list[list[str]] = [[], []]
-        wild: list[str | None] = [None, None]
-        for j, (model, price) in enumerate(models.items()):
-            for k, value in enumerate((price.input, price.output)):
-                key = f"{a}{i}_{j}_{k}"
-                params[key] = value
-                if model == "*":
-                    wild[k] = f":{key}"
-                else:
-                    params[f"{a}{i}_{j}m"] = model
-                    cases[k].append(f"WHEN :{a}{i}_{j}m THEN :{key}")
-        for k in (0, 1):
-            # The exact model wins over "*", whatever order the config lists them in.
-            by_model = (
-                f"CASE e.model {' '.join(cases[k])} ELSE {wild[k] or 'NULL'} END"
-                if cases[k]
-                else wild[k] or "NULL"
-            )
-            if upstream is not None:
-                sql[k].append(by_model)
-            else:
-                params[f"{a}{i}u"] = name
-                sql[k].append(f"WHEN :{a}{i}u THEN {by_model}")
-    if upstream is not None:
-        return (sql[0][0], sql[1][0]) if sql[0] else ("NULL", "NULL")
-    if not sql[0]:
-        return "NULL", "NULL"
-    return tuple(f"(CASE {a}.upstream {' '.join(x)} END)" for x in sql)  # type: ignore[return-value]
-
-
-def upstream_sql(role: str, where: str, price: tuple[str, str]) -> str:
+def upstream_query(role: str, where: str, cost: str) -> Query:
     ok = "r.error_kind IS NULL"
     stream = f"e.stream AND r.status / 100 = 2 AND NOT {_by_app('r')}"
     upstream_error = f"r.error_kind IS NOT NULL AND NOT {_by_app('r')}"
     bucket = "CAST((e.ts - :t0) / :width AS INTEGER)"
+    usage = usage_sql("r")
     # Only primaries are served under a revision's split.
     revisions = "group_concat(e.revision, char(31))" if role == "primary" else "NULL"
-    return f"""
-SELECT count(*), sum({ok}), sum({upstream_error}), group_concat(r.error_kind),
-  count({_usage("r")}), sum(r.prompt_tokens), sum(r.completion_tokens), sum({_usage("r")}),
-  count({_cost("r", price)}), sum({_cost("r", price)}) / 1e6,
-  sum({stream}), sum({stream} AND r.stream_done = 1 AND {_usage("r")} IS NOT NULL),
-  count(CASE WHEN {ok} THEN r.json_ok END), total(CASE WHEN {ok} THEN r.json_ok END),
-  group_concat(CASE WHEN {ok} THEN {_us("r.ttfb_ms")} END),
-  group_concat(CASE WHEN {ok} THEN {_us("r.ttft_ms")} END),
-  group_concat(CASE WHEN {ok} THEN {_us("r.total_ms")} END),
-  group_concat({bucket}),
-  group_concat(CASE WHEN {upstream_error} THEN {bucket} END),
-  {revisions}
-FROM responses r CROSS JOIN exchanges e ON e.id = r.exchange_id
-WHERE +r.upstream = :upstream AND +r.role = :role{where}"""
+    columns = [
+        ("responses", "count(*)"),
+        ("ok", f"sum({ok})"),
+        ("upstream_errors", f"sum({upstream_error})"),
+        ("kinds", "group_concat(r.error_kind)"),
+        ("with_usage", f"count({usage})"),
+        ("prompt", "sum(r.prompt_tokens)"),
+        ("completion", "sum(r.completion_tokens)"),
+        ("tokens", f"sum({usage})"),
+        ("cached", "total(r.cached_tokens)"),
+        ("images", "total(r.images)"),
+        ("priced", f"count({cost})"),
+        ("cost", f"sum({cost}) / 1e6"),
+        ("streams", f"sum({stream})"),
+        ("streams_ok", f"sum({stream} AND r.stream_done = 1 AND {usage} IS NOT NULL)"),
+        ("json_answers", f"count(CASE WHEN {ok} THEN r.json_ok END)"),
+        ("json_ok", f"total(CASE WHEN {ok} THEN r.json_ok END)"),
+        ("ttfb", f"group_concat(CASE WHEN {ok} THEN {_us('r.ttfb_ms')} END)"),
+        ("ttft", f"group_concat(CASE WHEN {ok} THEN {_us('r.ttft_ms')} END)"),
+        ("total", f"group_concat(CASE WHEN {ok} THEN {_us('r.total_ms')} END)"),
+        ("buckets", f"group_concat({bucket})"),
+        ("error_buckets", f"group_concat(CASE WHEN {upstream_error} THEN {bucket} END)"),
+        ("revisions", revisions),
+    ]
+    return _query(
+        columns,
+        "FROM responses r CROSS JOIN exchanges e ON e.id = r.exchange_id\n"
+        f"WHERE +r.upstream = :upstream AND +r.role = :role{where}",
+    )
 
 
-def pair_sql(where: str, p_price: tuple[str, str], s_price: tuple[str, str]) -> str:
+def _latency_pair(ok: str) -> str:
+    """ "primary,copy,stream" in microseconds, per pair: time to first token for a stream,
+    total time otherwise, so one list holds every pair the latency check compares."""
+    stream = (
+        "CASE WHEN p.ttft_ms IS NOT NULL AND s.ttft_ms IS NOT NULL THEN "
+        f"{_us('p.ttft_ms')} || ',' || {_us('s.ttft_ms')} || ',1' END"
+    )
+    plain = (
+        "CASE WHEN p.total_ms IS NOT NULL AND s.total_ms IS NOT NULL THEN "
+        f"{_us('p.total_ms')} || ',' || {_us('s.total_ms')} || ',0' END"
+    )
+    return (
+        f"group_concat(CASE WHEN {ok} THEN (CASE WHEN e.stream THEN {stream} ELSE {plain} END) END)"
+    )
+
+
+def pair_query(where: str, p_cost: str, s_cost: str) -> Query:
     ok = "p.error_kind IS NULL AND s.error_kind IS NULL"
     same_class = "p.status / 100 IS s.status / 100"
-    usage = f"{_usage('p')} IS NOT NULL AND {_usage('s')} IS NOT NULL"
-    p_cost, s_cost = _cost("p", p_price), _cost("s", s_price)
+    p_usage, s_usage = usage_sql("p"), usage_sql("s")
+    usage = f"{p_usage} IS NOT NULL AND {s_usage} IS NOT NULL"
     priced = f"{p_cost} IS NOT NULL AND {s_cost} IS NOT NULL"
-    tools = f"{ok} AND (p.tool_calls IS NOT NULL OR s.tool_calls IS NOT NULL)"
-    tools_same = "(tool_sig(p.tool_calls) IS tool_sig(s.tool_calls) AND tool_valid(s.tool_calls))"
+    # A copy that refused a request the primary answered with tool calls (a 4xx such as
+    # "function calling is not supported") disagrees on them; its 5xx and timeouts are the
+    # errors check's, not this one's.
+    tools = (
+        "p.error_kind IS NULL AND (s.error_kind IS NULL OR s.error_kind = 'http_4xx') "
+        "AND (p.tool_calls IS NOT NULL OR (s.error_kind IS NULL AND s.tool_calls IS NOT NULL))"
+    )
+    tools_same = (
+        "(s.error_kind IS NULL AND tool_sig(p.tool_calls) IS tool_sig(s.tool_calls) "
+        "AND tool_valid(s.tool_calls))"
+    )
     text = f"{ok} AND p.text_sha256 IS NOT NULL AND s.text_sha256 IS NOT NULL"
     bodies = "length(p.response_body) > 0 AND length(s.response_body) > 0"
 
@@ -139,37 +153,58 @@ def pair_sql(where: str, p_price: tuple[str, str], s_price: tuple[str, str]) -> 
             f"AND s.{column} IS NOT NULL THEN {_us(value)} END)"
         )
 
-    return f"""
-SELECT count(*), sum(p.error_kind IS NOT NULL), sum(s.error_kind IS NOT NULL),
-  sum({same_class}), sum({same_class} AND p.shape IS s.shape),
-  sum({tools}), sum({tools} AND {tools_same}),
-  sum({text}), sum({text} AND p.text_sha256 = s.text_sha256),
-  sum({usage}),
-  sum(CASE WHEN {usage} THEN coalesce(p.prompt_tokens, 0) END),
-  sum(CASE WHEN {usage} THEN coalesce(p.completion_tokens, 0) END),
-  sum(CASE WHEN {usage} THEN {_usage("p")} END),
-  sum(CASE WHEN {usage} THEN coalesce(s.prompt_tokens, 0) END),
-  sum(CASE WHEN {usage} THEN coalesce(s.completion_tokens, 0) END),
-  sum(CASE WHEN {usage} THEN {_usage("s")} END),
-  sum({priced}),
-  sum(CASE WHEN {priced} THEN {p_cost} END) / 1e6,
-  sum(CASE WHEN {priced} THEN {s_cost} END) / 1e6,
-  {both("ttfb_ms", "s.ttfb_ms - p.ttfb_ms")},
-  {both("ttft_ms", "s.ttft_ms - p.ttft_ms")},
-  {both("total_ms", "s.total_ms - p.total_ms")},
-  {both("ttft_ms", "p.ttft_ms", " AND e.stream")},
-  {both("ttft_ms", "s.ttft_ms", " AND e.stream")},
-  {both("total_ms", "p.total_ms", " AND NOT e.stream")},
-  {both("total_ms", "s.total_ms", " AND NOT e.stream")},
-  group_concat(CASE WHEN NOT {same_class} THEN s.rowid END),
-  group_concat(CASE WHEN {same_class} AND p.shape IS NOT s.shape THEN s.rowid END),
-  group_concat(CASE WHEN {tools} AND NOT {tools_same} THEN s.rowid END),
-  group_concat(CASE WHEN {text} AND {bodies} THEN s.rowid END)
-FROM responses s
-  CROSS JOIN responses p ON p.exchange_id = s.exchange_id AND p.role = 'primary'
-  CROSS JOIN exchanges e ON e.id = s.exchange_id
-WHERE +s.upstream = :upstream AND +s.role = :role{where}
-  AND NOT {_by_app("p")} AND NOT {_by_app("s")}"""
+    def when(cond: str, value: str) -> str:
+        return f"sum(CASE WHEN {cond} THEN {value} END)"
+
+    columns = [
+        ("pairs", "count(*)"),
+        ("p_errors", "sum(p.error_kind IS NOT NULL)"),
+        ("s_errors", "sum(s.error_kind IS NOT NULL)"),
+        ("both_errors", "sum(p.error_kind IS NOT NULL AND s.error_kind IS NOT NULL)"),
+        ("same_class", f"sum({same_class})"),
+        ("same_shape", f"sum({same_class} AND p.shape IS s.shape)"),
+        ("tools", f"sum({tools})"),
+        ("tools_same", f"sum({tools} AND {tools_same})"),
+        ("texts", f"sum({text})"),
+        ("texts_same", f"sum({text} AND p.text_sha256 = s.text_sha256)"),
+        ("usage_pairs", f"sum({usage})"),
+        ("p_prompt", when(usage, "coalesce(p.prompt_tokens, 0)")),
+        ("p_completion", when(usage, "coalesce(p.completion_tokens, 0)")),
+        ("p_tokens", when(usage, p_usage)),
+        ("s_prompt", when(usage, "coalesce(s.prompt_tokens, 0)")),
+        ("s_completion", when(usage, "coalesce(s.completion_tokens, 0)")),
+        ("s_tokens", when(usage, s_usage)),
+        ("p_cached", when(usage, "coalesce(p.cached_tokens, 0)")),
+        ("s_cached", when(usage, "coalesce(s.cached_tokens, 0)")),
+        ("token_pairs", f"group_concat(CASE WHEN {usage} THEN {p_usage} || ',' || {s_usage} END)"),
+        ("priced_pairs", f"sum({priced})"),
+        ("p_cost", f"{when(priced, p_cost)} / 1e6"),
+        ("s_cost", f"{when(priced, s_cost)} / 1e6"),
+        ("cost_pairs", f"group_concat(CASE WHEN {priced} THEN {p_cost} || ',' || {s_cost} END)"),
+        ("ttfb_diff", both("ttfb_ms", "s.ttfb_ms - p.ttfb_ms")),
+        ("ttft_diff", both("ttft_ms", "s.ttft_ms - p.ttft_ms")),
+        ("total_diff", both("total_ms", "s.total_ms - p.total_ms")),
+        ("p_ttft", both("ttft_ms", "p.ttft_ms", " AND e.stream")),
+        ("s_ttft", both("ttft_ms", "s.ttft_ms", " AND e.stream")),
+        ("p_total", both("total_ms", "p.total_ms", " AND NOT e.stream")),
+        ("s_total", both("total_ms", "s.total_ms", " AND NOT e.stream")),
+        ("latency", _latency_pair(ok)),
+        ("ex_status", f"group_concat(CASE WHEN NOT {same_class} THEN s.rowid END)"),
+        (
+            "ex_shape",
+            f"group_concat(CASE WHEN {same_class} AND p.shape IS NOT s.shape THEN s.rowid END)",
+        ),
+        ("ex_tool_calls", f"group_concat(CASE WHEN {tools} AND NOT {tools_same} THEN s.rowid END)"),
+        ("bodies", f"group_concat(CASE WHEN {text} AND {bodies} THEN s.rowid END)"),
+    ]
+    return _query(
+        columns,
+        "FROM responses s\n"
+        "  CROSS JOIN responses p ON p.exchange_id = s.exchange_id AND p.role = 'primary'\n"
+        "  CROSS JOIN exchanges e ON e.id = s.exchange_id\n"
+        f"WHERE +s.upstream = :upstream AND +s.role = :role{where}\n"
+        f"  AND NOT {_by_app('p')} AND NOT {_by_app('s')}",
+    )
 
 
 PAIR_ROWS = """
@@ -217,3 +252,47 @@ def tool_valid(calls_json: str | bytes | None) -> int:
         isinstance(calls, list)
         and all(isinstance(c, dict) and c.get("valid") is True for c in calls)
     )
+
+
+def refusals_sql(where: str) -> str:
+    """Requests the sidecar answered itself (upstream "-"), by status and reason."""
+    return f"""
+SELECT r.status, r.error, count(*) FROM responses r CROSS JOIN exchanges e ON e.id = r.exchange_id
+WHERE r.upstream = '-'{where}
+GROUP BY r.status, r.error ORDER BY count(*) DESC, r.status, r.error"""
+
+
+def calls_sql(where: str) -> str:
+    """Attempts linked by retry_key: keys, attempts beyond the first, retried calls, the most
+    attempts, the attempts of retried calls, and retried calls that failed on every attempt."""
+    retried = "(n > 1 OR most > 0)"
+    return f"""
+SELECT count(*), total(n - 1), total({retried}), coalesce(max(n), 0),
+  total(CASE WHEN {retried} THEN n END), total({retried} AND ok = 0)
+FROM (SELECT count(*) AS n, max(coalesce(e.retry_count, 0)) AS most,
+    total(r.exchange_id IS NOT NULL AND r.error_kind IS NULL) AS ok
+  FROM exchanges e LEFT JOIN responses r ON r.exchange_id = e.id AND r.role = 'primary'
+  WHERE e.retry_key IS NOT NULL{where}
+  GROUP BY e.retry_key)"""
+
+
+def dims_sql(where: str) -> str:
+    """Successful embeddings answers per route, upstream, role and dimension."""
+    return f"""
+SELECT e.route, r.upstream, r.role, r.embedding_dims, count(*)
+FROM responses r CROSS JOIN exchanges e ON e.id = r.exchange_id
+WHERE r.embedding_dims IS NOT NULL AND r.error_kind IS NULL{where}
+GROUP BY e.route, r.upstream, r.role, r.embedding_dims
+ORDER BY e.route, r.role != 'primary', r.upstream, r.role, r.embedding_dims"""
+
+
+class Reading:
+    """One read transaction over a recording, the filter compiled to SQL once."""
+
+    def __init__(self, con: sqlite3.Connection, flt: ReportFilter) -> None:
+        self.con = con
+        self.flt = flt
+        self.where, self.params = where_clause(flt)
+
+    def rows(self, sql: str, params: dict[str, Any] | None = None) -> list[Any]:
+        return self.con.execute(sql, {**self.params, **(params or {})}).fetchall()

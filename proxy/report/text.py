@@ -17,6 +17,7 @@ from proxy.report.data import (
     Report,
     ReportFilter,
     RevisionSeen,
+    RouteDims,
     Traffic,
     UpstreamStats,
     ratio,
@@ -51,15 +52,36 @@ def money(x: float | None) -> str:
     return f"${x:,.2f}" if abs(x) >= 1 else f"${x:.4f}"
 
 
-def value_text(check: Check) -> str:
-    v = check.value
-    if v is None:
-        return "-"
-    if check.unit == "ratio":
+def _figure(unit: str, v: float) -> str:
+    if unit == "ratio":
         return times(v)
-    if check.unit == "difference":
+    if unit == "difference":
         return f"{v * 100:+.2f} pts"
     return pct(v, 2)
+
+
+def value_text(check: Check) -> str:
+    return "-" if check.value is None else _figure(check.unit, check.value)
+
+
+def interval_text(check: Check) -> str:
+    """The 95% interval and how it was made, e.g. "95% interval x0.97 to x1.08 (bootstrap)"."""
+    if check.value is None:
+        return ""
+    if check.low is None or check.high is None:
+        return "no interval yet: too few pairs"
+    low, high = check.low, check.high
+    if check.unit == "difference":
+        span = f"{low * 100:+.2f} to {high * 100:+.2f} pts"
+    else:
+        span = f"{_figure(check.unit, low)} to {_figure(check.unit, high)}"
+    return f"95% interval {span} ({check.method})"
+
+
+def settle_text(check: Check) -> str | None:
+    if check.status != "inconclusive" or check.more is None:
+        return None
+    return f"about {check.more:,} more pairs would likely settle it"
 
 
 def band_text(check: Check) -> str:
@@ -70,14 +92,17 @@ def band_text(check: Check) -> str:
 
 
 VERDICT_HELP: Final = (
-    "Every check reads smaller-is-better against report.thresholds: pass below `warn`, warn "
-    "below `fail`, fail from `fail` on. A check over fewer than min_pairs ({min_pairs}) pairs "
-    "or answers is at most a warn, and never a pass. The overall verdict is the worst check."
+    "Each check is an estimate with its 95% interval, smaller is better, graded against "
+    "report.thresholds: pass only when the whole interval is below `warn`, fail when it is all "
+    "at or beyond `fail`, warn when it lies between; inconclusive while it still spans a band "
+    "edge, with about how many more pairs would settle it. Below min_pairs ({min_pairs}) a "
+    "check is inconclusive unless it already fails. The verdict is the worst conclusive "
+    "check, and inconclusive rather than pass while any check is."
 )
 NOISE_HELP: Final = (
     "Noise pairs send the same request to the primary upstream twice: how often the primary "
-    "disagrees with itself is a floor no new gateway can beat. The output-shape check "
-    "subtracts it; read text agreement and similarity against it too."
+    "disagrees with itself is a floor no new gateway can beat. Every output check (shape, "
+    "text, tool calls, JSON) subtracts it; read similarity against it too."
 )
 
 
@@ -145,7 +170,40 @@ def _traffic(t: Traffic) -> tuple[Table, ...]:
             for title, counts in (("route", t.by_route), ("model", t.by_model))
         ),
     )
-    return (*shares, _revisions(t.revisions)) if t.revisions else shares
+    tables = (*shares, _revisions(t.revisions)) if t.revisions else shares
+    if t.calls.retried:
+        tables = (*tables, _retries(t))
+    return (*tables, _refusals(t)) if t.refused else tables
+
+
+def _retries(t: Traffic) -> Table:
+    c = t.calls
+    return Table(
+        "calls the SDKs retried: attempts with one Idempotency-Key are one call",
+        ("calls", "retried", "their attempts", "most attempts", "failed on every attempt"),
+        (
+            (
+                f"{c.calls:,}",
+                f"{c.retried:,}",
+                f"{c.attempts:,}",
+                f"{c.max_attempts:,}",
+                f"{c.failed:,}",
+            ),
+        ),
+        "rrrrr",
+    )
+
+
+def _refusals(t: Traffic) -> Table:
+    return Table(
+        "requests the sidecar refused itself, sent to no upstream",
+        ("status", "reason", "requests"),
+        tuple(
+            ("-" if r.status is None else str(r.status), r.reason or "-", f"{r.count:,}")
+            for r in t.refused
+        ),
+        "rlr",
+    )
 
 
 def _revisions(revisions: tuple[RevisionSeen, ...]) -> Table:
@@ -228,8 +286,18 @@ def _latency(report: Report) -> tuple[Table, ...]:
 
 def _tokens(report: Report) -> tuple[Table, ...]:
     own = Table(
-        "responses without usage are counted apart, never as zero",
-        ("upstream", "role", "usage", "no usage", "prompt", "completion", "cost", "per 1k"),
+        "responses without usage are counted apart, never as zero; cached: of the prompt",
+        (
+            "upstream",
+            "role",
+            "usage",
+            "no usage",
+            "prompt",
+            "cached",
+            "completion",
+            "cost",
+            "per 1k",
+        ),
         tuple(
             (
                 s.upstream,
@@ -237,19 +305,20 @@ def _tokens(report: Report) -> tuple[Table, ...]:
                 f"{s.with_usage:,}",
                 f"{s.no_usage:,}",
                 f"{s.prompt_tokens:,}",
+                pct(ratio(s.cached_tokens, s.prompt_tokens)),
                 f"{s.completion_tokens:,}",
                 money(s.cost),
                 money(s.cost_per_1k),
             )
             for s in report.upstreams
         ),
-        "llrrrrrr",
+        "llrrrrrrr",
     )
     if not report.pairs:
         return (own,)
     paired = Table(
-        "copy / primary over pairs with usage on both sides",
-        ("copies", "pairs", "prompt", "completion", "total", "cost"),
+        "copy / primary over pairs with usage on both sides; cached prompt: copy vs primary",
+        ("copies", "pairs", "prompt", "completion", "total", "cost", "cached prompt"),
         tuple(
             (
                 _label(p),
@@ -259,10 +328,12 @@ def _tokens(report: Report) -> tuple[Table, ...]:
                     for o, q in zip(p.other_tokens, p.primary_tokens, strict=True)
                 ),
                 times(ratio(p.other_cost, p.primary_cost)),
+                f"{pct(ratio(p.other_cached, p.other_tokens[0]))} vs "
+                f"{pct(ratio(p.primary_cached, p.primary_tokens[0]))}",
             )
             for p in report.pairs
         ),
-        "lrrrrr",
+        "lrrrrrr",
     )
     return (own, paired)
 
@@ -274,7 +345,22 @@ def _compatibility(report: Report) -> tuple[Table, ...]:
     formed = [s for s in report.upstreams if s.streams or s.json_answers]
     if formed:
         tables.append(_well_formed(formed))
+    if report.embeddings:
+        tables.append(_embeddings(report.embeddings))
     return tuple(tables)
+
+
+def _embeddings(routes: tuple[RouteDims, ...]) -> Table:
+    return Table(
+        "embedding dimensions per route: one index takes vectors of one length",
+        ("route", "upstream", "role", "dimensions", "answers", ""),
+        tuple(
+            (r.route, d.upstream, d.role, str(d.dims), f"{d.answers:,}", "MIXED" if r.mixed else "")
+            for r in routes
+            for d in r.seen
+        ),
+        "lllrrl",
+    )
 
 
 def _agreement(pairs: tuple[PairStats, ...]) -> Table:
@@ -370,10 +456,11 @@ def render_text(report: Report) -> str:
         out.append(f"  {v.upstream}: {v.status.upper()} over {pairs:,} shadow pairs")
         for c in v.checks:
             status = f"[{c.status.upper()}]"
-            out.append(f"    {status:7} {c.name:<13} {value_text(c):>11}   ({band_text(c)})")
-            out += _wrap(c.evidence, " " * 12)
-            if c.note:
-                out += _wrap(f"note: {c.note}", " " * 12)
+            out.append(f"    {status:14} {c.name:<14} {value_text(c):>11}   ({band_text(c)})")
+            interval = "; ".join(x for x in (interval_text(c), settle_text(c)) if x)
+            for line in (interval, c.evidence, f"note: {c.note}" if c.note else ""):
+                if line:
+                    out += _wrap(line, " " * 19)
     out += _wrap(VERDICT_HELP.format(min_pairs=report.min_pairs), "  ")
     for section in sections(report):
         out += ["", section.title.upper()]
@@ -388,6 +475,8 @@ def render_text(report: Report) -> str:
             out.append(
                 f"  {e.reason}: {e.exchange_id} at {when(e.ts)}, {e.route} {_name(e.model)}{sim}"
             )
+            for path in e.paths:
+                out += _wrap(path, "    ")
             for label, side in (("primary", e.primary), ("copy", e.other)):
                 status = "no response" if side.status is None else str(side.status)
                 kind = f" {side.error_kind}" if side.error_kind else ""

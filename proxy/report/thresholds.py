@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
-from pydantic import BaseModel, ConfigDict, Field
+from typing import Self
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 
 class _Strict(BaseModel):
@@ -10,10 +12,29 @@ class _Strict(BaseModel):
 
 
 class Price(_Strict):
-    """US dollars per million tokens."""
+    """What a provider charges for one model, in US dollars: per million tokens (`input`,
+    `output`, and `cached_input` for prompt tokens read from its cache), per image in an
+    answer (`image`), and per successful answer (`request`). Give what applies."""
 
-    input: float = Field(ge=0)
-    output: float = Field(ge=0)
+    input: float | None = Field(default=None, ge=0)
+    output: float | None = Field(default=None, ge=0)
+    cached_input: float | None = Field(default=None, ge=0)  # default: the input price
+    image: float | None = Field(default=None, ge=0)
+    request: float | None = Field(default=None, ge=0)
+
+    @model_validator(mode="after")
+    def _complete(self) -> Self:
+        if (self.input is None) != (self.output is None):
+            raise ValueError("give both input and output, the token prices go together")
+        if self.cached_input is not None and self.input is None:
+            raise ValueError("cached_input needs the input and output prices too")
+        if self.input is None and self.image is None and self.request is None:
+            raise ValueError("give input and output, image, or request")
+        return self
+
+    @property
+    def per_token(self) -> bool:
+        return self.input is not None
 
 
 class Band(_Strict):
@@ -31,22 +52,30 @@ class Thresholds(_Strict):
     # shadow minus primary upstream-error rate over shadow pairs (client disconnects and
     # the sidecar's own refusals are not upstream errors and are left out)
     errors: Band = Band(warn=0.01, fail=0.05)
-    # shadow / primary, on p50 and p90 of time to first token (streams) or total (others)
+    # shadow / primary on the same request, the typical (median) ratio: time to first token
+    # for streams, total time for the rest
     latency_ratio: Band = Band(warn=1.25, fail=1.6)
+    # ... and a slowdown only counts once it is this large, in both senses: a user feels
+    # neither 4 ms more on an 8 ms answer, nor 60 ms more on a 10 s one
+    latency_min_ms: float = Field(default=50.0, ge=0)
+    latency_min_share: float = Field(default=0.10, ge=0)
     # shadow / primary total tokens over shadow pairs
     token_ratio: Band = Band(warn=1.15, fail=1.4)
     # shadow / primary projected cost
     cost_ratio: Band = Band(warn=1.10, fail=1.5)
-    # 1 - share of pairs with the same status class and response shape, minus the same
-    # figure for noise pairs (primary vs primary) once there are min_pairs of those
+    # share of pairs without the same status class and response shape, minus the same
+    # share of noise pairs (primary vs primary), as every output comparison below
     shape_mismatch: Band = Band(warn=0.01, fail=0.05)
+    # share of pairs whose normalised answer text differs
+    text_mismatch: Band = Band(warn=0.05, fail=0.20)
     # 1 - share of shadow streams well formed ([DONE] seen, usage present)
     stream_broken: Band = Band(warn=0.01, fail=0.05)
-    # 1 - share of pairs with the same tool names and argument keys
+    # share of pairs with tool calls that differ in names or argument keys, carry invalid
+    # arguments, or that the shadow refused (a 4xx)
     tool_call_mismatch: Band = Band(warn=0.02, fail=0.10)
-    # 1 - share of JSON-mode answers that parse
+    # share of JSON-mode answers that don't parse
     json_invalid: Band = Band(warn=0.01, fail=0.05)
-    # a check resting on fewer pairs (or answers) than this is "warn", whatever its figure
+    # a check resting on fewer pairs (or answers) is inconclusive, unless it already fails
     min_pairs: int = Field(default=30, ge=0)
 
 

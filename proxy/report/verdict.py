@@ -1,25 +1,33 @@
-"""The verdict: each shadowed upstream's checks graded against `report.thresholds`."""
+"""The verdict: each shadowed upstream's checks, an estimate with its 95% interval graded
+against `report.thresholds`, inconclusive while the interval still spans a band edge."""
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Final
 
-from proxy.report.data import (
-    Agreement,
-    Check,
-    PairStats,
-    Status,
-    Unit,
-    UpstreamStats,
-    Verdict,
-    ratio,
+from proxy.report.data import Check, Estimate, PairStats, Status, Unit, UpstreamStats, Verdict
+from proxy.report.stats import (
+    BOOTSTRAP_MAX_PAIRS,
+    Grade,
+    Interval,
+    grade,
+    narrowed,
+    newcombe,
+    newcombe_paired,
+    pairs_to_settle,
+    wilson,
 )
 from proxy.report.text import money, ms, pct, times
-from proxy.report.thresholds import Band, ReportSettings
+from proxy.report.thresholds import Band, ReportSettings, Thresholds
 
-_ORDER: Final[dict[str, int]] = {"n/a": 0, "pass": 1, "warn": 2, "fail": 3}
+# An inconclusive check outranks a pass: the overall verdict never reads "pass" while some
+# check could still go either way. It ranks below a warn or fail the evidence already shows.
+_ORDER: Final[dict[str, int]] = {"n/a": 0, "pass": 1, "inconclusive": 2, "warn": 3, "fail": 4}
+
+# The grade a check would get with `growth` times the pairs, its estimate unchanged.
+Projection = Callable[[float], Grade]
 
 
 def worst(statuses: Iterable[Status]) -> Status:
@@ -29,178 +37,363 @@ def worst(statuses: Iterable[Status]) -> Status:
 
 @dataclass(frozen=True, slots=True)
 class _Figure:
-    """What one check measured: the value to grade, how many items it rests on, and why."""
+    """What one check measured: the estimate, its interval, what it rests on, and how."""
 
     value: float | None
+    interval: Interval | None
     n: int
+    grade_at: Projection | None  # None: too few values for an interval yet
+    unit: Unit
+    method: str
     evidence: str
     note: str | None = None
-    what: str = "pairs"  # what `n` counts, for the note when there are too few
+    what: str = "pairs"  # what `n` counts
+    settles: bool = True  # False: more pairs won't make it conclusive, the note says why
 
 
-def _grade(name: str, unit: Unit, band: Band, min_n: int, figure: _Figure) -> Check:
-    """Smaller is better: pass below `warn`, warn below `fail`, fail from `fail` on."""
-    value, n, evidence, note = figure.value, figure.n, figure.evidence, figure.note
-    if value is None or n == 0:
-        return Check(name, "n/a", None, unit, band.warn, band.fail, n, evidence, note)
-    status: Status = "pass" if value < band.warn else "warn" if value < band.fail else "fail"
-    if n < min_n:
-        # Too few to tell either way: never a pass, never a fail.
-        alone = f"; the figure alone would {status}" if status != "warn" else ""
-        few = f"not enough {figure.what} ({n:,} < min_pairs {min_n}){alone}"
-        note = f"{few}; {note}" if note else few
-        status = "warn"
-    return Check(name, status, value, unit, band.warn, band.fail, n, evidence, note)
+def _check(name: str, band: Band, min_pairs: int, figure: _Figure) -> Check:
+    notes = [figure.note] if figure.note else []
+    if figure.value is None or figure.n == 0:
+        return Check(
+            name, "n/a", None, None, None, figure.unit, band.warn, band.fail, figure.n,
+            figure.method, figure.evidence, "; ".join(notes) or None, None,
+        )  # fmt: skip
+    status: Status = "inconclusive" if figure.grade_at is None else figure.grade_at(1.0)
+    if figure.n < min_pairs and status != "fail":
+        # Below the floor only a fail already beyond doubt stands: 29 failures in 29 pairs
+        # fail, but a pass on a dozen pairs rests on an interval too rough to trust.
+        notes.insert(0, f"fewer {figure.what} than min_pairs ({figure.n:,} < {min_pairs})")
+        status = "inconclusive"
+    more = None
+    if status == "inconclusive" and figure.settles:
+        more = _more(figure, min_pairs)
+        if more is None:
+            notes.append("the estimate sits on a band edge: more pairs alone may not settle it")
+    low, high = figure.interval if figure.interval is not None else (None, None)
+    return Check(
+        name, status, figure.value, low, high, figure.unit, band.warn, band.fail, figure.n,
+        figure.method, figure.evidence, "; ".join(notes) or None, more,
+    )  # fmt: skip
 
 
-def _failing_share(total: int, ok: int, ok_says: str, none_says: str, what: str) -> _Figure:
-    """The share of `total` items that were not `ok`."""
-    return _Figure(
-        (total - ok) / total if total else None,
-        total,
-        f"{ok:,} of {total:,} {ok_says}" if total else none_says,
-        what=what,
-    )
-
-
-def _shortfall(a: Agreement) -> float | None:
-    # (compared - agree) / compared, not 1 - rate: a band edge like 0.05 must compare exactly.
-    return (a.compared - a.agree) / a.compared if a.compared else None
-
-
-def _per_1k(cost: float | None, n: int) -> float | None:
-    return cost / n * 1000 if cost is not None and n else None
+def _more(figure: _Figure, min_pairs: int) -> int | None:
+    floor = max(min_pairs - figure.n, 0)
+    grade_at = figure.grade_at
+    if grade_at is None:
+        return floor or None
+    settle = pairs_to_settle(figure.n, lambda growth: grade_at(growth) != "inconclusive")
+    return None if settle is None else max(settle, floor)
 
 
 def judge(
-    pair: PairStats, shadow: UpstreamStats | None, noise: PairStats | None, settings: ReportSettings
+    pair: PairStats,
+    shadow: UpstreamStats | None,
+    noise: PairStats | None,
+    noise_json: tuple[int, int],
+    settings: ReportSettings,
 ) -> Verdict:
-    """One shadowed upstream judged on its pairs, its own answers and the noise floor."""
+    """One shadowed upstream judged on its pairs, its own answers and the noise floor (the
+    pooled noise pairs, and the noise copies' JSON-mode answers and how many parsed)."""
     t = settings.thresholds
     m = t.min_pairs
+    json_answers, json_ok = (shadow.json_answers, shadow.json_ok) if shadow else (0, 0)
     checks = (
-        _grade("errors", "difference", t.errors, m, _errors(pair)),
-        _grade("latency", "ratio", t.latency_ratio, m, _latency(pair)),
-        _grade("tokens", "ratio", t.token_ratio, m, _tokens(pair)),
-        _grade("cost", "ratio", t.cost_ratio, m, _cost(pair)),
-        _grade("output shape", "share", t.shape_mismatch, m, _output_shape(pair, noise, m)),
-        _grade("streaming", "share", t.stream_broken, m, _streaming(shadow)),
-        _grade("tool calls", "share", t.tool_call_mismatch, m, _tool_calls(pair)),
-        _grade("JSON output", "share", t.json_invalid, m, _json_output(shadow)),
+        _check("errors", t.errors, m, _errors(pair, t.errors)),
+        _check("latency", t.latency_ratio, m, _latency(pair, t)),
+        _check("tokens", t.token_ratio, m, _tokens(pair, t.token_ratio)),
+        _check("cost", t.cost_ratio, m, _cost(pair, t.cost_ratio)),
+        _check("output shape", t.shape_mismatch, m, _shape(pair, noise, t.shape_mismatch)),
+        _check("text agreement", t.text_mismatch, m, _text(pair, noise, t.text_mismatch)),
+        _check("streaming", t.stream_broken, m, _streaming(shadow, t.stream_broken)),
+        _check("tool calls", t.tool_call_mismatch, m, _tools(pair, noise, t.tool_call_mismatch)),
+        _check(
+            "JSON output",
+            t.json_invalid,
+            m,
+            _discounted(
+                _Share(
+                    json_answers - json_ok,
+                    json_answers,
+                    "shadow JSON-mode answers don't parse",
+                    "no JSON-mode answers from the shadow",
+                ),
+                _Share(noise_json[0] - noise_json[1], noise_json[0], "noise answers don't parse"),
+                t.json_invalid,
+                "answers",
+            ),
+        ),
     )
     return Verdict(pair.upstream, worst(c.status for c in checks), checks)
 
 
-def _errors(pair: PairStats) -> _Figure:
-    """Shadow minus primary upstream-error rate."""
-    err = None
-    if pair.other_error_rate is not None and pair.primary_error_rate is not None:
-        err = pair.other_error_rate - pair.primary_error_rate
+# --- rates -----------------------------------------------------------------------------------
+
+
+def _errors(pair: PairStats, band: Band) -> _Figure:
+    """Shadow minus primary upstream-error rate over the same requests."""
+    n = pair.pairs
+    shadow = round((pair.other_error_rate or 0.0) * n)
+    primary = round((pair.primary_error_rate or 0.0) * n)
+    both = pair.both_errors
+    if not n:
+        return _Figure(None, None, 0, None, "difference", "", "no pairs")
+
+    def grade_at(g: float) -> Grade:
+        return grade(
+            newcombe_paired(both * g, (shadow - both) * g, (primary - both) * g, n * g),
+            band.warn,
+            band.fail,
+        )
+
     return _Figure(
-        err,
-        pair.pairs,
-        f"shadow {pct(pair.other_error_rate, 2)} vs primary {pct(pair.primary_error_rate, 2)} "
-        f"upstream errors over {pair.pairs:,} pairs",
+        (shadow - primary) / n,
+        newcombe_paired(both, shadow - both, primary - both, n),
+        n,
+        grade_at,
+        "difference",
+        "Newcombe, paired",
+        f"shadow {pct(shadow / n, 2)} vs primary {pct(primary / n, 2)} upstream errors over "
+        f"{n:,} pairs ({both:,} failed on both sides)",
     )
 
 
-def _latency(pair: PairStats) -> _Figure:
-    """The worst shadow/primary ratio of p50 and p90, time to first token and total."""
-    ratios = []
-    parts = []
-    for label, prim, other in (
-        ("ttft", pair.primary_ttft_ms, pair.other_ttft_ms),
-        ("total", pair.primary_total_ms, pair.other_total_ms),
-    ):
-        for p in ("p50", "p90"):
-            r = ratio(getattr(other, p), getattr(prim, p))
-            if r is not None:
-                ratios.append(r)
-                parts.append(
-                    f"{label} {p} {ms(getattr(other, p))} vs {ms(getattr(prim, p))} ({times(r)})"
-                )
+@dataclass(frozen=True, slots=True)
+class _Share:
+    bad: int
+    n: int
+    says: str  # what `bad of n` are
+    none: str = ""  # what to say when n is 0
+
+
+def _wilson(share: _Share, band: Band, what: str = "pairs") -> _Figure:
+    """A share of bad items with Wilson's interval."""
+    bad, n = share.bad, share.n
+    if not n:
+        return _Figure(None, None, 0, None, "share", "", share.none, what=what)
     return _Figure(
-        max(ratios, default=None),
-        pair.primary_ttft_ms.n + pair.primary_total_ms.n,
-        ("; ".join(parts) + " - ttft for streams, total for the rest")
-        if parts
-        else "no pairs where both answered",
+        bad / n,
+        wilson(bad, n),
+        n,
+        lambda g: grade(wilson(bad * g, n * g), band.warn, band.fail),
+        "share",
+        "Wilson",
+        f"{bad:,} of {n:,} {share.says}",
+        what=what,
     )
 
 
-def _tokens(pair: PairStats) -> _Figure:
+def _discounted(copy: _Share, floor: _Share | None, band: Band, what: str = "pairs") -> _Figure:
+    """The copy's share of bad items less the noise floor's, with Newcombe's interval for the
+    difference; the share alone, and said so, when there is no floor to subtract."""
+    bad, n = copy.bad, copy.n
+    if floor is None or not floor.n or not n:
+        figure = _wilson(copy, band, what)
+        if not n:
+            return figure
+        return _Figure(
+            figure.value, figure.interval, n, figure.grade_at, "share", "Wilson",
+            figure.evidence, "not discounted: no noise pairs measured how often the primary "
+            "disagrees with itself (set shadow.noise_sample)", what,
+        )  # fmt: skip
+    fb, fn = floor.bad, floor.n
+    return _Figure(
+        bad / n - fb / fn,
+        newcombe(bad, n, fb, fn),
+        n,
+        lambda g: grade(newcombe(bad * g, n * g, fb * g, fn * g), band.warn, band.fail),
+        "difference",
+        "Newcombe, less the noise floor",
+        f"{bad:,} of {n:,} {copy.says}; less the noise floor: {fb:,} of {fn:,} {floor.says} "
+        f"({pct(fb / fn)})",
+        what=what,
+    )
+
+
+def _shape(pair: PairStats, noise: PairStats | None, band: Band) -> _Figure:
+    same = pair.status_shape
+    floor = None
+    if noise is not None:
+        floor = _Share(noise.pairs - noise.status_shape.agree, noise.pairs, "noise pairs differ")
+    return _discounted(
+        _Share(
+            pair.pairs - same.agree, pair.pairs, "pairs differ in status class or shape", "no pairs"
+        ),
+        floor,
+        band,
+    )
+
+
+def _text(pair: PairStats, noise: PairStats | None, band: Band) -> _Figure:
+    text = pair.text
+    floor = None
+    if noise is not None:
+        floor = _Share(
+            noise.text.compared - noise.text.agree, noise.text.compared, "noise pairs differ"
+        )
+    figure = _discounted(
+        _Share(
+            text.compared - text.agree,
+            text.compared,
+            "pairs differ in normalised text",
+            "no pairs where both answered with text",
+        ),
+        floor,
+        band,
+    )
+    if (floor is not None and floor.n) or figure.grade_at is None:
+        return figure
+    # A sampled answer differs from itself by design: without a floor, different texts are
+    # no evidence against the shadow, so this check can pass but never warn or fail.
+    sampled = figure.grade_at
+
+    def grade_at(g: float) -> Grade:
+        return "pass" if sampled(g) == "pass" else "inconclusive"
+
+    return _Figure(
+        figure.value, figure.interval, figure.n, grade_at, figure.unit, figure.method,
+        figure.evidence, "no noise pairs: the primary may word its answers differently each "
+        "time too, so only a pass is graded (set shadow.noise_sample)", settles=False,
+    )  # fmt: skip
+
+
+def _tools(pair: PairStats, noise: PairStats | None, band: Band) -> _Figure:
+    tools = pair.tool_calls
+    floor = None
+    if noise is not None and noise.tool_calls.compared:
+        floor = _Share(
+            noise.tool_calls.compared - noise.tool_calls.agree,
+            noise.tool_calls.compared,
+            "noise pairs with tool calls differ",
+        )
+    return _discounted(
+        _Share(
+            tools.compared - tools.agree,
+            tools.compared,
+            "pairs with tool calls differ in names or argument keys, carry invalid arguments, "
+            "or were refused by the shadow",
+            "no tool calls in the pairs",
+        ),
+        floor,
+        band,
+    )
+
+
+def _streaming(shadow: UpstreamStats | None, band: Band) -> _Figure:
+    # Not an output comparison: no noise floor applies, and none is missing.
+    streams, ok = (shadow.streams, shadow.streams_ok) if shadow else (0, 0)
+    says = "shadow streams ended without [DONE] or usage"
+    return _wilson(_Share(streams - ok, streams, says, "no shadow streams"), band, "streams")
+
+
+# --- latency and ratios ----------------------------------------------------------------------
+
+
+def _latency_grade(ratio: Interval, diff_ms: Interval, t: Thresholds) -> Grade:
+    """The ratio's band, but a slowdown counts only once it is felt: at least
+    `latency_min_ms` and `latency_min_share` slower, beyond doubt."""
+    warn = max(t.latency_ratio.warn, 1 + t.latency_min_share)
+    fail = max(t.latency_ratio.fail, 1 + t.latency_min_share)
+    if ratio.high < warn or diff_ms.high < t.latency_min_ms:
+        return "pass"
+    felt = diff_ms.low >= t.latency_min_ms
+    if felt and ratio.low >= fail:
+        return "fail"
+    if felt and ratio.low >= warn and ratio.high < fail:
+        return "warn"
+    return "inconclusive"
+
+
+def _latency(pair: PairStats, t: Thresholds) -> _Figure:
+    """The typical copy/primary ratio and difference on the same request: time to first
+    token for streams, total time for the rest."""
+    r, d = pair.latency_ratio, pair.latency_diff_ms
+    if r.value is None or d.value is None:
+        return _Figure(None, None, 0, None, "ratio", "", "no pairs where both answered")
+    n, streams = r.n, pair.latency_streams
+    interval = _interval(r)
+    diff = _interval(d)
+    grade_at: Projection | None = None
+    if interval is not None and diff is not None:
+        ratio_value, diff_value = r.value, d.value
+
+        def grade_at(g: float) -> Grade:
+            return _latency_grade(
+                narrowed(ratio_value, interval, g), narrowed(diff_value, diff, g), t
+            )
+
+    spread = f" (95%: {_signed_ms(d.low)} to {_signed_ms(d.high)})" if diff is not None else ""
+    return _Figure(
+        r.value,
+        interval,
+        n,
+        grade_at,
+        "ratio",
+        "sign-test interval of the medians",
+        f"typical difference {_signed_ms(d.value)}{spread} on the same request; "
+        f"{streams:,} streams by time to first token, {n - streams:,} others by total time; "
+        f"a slowdown counts from {ms(t.latency_min_ms)} and {pct(t.latency_min_share, 0)}",
+    )
+
+
+def _signed_ms(x: float | None) -> str:
+    return "-" if x is None else ("+" if x >= 0 else "-") + ms(abs(x))
+
+
+def _interval(e: Estimate) -> Interval | None:
+    return None if e.low is None or e.high is None else Interval(e.low, e.high)
+
+
+def _ratio(e: Estimate, band: Band, evidence: str) -> _Figure:
+    interval = _interval(e)
+    if e.value is None or interval is None:
+        return _Figure(None, None, e.n, None, "ratio", "", evidence)
+    value = e.value
+    method = "bootstrap over pairs" if e.n <= BOOTSTRAP_MAX_PAIRS else "delta method"
+    return _Figure(
+        value,
+        interval,
+        e.n,
+        lambda g: grade(narrowed(value, interval, g), band.warn, band.fail),
+        "ratio",
+        method,
+        evidence,
+    )
+
+
+def _tokens(pair: PairStats, band: Band) -> _Figure:
     """Shadow/primary total tokens over the pairs with usage on both sides."""
-    p_tok, o_tok = pair.primary_tokens, pair.other_tokens
-    token_ratio = ratio(o_tok[2], p_tok[2])
-    return _Figure(
-        token_ratio,
-        pair.usage_pairs,
-        f"shadow/primary: prompt {times(ratio(o_tok[0], p_tok[0]))}, completion "
-        f"{times(ratio(o_tok[1], p_tok[1]))}, total {times(token_ratio)} over "
-        f"{pair.usage_pairs:,} pairs with usage on both sides",
+    p, o = pair.primary_tokens, pair.other_tokens
+    k = pair.usage_pairs
+    cached = (
+        f"; cached prompt {pct(pair.other_cached / o[0] if o[0] else None)} vs "
+        f"{pct(pair.primary_cached / p[0] if p[0] else None)}"
+        if pair.primary_cached or pair.other_cached
+        else ""
     )
+    evidence = (
+        f"shadow/primary: prompt {times(_over(o[0], p[0]))}, completion "
+        f"{times(_over(o[1], p[1]))} over {k:,} pairs with usage on both sides{cached}"
+        if k
+        else "no pair with usage on both sides"
+    )
+    return _ratio(pair.token_ratio, band, evidence)
 
 
-def _cost(pair: PairStats) -> _Figure:
+def _cost(pair: PairStats, band: Band) -> _Figure:
     """Shadow/primary cost over the pairs priced on both sides."""
     k = pair.priced_pairs
-    return _Figure(
-        ratio(pair.other_cost, pair.primary_cost),
-        k,
+    evidence = (
         f"per 1,000 requests {money(_per_1k(pair.other_cost, k))} vs "
         f"{money(_per_1k(pair.primary_cost, k))} over {k:,} priced pairs"
         if k
-        else "no pair priced on both sides: add both upstreams to report.pricing",
+        else "no pair priced on both sides: see the notes on report.pricing"
     )
+    return _ratio(pair.cost_ratio, band, evidence)
 
 
-def _output_shape(pair: PairStats, noise: PairStats | None, min_pairs: int) -> _Figure:
-    """Pairs differing in status class or shape, less the noise floor once it rests on enough."""
-    n = pair.pairs
-    mismatch = _shortfall(pair.status_shape)
-    note = None
-    evidence = f"{pct(pair.status_shape.rate)} of {n:,} pairs have the same status class and shape"
-    if mismatch is not None and noise is not None and noise.status_shape.rate is not None:
-        floor = (noise.pairs - noise.status_shape.agree) / noise.pairs
-        if noise.pairs >= min_pairs:
-            note = (
-                f"noise floor {pct(floor)} subtracted: the primary disagrees with itself "
-                f"that often over {noise.pairs:,} noise pairs"
-            )
-            evidence += f" ({pct(mismatch)} differ, minus the noise floor {pct(floor)})"
-            mismatch = max(mismatch - floor, 0.0)
-        else:
-            note = f"noise floor {pct(floor)} not subtracted: only {noise.pairs} noise pairs"
-    return _Figure(mismatch, n, evidence, note)
+def _over(a: int, b: int) -> float | None:
+    return a / b if b else None
 
 
-def _streaming(shadow: UpstreamStats | None) -> _Figure:
-    return _failing_share(
-        shadow.streams if shadow else 0,
-        shadow.streams_ok if shadow else 0,
-        "shadow streams ended with [DONE] and usage",
-        "no shadow streams",
-        "streams",
-    )
-
-
-def _tool_calls(pair: PairStats) -> _Figure:
-    tools = pair.tool_calls
-    return _Figure(
-        _shortfall(tools),
-        tools.compared,
-        f"{tools.agree:,} of {tools.compared:,} pairs with tool calls agree on names and "
-        "argument keys, with valid arguments"
-        if tools.compared
-        else "no tool calls in the pairs",
-    )
-
-
-def _json_output(shadow: UpstreamStats | None) -> _Figure:
-    return _failing_share(
-        shadow.json_answers if shadow else 0,
-        shadow.json_ok if shadow else 0,
-        "shadow JSON-mode answers parse",
-        "no JSON-mode answers from the shadow",
-        "answers",
-    )
+def _per_1k(cost: float | None, n: int) -> float | None:
+    return cost / n * 1000 if cost is not None and n else None

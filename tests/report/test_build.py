@@ -89,10 +89,13 @@ def ex(
     model: str | None = "gpt-4o-mini",
     stream: bool = False,
     revision: str = "r1",
+    retry_key: str | None = None,
+    retry_count: int | None = None,
 ) -> Exchange:
     return Exchange(
-        xid, ts, route, "POST", "/v1/chat/completions", model, stream, revision, None, None, None
-    )
+        xid, ts, route, "POST", "/v1/chat/completions", model, stream, revision, None, None, None,
+        retry_key, retry_count,
+    )  # fmt: skip
 
 
 def chat_body(text: str) -> bytes:
@@ -117,12 +120,16 @@ def resp(
     tool_calls: str | None = None,
     json_ok: bool | None = None,
     text: str | None = None,
-    body: bool = False,
+    body: bool | bytes = False,
+    cached: int | None = None,
+    images: int | None = None,
+    dims: int | None = None,
+    error: str | None = None,
 ) -> Response:
     if x.stream and stream_done is None:
         stream_done = True
-    payload = None
-    if body and text is not None:
+    payload = body if isinstance(body, bytes) else None
+    if body is True and text is not None:
         payload = orjson.dumps({"text": text}) if x.stream else chat_body(text)
     return Response(
         exchange_id=x.id,
@@ -132,7 +139,7 @@ def resp(
         ts=x.ts + {"primary": 0.001, "shadow": 0.002, "noise": 0.003}[role],
         status=status,
         error_kind=error_kind,  # type: ignore[arg-type]
-        error=None if error_kind is None else "boom",
+        error=error or (None if error_kind is None else "boom"),
         ttfb_ms=ttfb,
         ttft_ms=ttft,
         total_ms=total,
@@ -148,6 +155,9 @@ def resp(
         text_sha256=answers.text_sha256(text),
         response_body=payload,
         response_sha256=None,
+        cached_tokens=cached,
+        images=images,
+        embedding_dims=dims,
     )
 
 

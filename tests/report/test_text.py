@@ -20,9 +20,11 @@ def basic(tmp_path: Path) -> str:
 def test_render_text_shows_the_verdict_and_tables_within_100_columns(basic: str) -> None:
     text = render_text(build_report(basic, ReportFilter(), SETTINGS))
     for line in (
-        "VERDICT: WARN",
-        "  new: WARN over 10 shadow pairs",
-        "    [WARN]  errors         +10.00 pts   (warn from 1 pts, fail from 5 pts)",
+        "VERDICT: INCONCLUSIVE",
+        "  new: INCONCLUSIVE over 10 shadow pairs",
+        "    [INCONCLUSIVE] errors          +10.00 pts   (warn from 1 pts, fail from 5 pts)",
+        "                   95% interval -18.94 to +40.42 pts (Newcombe, paired); about 119 more",
+        "                   note: fewer pairs than min_pairs (10 < 30)",
         "    old            15  93.8%",
         "    r3 (rollback)  2023-11-14 22:14:40Z         2  old:100        old:100.0%",
         "    old       primary  30 / 90 / 100     60 / 90 / 90  300 / 900 / 1,000",
@@ -46,5 +48,5 @@ def test_render_text_shows_the_verdict_and_tables_within_100_columns(basic: str)
 def test_render_json_round_trips(basic: str) -> None:
     r = build_report(basic, ReportFilter(since=T0), SETTINGS)
     data = render_json(r)
-    assert orjson.loads(data)["verdict"] == "warn"
+    assert orjson.loads(data)["verdict"] == "inconclusive"
     assert load_json(data) == r
