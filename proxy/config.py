@@ -179,6 +179,15 @@ class Log(_Strict):
     requests: bool = True  # one JSON line per request
 
 
+class JudgeConfig(_Strict):
+    """`python -m proxy judge`: which model grades the new gateway's answers against the old."""
+
+    upstream: str  # any upstream under `upstreams` (it may be one of the two compared)
+    model: str  # the judge model, as that upstream's `models:` map knows it
+    sample: int = Field(default=200, ge=1)  # pairs judged at most per run
+    budget_usd: float = Field(default=2.0, gt=0)  # a run estimated over this refuses to start
+
+
 class Config(_Strict):
     listen: Listen = Listen()
     upstreams: dict[str, UpstreamConfig] = Field(min_length=1)
@@ -192,6 +201,7 @@ class Config(_Strict):
     limits: Limits = Limits()
     log: Log = Log()
     report: ReportSettings = ReportSettings()
+    judge: JudgeConfig | None = None
 
     def default_split(self) -> dict[str, float]:
         return dict(self.split) if self.split else {self.primary: 100.0}
@@ -204,6 +214,10 @@ def _references(cfg: Config) -> list[tuple[str, str]]:
     if cfg.primary not in names:
         problems.append(("primary", f"{cfg.primary!r} is not one of upstreams {sorted(names)}"))
     _check_split(cfg.split, "split", names, problems)
+    if cfg.judge and cfg.judge.upstream not in names:
+        problems.append(
+            ("judge.upstream", f"{cfg.judge.upstream!r} is not one of upstreams {sorted(names)}")
+        )
     if cfg.shadow and cfg.shadow.upstream not in names:
         problems.append(("shadow.upstream", f"{cfg.shadow.upstream!r} is not an upstream"))
     for i, route in enumerate(cfg.routes):
