@@ -104,7 +104,7 @@ def _absent_root(path: str, other: dict[str, str]) -> str:
         root = ".".join(parts[:k])
         bare = root.removesuffix("[]")
         if not any(p == bare or p.startswith((bare + ".", bare + "[]")) for p in other):
-            return root
+            return root if root == path else bare
     return path
 
 
