@@ -4,7 +4,8 @@ The app's `POST /v1/images/generations` body maps as: `prompt` to `input.prompt`
 `input.num_images`; `size` ("1024x1792") to `input.width` and `input.height`;
 `response_format: b64_json` to `input.output_format: "base64"` (else "url"); `quality`,
 `style` and `user` are not sent; the model is the upstream's id for it (its `models:` map).
-The answer's `result.images` become OpenAI's `data` (`url`, or `b64_json`), with `created`.
+The answer's `result.images` become OpenAI's `data` (`url`, or `b64_json`), with `created`;
+an image given only as a URL to an app that asked for `b64_json` is fetched (see `_Inline`).
 Errors are read from the code in the body, whatever the HTTP status: `RATE_LIMITED` is a 429
 (its `Retry-After` kept), `INVALID_INPUT` a 400, `MODEL_UNAVAILABLE` a 503, anything else a
 502 naming the code.
@@ -12,7 +13,11 @@ Errors are read from the code in the body, whatever the HTTP status: `RATE_LIMIT
 
 from __future__ import annotations
 
+import base64
 import time
+from collections.abc import Mapping
+from dataclasses import replace
+from functools import partial
 from typing import Any, Final
 from urllib.parse import quote
 
@@ -49,7 +54,8 @@ class ImagesToRun:
         b64 = body.get("response_format") == "b64_json"
         data["output_format"] = "base64" if b64 else "url"
         tail = f"/models/{quote(call.model, safe='')}/run"
-        return ProviderCall("POST", tail, orjson.dumps({"input": data}))
+        answer = _INLINE if b64 else None
+        return ProviderCall("POST", tail, orjson.dumps({"input": data}), answer=answer)
 
     def answer(self, status: int, body: bytes, headers: dict[str, str]) -> AppAnswer:
         obj = loads(body)
@@ -81,6 +87,32 @@ def _error(status: int, err: Any, headers: dict[str, str]) -> AppAnswer:
     answer = openai_error(mapped, text, kind, (code or "upstream_error").lower())
     kept = {k: v for k, v in headers.items() if k.lower() == "retry-after"}
     return AppAnswer(answer.status, answer.body, kept)
+
+
+class _Inline(ImagesToRun):
+    """The answer to a call that asked for `b64_json`: an image the provider gave only as a
+    URL is fetched, and handed to the app inline."""
+
+    def answer(self, status: int, body: bytes, headers: dict[str, str]) -> AppAnswer:
+        answer = super().answer(status, body, headers)
+        if answer.status != 200:
+            return answer
+        data = orjson.loads(answer.body)["data"]
+        urls = tuple(image["url"] for image in data if "url" in image)
+        if not urls:
+            return answer
+        return replace(answer, fetch=urls, complete=partial(_inlined, data))
+
+
+def _inlined(data: list[dict[str, str]], fetched: Mapping[str, bytes]) -> AppAnswer:
+    images = [
+        {"b64_json": base64.b64encode(fetched[i["url"]]).decode()} if "url" in i else i
+        for i in data
+    ]
+    return AppAnswer(200, orjson.dumps({"created": int(time.time()), "data": images}))
+
+
+_INLINE: Final = _Inline()
 
 
 class _NoStream:

@@ -9,6 +9,7 @@ and the record all see the answer in the shape the app asked in.
 
 from __future__ import annotations
 
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -41,6 +42,9 @@ class ProviderCall:
     tail: str  # after the upstream's base_url
     body: bytes
     headers: dict[str, str] = field(default_factory=dict)  # added to the upstream's own
+    # How this call's answer is read, when that depends on what was asked (else the
+    # translation's own `answer`).
+    answer: Translation | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -50,6 +54,10 @@ class AppAnswer:
     status: int
     body: bytes
     headers: dict[str, str] = field(default_factory=dict)  # e.g. retry-after, kept
+    # Files the answer only links to while the app asked for them inline (an image as
+    # `b64_json`): the exchange fetches them and hands their bytes to `complete`.
+    fetch: tuple[str, ...] = ()
+    complete: Callable[[Mapping[str, bytes]], AppAnswer] | None = None
 
 
 class StreamTranslator(Protocol):

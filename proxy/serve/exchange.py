@@ -93,7 +93,7 @@ async def exchange(attempt: Attempt, meter: Meter, sink: Sink) -> None:
                     data, whole = await read_upto(upr.content, BUFFER_LIMIT)
                     if whole:
                         meter.bytes = len(data)
-                        _whole(attempt, meter, sink, upr, up.scrub(upr.status, data))
+                        await _whole(attempt, meter, sink, upr, up.scrub(upr.status, data))
                         return
                     start = data  # larger than it said, or than it could say: piped on
                 deadline.reschedule(None)
@@ -118,7 +118,7 @@ async def exchange(attempt: Attempt, meter: Meter, sink: Sink) -> None:
             meter.fail("client_disconnect", gone.reason)
 
 
-def _whole(
+async def _whole(
     attempt: Attempt, meter: Meter, sink: Sink, upr: aiohttp.ClientResponse, body: bytes
 ) -> None:
     """A plain answer to the sink, through the adapter when the provider speaks another shape;
@@ -129,6 +129,8 @@ def _whole(
         sink.whole(upr.status, upr.headers, body)
         return
     answer = translation.answer(upr.status, body, dict(upr.headers))
+    if answer.fetch and answer.complete is not None:
+        answer = answer.complete({url: await _fetch(attempt, url) for url in answer.fetch})
     if answer.status != upr.status:
         meter.status = answer.status
         meter.error_kind = error_kind_for_status(answer.status)
@@ -137,6 +139,20 @@ def _whole(
     headers.update(answer.headers)
     meter.body = answer.body
     sink.whole(answer.status, headers, answer.body)
+
+
+async def _fetch(attempt: Attempt, url: str) -> bytes:
+    """A file the provider's answer links to (an image), within the first-byte deadline. The
+    upstream's key is not sent: the link may be on another host."""
+    up = attempt.upstream
+    async with up.session.get(url, proxy=up.proxy, allow_redirects=True) as r:
+        data, whole = await read_upto(r.content, BUFFER_LIMIT)
+        if r.status != 200 or not whole:
+            why = f"status {r.status}" if r.status != 200 else "over the size limit"
+            raise UpstreamUnreachable(
+                f"upstream {up.name!r} linked a file that could not be fetched ({why})"
+            )
+    return data
 
 
 def _failure(exc: BaseException, attempt: Attempt, midway: bool, is_sse: bool) -> Failure:

@@ -120,7 +120,7 @@ def _translated(call: Call, up: UpstreamClient, role: Role, translation: Transla
     strip = call.stream and not (isinstance(opts, dict) and opts.get("include_usage") is True)
     return Attempt(
         role, up, asked.method, asked.tail, call.query, headers, asked.body, sent,
-        call.json_mode, True, strip, _unmap(call, up, sent), False, translation, False,
+        call.json_mode, True, strip, _unmap(call, up, sent), False, asked.answer or translation, False,
     )  # fmt: skip
 
 

@@ -437,3 +437,41 @@ async def test_a_many_to_one_map_answers_with_the_asked_id_and_lists_every_id(
         assert (await client.models.retrieve("gpt-4-turbo")).id == "gpt-4-turbo"
     finally:
         await llama.close()
+
+
+async def test_an_image_given_only_as_a_url_reaches_an_app_that_asked_b64_inline(
+    old, new, make_sidecar, sdk
+) -> None:
+    png = b"\x89PNG\r\n\x1a\n" + b"\x00" * 32
+    seen: list[str | None] = []
+
+    async def run(request: web.Request) -> web.Response:
+        # An Abstrakt that answers URLs whatever output_format asked for.
+        base = f"http://127.0.0.1:{request.url.port}"
+        return web.json_response({"result": {"images": [{"url": f"{base}/files/1.png"}]}})
+
+    async def file(request: web.Request) -> web.Response:
+        seen.append(request.headers.get("authorization"))
+        return web.Response(body=png, content_type="image/png")
+
+    app = web.Application()
+    app.router.add_post("/v1/models/{model}/run", run)
+    app.router.add_get("/files/1.png", file)
+    runner = web.AppRunner(app)
+    await runner.setup()
+    await web.TCPSite(runner, "127.0.0.1", 0).start()
+    port = runner.addresses[0][1]
+    try:
+        cfg = base_config(old, new)
+        cfg["upstreams"]["abstrakt"] = {
+            "base_url": f"http://127.0.0.1:{port}/v1",
+            "api": "abstrakt",
+            "api_key": ABSTRAKT_KEY,
+        }
+        cfg["routes"] = [{"path": "/v1/images/generations", "split": {"abstrakt": 1}}]
+        sc = await make_sidecar(cfg)
+        images = await sdk(sc).images.generate(model="m", prompt="x", response_format="b64_json")
+        assert base64.b64decode(images.data[0].b64_json or "") == png
+        assert seen == [None]  # the provider's key never goes to where its files are
+    finally:
+        await runner.cleanup()
