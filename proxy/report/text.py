@@ -225,7 +225,7 @@ def _revisions(revisions: tuple[RevisionSeen, ...]) -> Table:
 
 
 def _reliability(ups: tuple[UpstreamStats, ...]) -> tuple[Table, ...]:
-    return (
+    tables = (
         Table(
             "error rate: upstream errors only; the app leaving or the sidecar refusing is not one",
             ("upstream", "role", "responses", "ok", "error rate"),
@@ -252,6 +252,7 @@ def _reliability(ups: tuple[UpstreamStats, ...]) -> tuple[Table, ...]:
             "lllrr",
         ),
     )
+    return tuple(t for t in tables if t.rows)  # no errors: no table of them
 
 
 def _latency(report: Report) -> tuple[Table, ...]:
