@@ -121,3 +121,21 @@ def test_diff_words_marks_changed_words_and_escapes_them() -> None:
         "a <del>&lt;b&gt;</del> c",
         "a <ins>&lt;i&gt;</ins> c",
     )
+
+
+def test_html_shows_each_checks_interval_status_and_the_shape_paths(tmp_path: Path) -> None:
+    tool = b'{"choices":[{"index":0,"message":{"tool_calls":[{"function":{"name":"f"}}]}}]}'
+    text = b'{"choices":[{"index":0,"message":{"content":"hi"}}]}'
+    x = ex("s0", T0)
+    db = write(
+        tmp_path / "s.db",
+        [x],
+        [resp(x, shape="a", body=tool), resp(x, "shadow", "new", shape="b", body=text)],
+    )
+    out = tmp_path / "s.html"
+    write_html(build_report(db, ReportFilter(), SETTINGS), str(out))
+    page = out.read_text(encoding="utf-8")
+    assert '<span class="status inconclusive">INCONCLUSIVE</span>' in page
+    assert "<th>95% interval</th>" in page
+    assert "Wilson" in page and "more pairs would likely settle it" in page
+    assert "<code>choices[].message.tool_calls: only in the primary</code>" in page

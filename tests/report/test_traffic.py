@@ -5,9 +5,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from proxy.report.build import ReportFilter, build_report
+from proxy.report.build import ReportFilter, build_report, load_json
 from proxy.report.data import Calls
-from proxy.report.text import render_text
+from proxy.report.text import render_json, render_text
 from proxy.report.thresholds import ReportSettings
 from tests.report.test_build import T0, ex, resp, write
 
@@ -87,3 +87,22 @@ def test_one_dimension_throughout_is_not_flagged(tmp_path: Path) -> None:
     r = build_report(db, ReportFilter(), ReportSettings())
     assert [route.mixed for route in r.embeddings] == [False]
     assert not any("mixes" in n for n in r.notes)
+
+
+def test_refusals_calls_and_dimensions_survive_the_json_round_trip(tmp_path: Path) -> None:
+    ok = ex("ok", T0, route="embeddings", retry_key="k", retry_count=0)
+    again = ex("ok2", T0 + 1, route="embeddings", retry_key="k", retry_count=1)
+    no = ex("no", T0 + 2, route="-", model=None)
+    db = write(
+        tmp_path / "j.db",
+        [ok, again, no],
+        [
+            resp(ok, status=429, error_kind="rate_limit"),
+            resp(again, dims=1536),
+            resp(again, "shadow", "new", dims=1024),
+            resp(no, upstream="-", status=413, error_kind="proxy", error="too large"),
+        ],
+    )
+    r = build_report(db, ReportFilter(), ReportSettings())
+    assert (r.traffic.calls.retried, len(r.traffic.refused), len(r.embeddings)) == (1, 1, 1)
+    assert load_json(render_json(r)) == r
