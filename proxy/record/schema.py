@@ -93,6 +93,25 @@ MIGRATIONS: Final[tuple[tuple[str, ...], ...]] = (
         # Partial: most requests carry no key, and the report only looks up those that do.
         "CREATE INDEX exchanges_retry_key ON exchanges(retry_key) WHERE retry_key IS NOT NULL",
     ),
+    (
+        # `python -m proxy judge`: one row per judge answer received, so a pair is never
+        # judged, nor paid for, twice by one judge model (see proxy/judge/store.py).
+        """CREATE TABLE judgments (
+            exchange_id TEXT NOT NULL,
+            role TEXT NOT NULL,
+            judge_model TEXT NOT NULL,
+            shown_first TEXT NOT NULL,
+            judge_upstream TEXT NOT NULL,
+            candidate TEXT NOT NULL,
+            ts REAL NOT NULL,
+            winner TEXT,
+            reason TEXT,
+            error TEXT,
+            prompt_tokens INTEGER,
+            completion_tokens INTEGER,
+            PRIMARY KEY (exchange_id, role, judge_model, shown_first)
+        )""",
+    ),
 )
 
 SCHEMA_VERSION: Final = len(MIGRATIONS)

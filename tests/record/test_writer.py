@@ -357,6 +357,7 @@ async def test_empty_file_is_migrated_to_the_current_schema(
         ("index", "responses_ts"),
         ("index", "responses_upstream_role"),
         ("table", "exchanges"),
+        ("table", "judgments"),
         ("table", "objects"),
         ("table", "responses"),
         ("table", "revisions"),
