@@ -54,10 +54,7 @@ class _Figure:
 def _check(name: str, band: Band, min_pairs: int, figure: _Figure) -> Check:
     notes = [figure.note] if figure.note else []
     if figure.value is None or figure.n == 0:
-        return Check(
-            name, "n/a", None, None, None, figure.unit, band.warn, band.fail, figure.n,
-            figure.method, figure.evidence, "; ".join(notes) or None, None,
-        )  # fmt: skip
+        return _made(name, "n/a", band, figure, notes, None)
     status: Status = "inconclusive" if figure.grade_at is None else figure.grade_at(1.0)
     if figure.n < min_pairs and status != "fail":
         # Below the floor only a fail already beyond doubt stands: 29 failures in 29 pairs
@@ -69,11 +66,28 @@ def _check(name: str, band: Band, min_pairs: int, figure: _Figure) -> Check:
         more = _more(figure, min_pairs)
         if more is None:
             notes.append("the estimate sits on a band edge: more pairs alone may not settle it")
+    return _made(name, status, band, figure, notes, more)
+
+
+def _made(
+    name: str, status: Status, band: Band, figure: _Figure, notes: list[str], more: int | None
+) -> Check:
     low, high = figure.interval if figure.interval is not None else (None, None)
     return Check(
-        name, status, figure.value, low, high, figure.unit, band.warn, band.fail, figure.n,
-        figure.method, figure.evidence, "; ".join(notes) or None, more,
-    )  # fmt: skip
+        name=name,
+        status=status,
+        value=figure.value,
+        low=low,
+        high=high,
+        unit=figure.unit,
+        warn=band.warn,
+        fail=band.fail,
+        n=figure.n,
+        method=figure.method,
+        evidence=figure.evidence,
+        note="; ".join(notes) or None,
+        more=more,
+    )
 
 
 def _more(figure: _Figure, min_pairs: int) -> int | None:
