@@ -43,7 +43,9 @@ class Exchange(NamedTuple):
     # attempt its own request: the same `Idempotency-Key` (POSTs) and a growing
     # `x-stainless-retry-count`. Fields added later come last, with defaults, so that rows
     # built positionally before they existed still are whole (see `meter.retry_of`).
-    retry_key: str | None = None  # 16 hex digits of the Idempotency-Key's SHA-256
+    # One key per call: 16 hex digits of the Idempotency-Key's SHA-256, or (the openai SDK
+    # sends none) the request id of the call's first attempt (`serve.pipeline.RetryChains`).
+    retry_key: str | None = None
     retry_count: int | None = None  # x-stainless-retry-count: 0 on the first attempt
 
 

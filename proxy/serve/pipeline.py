@@ -13,7 +13,8 @@ import contextlib
 import random
 import time
 import zlib
-from typing import TYPE_CHECKING
+from collections import OrderedDict
+from typing import TYPE_CHECKING, Final
 
 from aiohttp import web
 
@@ -47,6 +48,7 @@ class Pipeline:
         self.recorder = recorder
         self.shadower = shadower
         self.affinity = Affinity()
+        self.retries = RetryChains()
 
     async def handle(self, request: web.BaseRequest) -> web.StreamResponse:
         arrival = Arrival(new_request_id(), time.time(), time.perf_counter(), self.live.current)
@@ -111,7 +113,7 @@ class Pipeline:
         self._log(call.arrival, call.route.name, name, call.model, meter.status)
         if recorder is not None:
             policy = rt.record.bodies
-            recorder.submit(exchange_row(call, policy.request))
+            recorder.submit(exchange_row(call, policy.request, self.retries.key(call)))
             recorder.submit(meter.record(call.id, policy.response, paired))
 
     async def refuse(
@@ -151,7 +153,7 @@ class Pipeline:
             logs.request(arrival.id, route, upstream, model, status, ms)
 
 
-def exchange_row(call: Call, request_policy: str) -> Exchange:
+def exchange_row(call: Call, request_policy: str, retry: tuple[str | None, int | None]) -> Exchange:
     """The record of the call as the app sent it (its body as the policy says)."""
     arrival = call.arrival
     body = call.body
@@ -167,16 +169,39 @@ def exchange_row(call: Call, request_policy: str) -> Exchange:
         hash_key(call.sticky) if call.sticky is not None else None,
         body if request_policy == "full" else None,
         answers.sha256_hex(body) if request_policy == "hash" else None,
-        *_retry(call),
+        *retry,
     )
 
 
-def _retry(call: Call) -> tuple[str | None, int | None]:
-    """What links an SDK's attempts of one call: its `Idempotency-Key` where it sends one.
-    The openai SDK sends none, only `x-stainless-retry-count`; then the body (same on every
-    attempt) stands in, by length and CRC-32: cheap, and enough within one retry chain."""
-    key, count = retry_of(call.headers)
-    if key is None and count is not None:
+class RetryChains:
+    """Links an SDK's attempts of one call under one key, for the record.
+
+    Where the SDK sends an `Idempotency-Key` (the same on every attempt), that is the key.
+    The openai SDK sends only `x-stainless-retry-count`: then a first attempt starts a chain
+    under its own request id, and a retry joins the newest chain whose first attempt had the
+    same body (same length and CRC-32), so two calls with one body are two calls, not one.
+    """
+
+    __slots__ = ("_newest",)
+
+    MAX: Final = 10_000  # chains remembered; a retry comes within seconds of its first try
+
+    def __init__(self) -> None:
+        self._newest: OrderedDict[tuple[int, int], str] = OrderedDict()
+
+    def key(self, call: Call) -> tuple[str | None, int | None]:
+        key, count = retry_of(call.headers)
+        if key is not None or count is None:
+            return key, count
         body = call.body
-        key = f"{len(body) & 0xFFFFFFFF:08x}{zlib.crc32(body):08x}"
-    return key, count
+        fingerprint = (len(body), zlib.crc32(body))
+        chains = self._newest
+        if count > 0:
+            chain = chains.get(fingerprint)
+            if chain is not None:
+                return chain, count
+        chains[fingerprint] = call.arrival.id
+        chains.move_to_end(fingerprint)
+        if len(chains) > self.MAX:
+            chains.popitem(last=False)
+        return call.arrival.id, count
