@@ -66,7 +66,8 @@ class Thresholds(_Strict):
     # share of pairs without the same status class and response shape, minus the same
     # share of noise pairs (primary vs primary), as every output comparison below
     shape_mismatch: Band = Band(warn=0.01, fail=0.05)
-    # share of pairs whose normalised answer text differs
+    # share of pairs whose normalised answer text differs, beyond the noise floor; it warns
+    # at most (see `verdict._text`), so its `fail` only marks where the interval is read
     text_mismatch: Band = Band(warn=0.05, fail=0.20)
     # 1 - share of shadow streams well formed ([DONE] seen, usage present)
     stream_broken: Band = Band(warn=0.01, fail=0.05)

@@ -254,8 +254,22 @@ def _text(pair: PairStats, noise: PairStats | None, band: Band) -> _Figure:
         floor,
         band,
     )
-    if (floor is not None and floor.n) or figure.grade_at is None:
+    if figure.grade_at is None:
         return figure
+    if floor is not None and floor.n:
+        # Wording beyond the floor is worth a look, not a failure: two different models never
+        # word alike, and whether the new answers are worse is the judge's question.
+        worded = figure.grade_at
+
+        def at_most_warn(g: float) -> Grade:
+            grade = worded(g)
+            return "warn" if grade == "fail" else grade
+
+        return _Figure(
+            figure.value, figure.interval, figure.n, at_most_warn, figure.unit, figure.method,
+            figure.evidence, "answers worded differently warn at most: whether they are worse "
+            "is for `python -m proxy judge`", settles=figure.settles,
+        )  # fmt: skip
     # A sampled answer differs from itself by design: without a floor, different texts are
     # no evidence against the shadow, so this check can pass but never warn or fail.
     sampled = figure.grade_at

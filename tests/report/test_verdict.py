@@ -267,7 +267,10 @@ def test_text_that_differs_only_as_the_primary_differs_from_itself_is_no_fail(
     sampled = build_report(text_db(tmp_path / "a.db", 200, 100, 100), ReportFilter(), SETTINGS)
     assert check(sampled, "text agreement").status == "pass"  # 100% vs 100%: no excess
     steady = build_report(text_db(tmp_path / "b.db", 200, 100, 0), ReportFilter(), SETTINGS)
-    assert check(steady, "text agreement").status == "fail"  # the primary never rewords
+    # The primary never rewords, the shadow always does: worth a look, not a failure (two
+    # models never word alike; the judge says whether the answers are worse).
+    worded = check(steady, "text agreement")
+    assert worded.status == "warn" and "warn at most" in (worded.note or "")
 
 
 def test_text_without_noise_pairs_can_pass_but_never_fail(tmp_path: Path) -> None:
