@@ -1,4 +1,4 @@
-"""Command line: serve, check, report, fake, demo.
+"""Command line: serve, check, report, judge, fake, demo.
 
 Each subcommand imports what it needs when it runs: `check` should not pay for aiohttp,
 plotly or the SDK. No import here is deferred to dodge a cycle.
@@ -53,6 +53,8 @@ def _check(args: argparse.Namespace) -> int:
         f"{args.config}: ok (digest {config_mod.digest(text)}; primary {cfg.primary}; "
         f"split {{{split}}}; rollback {str(cfg.rollback).lower()})"
     )
+    for caution in config_mod.cautions(cfg):
+        print(f"  caution: {caution}")
     return 0
 
 
@@ -115,6 +117,12 @@ def _reader_may_leave() -> Iterator[None]:
         os.close(devnull)
 
 
+def _judge(args: argparse.Namespace) -> int:
+    from proxy.judge import command as judge
+
+    return judge.main(args)
+
+
 def _fake(args: argparse.Namespace) -> int:
     from proxy.fakes import cli as fakes
 
@@ -164,6 +172,24 @@ def parser() -> argparse.ArgumentParser:
     r.add_argument("--json", action="store_true", help="print JSON instead of tables")
     r.add_argument("--html", metavar="OUT", help="also write a self-contained HTML report")
     r.set_defaults(func=_report)
+
+    j = sub.add_parser(
+        "judge", help="is the new gateway as good? an LLM judges recorded pairs, both orders, blind"
+    )
+    j.add_argument(
+        "--config", "-c", default="config.yaml", help="the sidecar's config, with a `judge` section"
+    )
+    j.add_argument("--db", help="the recording (default: the config's record.path)")
+    j.add_argument("--since", help="only requests since: ISO time, unix seconds, or 2h / 3d")
+    j.add_argument(
+        "--yes", "-y", action="store_true", help="judge without asking (needed without a terminal)"
+    )
+    j.add_argument(
+        "--retry-failed",
+        action="store_true",
+        help="send again the calls whose answer was not a verdict (they were paid for once)",
+    )
+    j.set_defaults(func=_judge)
 
     f = sub.add_parser("fake", help="run a fake OpenAI-compatible provider (for tests and demos)")
     f.add_argument("rest", nargs=argparse.REMAINDER)

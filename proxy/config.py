@@ -269,6 +269,37 @@ def _route_shapes(cfg: Config) -> list[tuple[str, str]]:
     return problems
 
 
+_EMBEDDING = re.compile(r"embed|bge|(^|[/-])e5|gte-", re.IGNORECASE)
+
+
+def cautions(cfg: Config) -> list[str]:
+    """What a valid config may still get wrong, as far as the config can tell: an embedding
+    model the split or the shadow sends to different models (say `text-embedding-3-large`
+    to `bge-large`), whose vectors may differ in dimension and cannot share one index."""
+    out: list[str] = []
+    routes = [(r.name or r.path, r.path, r.split, r.shadow) for r in cfg.routes]
+    # A route for every embeddings call leaves none to the catch-alls after it.
+    own = any(r.path == "/v1/embeddings" and r.model is None for r in cfg.routes)
+    for name, path, split, shadow in [*routes, ("default", "/", cfg.split, cfg.shadow)]:
+        if path not in ("/", "/v1", "/v1/embeddings") or (own and path != "/v1/embeddings"):
+            continue
+        weights = split if split is not None else cfg.default_split()
+        names = {n for n, w in weights.items() if w > 0}
+        copy = cfg.shadow if shadow is None else (shadow or None)
+        if copy is not None:
+            names.add(copy.upstream)
+        asked = {m for n in names for m in cfg.upstreams[n].models if _EMBEDDING.search(m)}
+        for model in sorted(asked):
+            served = {n: cfg.upstreams[n].models.get(model, model) for n in sorted(names)}
+            if len({m.rsplit("/", 1)[-1] for m in served.values()}) > 1:
+                seen = ", ".join(f"{n}: {m}" for n, m in served.items())
+                out.append(
+                    f"route {name!r}: embeddings of {model} come from different models "
+                    f"({seen}); their vectors may differ in dimension and cannot share an index"
+                )
+    return out
+
+
 def _check_split(
     split: dict[str, float] | None, key: str, names: dict[str, Any], out: list[tuple[str, str]]
 ) -> None:

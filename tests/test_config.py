@@ -219,3 +219,21 @@ def test_a_route_primary_must_be_an_upstream() -> None:
 def test_an_unknown_api_is_refused() -> None:
     problems = refused(SHAPES.replace("api: anthropic}", "api: gemini}", 1))
     assert problems[0][0] == "upstreams.claude_old.api"
+
+
+def test_check_flags_embeddings_the_split_sends_to_different_models() -> None:
+    text = """
+upstreams:
+  openai: {base_url: "http://127.0.0.1:1/v1"}
+  assisters:
+    base_url: "http://127.0.0.1:2/v1"
+    models: {text-embedding-3-large: bge-large, text-embedding-3-small: openai/text-embedding-3-small}
+primary: openai
+split: {openai: 90, assisters: 10}
+"""
+    cfg = config_mod.parse(text.encode(), "cfg.yaml", env={})
+    [caution] = config_mod.cautions(cfg)
+    assert "text-embedding-3-large" in caution and "bge-large" in caution
+    # A provider's prefix on the same model is the same model; a route off embeddings is fine.
+    routed = text + "routes:\n  - {path: /v1/embeddings, split: {openai: 1}}\n"
+    assert config_mod.cautions(config_mod.parse(routed.encode(), "cfg.yaml", env={})) == []
