@@ -286,6 +286,8 @@ def _latency(report: Report) -> tuple[Table, ...]:
 
 
 def _tokens(report: Report) -> tuple[Table, ...]:
+    # Image answers carry no tokens: their count is the figure, shown when there are any.
+    images = any(s.images for s in report.upstreams)
     own = Table(
         "responses without usage are counted apart, never as zero; cached: of the prompt",
         (
@@ -296,6 +298,7 @@ def _tokens(report: Report) -> tuple[Table, ...]:
             "prompt",
             "cached",
             "completion",
+            *(("images",) if images else ()),
             "cost",
             "per 1k",
         ),
@@ -308,12 +311,13 @@ def _tokens(report: Report) -> tuple[Table, ...]:
                 f"{s.prompt_tokens:,}",
                 pct(ratio(s.cached_tokens, s.prompt_tokens)),
                 f"{s.completion_tokens:,}",
+                *((f"{s.images:,}",) if images else ()),
                 money(s.cost),
                 money(s.cost_per_1k),
             )
             for s in report.upstreams
         ),
-        "llrrrrrrr",
+        "llrrrrrrr" + ("r" if images else ""),
     )
     if not report.pairs:
         return (own,)

@@ -16,6 +16,9 @@ import pytest
 from aiohttp import web
 
 from proxy.fakes.provider import Behaviour, FakeProvider
+from proxy.report.build import ReportFilter, build_report
+from proxy.report.text import render_text
+from proxy.report.thresholds import ReportSettings
 from proxy.serve.app import Sidecar
 from tests.conftest import OLD_KEY, base_config, serve
 from tests.serve.test_reload import write_rename
@@ -358,6 +361,16 @@ async def test_abstrakt_shadows_image_calls_and_they_are_recorded(
     by_role = {r["role"]: r for r in rows(db, "SELECT * FROM responses")}
     assert by_role["shadow"]["upstream"] == "abstrakt" and by_role["shadow"]["status"] == 200
     assert by_role["shadow"]["images"] == 2 and by_role["primary"]["images"] == 2
+    await sc.stop()  # everything written
+    settings = ReportSettings.model_validate(
+        {"pricing": {"old": {"*": {"image": 0.04}}, "abstrakt": {"*": {"image": 0.03}}}}
+    )
+    report = build_report(db, ReportFilter(), settings)
+    by_upstream = {(u.upstream, u.role): u for u in report.upstreams}
+    assert by_upstream[("abstrakt", "shadow")].images == 2
+    assert by_upstream[("abstrakt", "shadow")].cost == pytest.approx(0.06)
+    assert by_upstream[("old", "primary")].cost == pytest.approx(0.08)
+    assert "images" in render_text(report)
 
 
 # -- objects, paths, model lists ---------------------------------------------------------
