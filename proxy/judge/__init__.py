@@ -1,0 +1,1 @@
+"""The quality judge: recorded pairs of answers graded blind, in both orders, by an LLM."""
