@@ -28,7 +28,7 @@ class Rows(NamedTuple):
 def _share(k: int, n: int, low: float, high: float) -> str:
     if not n:
         return "-"
-    return f"{k / n * 100:.1f}% ({low * 100:.0f}-{high * 100:.0f}%)"
+    return f"{k / n * 100:.1f}% ({low * 100:.0f}-{high * 100:.0f})"
 
 
 def _figures(j: Judged) -> tuple[str, str, str, str]:
@@ -49,8 +49,8 @@ def quality_tables(quality: Quality) -> tuple[Rows, ...]:
     if not quality.totals:
         return ()
     totals = Rows(
-        "judged pairs: the copy's answer against the primary's, blind, in both orders",
-        ("copies", "judge", "pairs", "win", "tie", "loss", "order decided", "not graded"),
+        "the copy's answer against the primary's: share (95% interval); flipped: order changed it",
+        ("copies", "judge", "pairs", "win", "tie", "loss", "flipped", "no verdict"),
         tuple(
             (
                 _label(j),

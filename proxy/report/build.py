@@ -14,6 +14,8 @@ from typing import Any, Final, get_args, get_origin, get_type_hints
 
 import orjson
 
+from proxy.judge.grade import with_quality
+from proxy.judge.tally import read as read_quality
 from proxy.record.schema import open_readonly
 from proxy.report.data import (
     PairStats,
@@ -123,6 +125,10 @@ class _Reader:
             for p in pairs
             if p.role == "shadow"
         )
+        # The judge's verdicts (python -m proxy judge), graded as the quality check.
+        quality = read_quality(db.con, db.where, db.params)
+        t = self.settings.thresholds
+        verdicts = tuple(with_quality(v, quality, t.quality, t.min_pairs) for v in verdicts)
         dims = embeddings(db)
         found = tuple(
             e for raw in raws if raw.role == "shadow" for e in examples(db, raw, scores[id(raw)])
@@ -142,6 +148,7 @@ class _Reader:
             examples=found,
             timeline=Timeline(win.start, win.width, tuple(series)),
             notes=tuple(self.notes),
+            quality=quality,
         )
 
     def answers(

@@ -5,6 +5,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Literal
 
+from proxy.judge.tally import NO_QUALITY, Quality
+
 # "inconclusive": the interval still spans a band edge; more pairs would settle it.
 Status = Literal["pass", "warn", "fail", "inconclusive", "n/a"]
 Unit = Literal["ratio", "share", "difference"]
@@ -285,6 +287,7 @@ class Report:
     examples: tuple[Example, ...]
     timeline: Timeline
     notes: tuple[str, ...]
+    quality: Quality = NO_QUALITY  # what `python -m proxy judge` recorded, in the window
 
     def stats(self, upstream: str, role: str) -> UpstreamStats | None:
         return next((s for s in self.upstreams if (s.upstream, s.role) == (upstream, role)), None)

@@ -9,6 +9,7 @@ from typing import Final
 
 import orjson
 
+from proxy.judge.section import QUALITY_HELP, quality_tables
 from proxy.report.data import (
     Agreement,
     Check,
@@ -143,12 +144,14 @@ def _label(p: PairStats) -> str:
 
 def sections(report: Report) -> tuple[Section, ...]:
     """The report's tables, in order, as text cells."""
+    judged = tuple(Table(*rows) for rows in quality_tables(report.quality))
     return (
         Section("Traffic", _traffic(report.traffic)),
         Section("Reliability", _reliability(report.upstreams)),
         Section("Latency", _latency(report)),
         Section("Tokens and cost", _tokens(report)),
         Section("Compatibility", _compatibility(report), (NOISE_HELP,) if report.pairs else ()),
+        *((Section("Quality, judged", judged, (QUALITY_HELP,)),) if judged else ()),
     )
 
 

@@ -76,6 +76,9 @@ class Thresholds(_Strict):
     tool_call_mismatch: Band = Band(warn=0.02, fail=0.10)
     # share of JSON-mode answers that don't parse
     json_invalid: Band = Band(warn=0.01, fail=0.05)
+    # share of judged shadow pairs the shadow lost (worse in both orders, `python -m proxy
+    # judge`), less the share of noise pairs the primary lost to itself (see `judge/grade.py`)
+    quality: Band = Band(warn=0.05, fail=0.15)
     # a check resting on fewer pairs (or answers) is inconclusive, unless it already fails
     min_pairs: int = Field(default=30, ge=0)
 

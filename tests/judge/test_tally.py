@@ -85,7 +85,7 @@ def test_the_tables_show_win_tie_loss_with_intervals_beside_the_noise_rows() -> 
     totals, by_route = quality_tables(tally(worse(1, 4, 0, 2)))
     assert totals.head[:6] == ("copies", "judge", "pairs", "win", "tie", "loss")
     assert totals.rows[0][:3] == ("new (shadow)", "judge-1", "4")
-    assert totals.rows[0][5].startswith("25.0% (")
+    assert totals.rows[0][5].startswith("25.0% (")  # with its interval
     assert totals.rows[1][0] == "old (noise)"
     assert len(by_route.rows) == 2 and all(len(r) == len(by_route.align) for r in by_route.rows)
     assert quality_tables(NO_QUALITY) == ()

@@ -49,6 +49,7 @@ def test_a_copy_of_the_primary_passes_every_check_it_has_data_for(tmp_path: Path
         "streaming": "n/a",
         "tool calls": "n/a",
         "JSON output": "n/a",
+        "quality": "n/a",  # nothing judged: `python -m proxy judge` was not run
     }
     assert r.verdict == "pass"
     errors = check(r, "errors")
