@@ -12,6 +12,7 @@ from typing import Final
 import orjson
 
 from proxy.demo.errors import DemoError
+from proxy.demo.judge import JUDGE_KEY, JUDGE_MODEL
 from proxy.demo.providers import CHAT_MODEL, EMBEDDING_MODEL, NEW, NEW_KEY, OLD_KEY
 
 _ROLLBACK_LINE: Final = re.compile(r"^rollback:[ \t]*false\b", re.MULTILINE)
@@ -22,8 +23,33 @@ def _q(text: str) -> str:
     return orjson.dumps(text).decode()
 
 
-def demo_config(old_url: str, new_url: str, db_path: str) -> str:
-    """The config a user would write for this migration, commented so it can be read after."""
+def _judge_upstream(judge_url: str | None) -> str:
+    if judge_url is None:
+        return ""
+    return f"""
+  judge:                   # the quality judge's provider: a fake judge in the demo's process
+    base_url: {_q(judge_url)}
+    api_key: {JUDGE_KEY}"""
+
+
+def _judge_section(judge_url: str | None) -> str:
+    if judge_url is None:
+        return ""
+    return f"""\
+    judge:
+      {JUDGE_MODEL}: {{input: 0.15, output: 0.60}}
+
+judge:                     # python -m proxy judge: an LLM compares new's answers with old's
+  upstream: judge
+  model: {JUDGE_MODEL}
+  sample: 200              # pairs judged per run, at most
+  budget_usd: 2.0          # a run estimated above this refuses to start
+"""
+
+
+def demo_config(old_url: str, new_url: str, db_path: str, judge_url: str | None = None) -> str:
+    """The config a user would write for this migration, commented so it can be read after;
+    with `judge_url`, a judge upstream and the `judge` section too."""
     return f"""\
 # Written by `python -m proxy demo`. The sidecar reloads this file when it changes:
 # the demo flips `rollback` halfway, as you would in an editor.
@@ -41,7 +67,7 @@ upstreams:
     api_key: {NEW_KEY}
     models:
       {CHAT_MODEL}: {NEW.model_prefix}{CHAT_MODEL}
-      {EMBEDDING_MODEL}: {NEW.model_prefix}{EMBEDDING_MODEL}
+      {EMBEDDING_MODEL}: {NEW.model_prefix}{EMBEDDING_MODEL}{_judge_upstream(judge_url)}
 
 primary: old               # where `rollback: true` sends everything
 split:                     # the canary: one request in ten to the new gateway
@@ -81,7 +107,7 @@ report:
     new:
       {CHAT_MODEL}: {{input: 0.12, output: 0.48}}
       {EMBEDDING_MODEL}: {{input: 0.02, output: 0}}
-"""
+{_judge_section(judge_url)}"""
 
 
 def set_rollback(path: Path) -> float:

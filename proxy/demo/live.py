@@ -12,6 +12,7 @@ from typing import Final
 
 from proxy.demo.config_file import demo_config
 from proxy.demo.errors import DemoError
+from proxy.demo.judge import DemoJudge, judge_recording
 from proxy.demo.processes import Child, watching
 from proxy.demo.providers import NEW, OLD
 from proxy.demo.scenario import say, scenario
@@ -42,6 +43,7 @@ async def live(workdir: Path, calls: list[Call], seed: int, caught: list[int]) -
     await asyncio.to_thread(logs.mkdir, exist_ok=True)
     config_path = workdir / "config.yaml"
     children: list[Child] = []
+    judge = DemoJudge()
     try:
         say("Starting")
         for spec in (OLD, NEW):
@@ -55,7 +57,9 @@ async def live(workdir: Path, calls: list[Call], seed: int, caught: list[int]) -
             urls.append(await child.ready(_FAKE_URL))
             say(f"  {spec.name} provider  {urls[-1]}  pid {child.proc.pid}  {spec.about()}")
         old_url, new_url = urls
-        text = demo_config(old_url, new_url, str(workdir / "sidecar.db"))
+        judge_url = await judge.start()
+        say(f"  judge         {judge.url}  in this process  a fake LLM judge for the quality row")
+        text = demo_config(old_url, new_url, str(workdir / "sidecar.db"), judge_url)
         await asyncio.to_thread(config_path.write_text, text)
         sidecar = await Child.spawn(
             "sidecar", ["serve", "--config", str(config_path)], logs / "sidecar.log"
@@ -74,11 +78,13 @@ async def live(workdir: Path, calls: list[Call], seed: int, caught: list[int]) -
             if code != 0:
                 raise DemoError(f"the {child.name} stopped with code {code}" + await child.tail())
         say("  all stopped: pids " + ", ".join(str(c.proc.pid) for c in children))
+        await judge_recording(config_path, say)
         return problems
     finally:
         try:
             for child in reversed(children):
                 await child.stop()
+            await judge.close()
         finally:
             for child in children:
                 child.kill()
