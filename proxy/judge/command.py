@@ -199,9 +199,8 @@ async def _judge(
     step = max(len(pairs) // 10, 1)
 
     def on_pair(p: Progress) -> None:
-        done = p.finished + sum(p.errors.values()) + sum(p.not_verdicts.values())
-        if done and done % step == 0:
-            print(f"  {p.finished:,} of {p.pairs:,} pairs judged", file=sys.stderr, flush=True)
+        if p.tried % step == 0 or p.tried == p.pairs:
+            print(f"  {p.tried:,} of {p.pairs:,} pairs sent", file=sys.stderr, flush=True)
 
     try:
         return await judge_pairs(judge, db, pairs, stop, on_pair)

@@ -9,6 +9,7 @@ key, model map, adapter, deadlines and error kinds.
 from __future__ import annotations
 
 import asyncio
+import sqlite3
 import time
 from collections import Counter
 from collections.abc import Callable, Iterator, Sequence
@@ -32,6 +33,7 @@ from proxy.judge.prompt import (
     verdict_of,
 )
 from proxy.record.answers import usage_of
+from proxy.record.schema import StoreError
 from proxy.report.thresholds import Price
 from proxy.serve.originate import Answer, attempt, send
 from proxy.serve.upstream import UpstreamClient
@@ -59,6 +61,7 @@ class Progress:
     """What a run has done so far; the command prints it as it goes and at the end."""
 
     pairs: int  # chosen for this run
+    tried: int = 0  # sent, whatever came back
     finished: int = 0  # pairs with a verdict in both orders now
     outcomes: Counter[tuple[str, Outcome]] = field(default_factory=Counter)  # (role, outcome)
     calls: int = 0  # sent to the judge
@@ -165,6 +168,7 @@ class _Run:
             self.progress.finished += 1
             outcome = combine(verdicts["primary"], verdicts["candidate"])
             self.progress.outcomes[(c.role, outcome)] += 1
+        self.progress.tried += 1
         if self.on_pair is not None:
             self.on_pair(self.progress)
 
@@ -195,6 +199,9 @@ async def judge_pairs(
                 tg.create_task(run.worker(queue))
     except* ErrorAnswer as group:
         raise group.exceptions[0] from None
+    except* sqlite3.Error as group:
+        # The answers not written are lost, and sent again by the next run.
+        raise StoreError(f"cannot write to the recording: {group.exceptions[0]}") from None
     if stop.is_set() and progress.stopped is None and progress.finished < len(pairs):
         progress.stopped = "interrupted"
     return progress
