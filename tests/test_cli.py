@@ -26,7 +26,7 @@ def run(*args: str, **kw: object) -> subprocess.CompletedProcess[str]:
 def test_help_lists_the_subcommands() -> None:
     out = run("--help")
     assert out.returncode == 0
-    for cmd in ("serve", "check", "report", "fake", "demo"):
+    for cmd in ("serve", "check", "report", "judge", "fake", "demo"):
         assert cmd in out.stdout
 
 

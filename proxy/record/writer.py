@@ -81,6 +81,7 @@ _ATTEMPTS: Final = 3
 # Retention deletes at most this many exchanges per transaction, so the writer never waits long.
 _RETENTION_CHUNK: Final = 500
 _DELETE_RESPONSES_OF = "DELETE FROM responses WHERE exchange_id = ?"
+_DELETE_JUDGMENTS_OF = "DELETE FROM judgments WHERE exchange_id = ?"
 _DELETE_EXCHANGE = "DELETE FROM exchanges WHERE id = ?"
 _OLDER_THAN = "SELECT id FROM exchanges WHERE ts < ? ORDER BY ts LIMIT ?"
 _OLDEST = "SELECT id FROM exchanges ORDER BY ts LIMIT ?"
@@ -553,6 +554,7 @@ class Recorder:
                 ids = [(row[0],) for row in await db.execute_fetchall(select, params)]
                 if ids:
                     await db.executemany(_DELETE_RESPONSES_OF, ids)
+                    await db.executemany(_DELETE_JUDGMENTS_OF, ids)
                     await db.executemany(_DELETE_EXCHANGE, ids)
                     await db.commit()
             except _DB_ERRORS as exc:

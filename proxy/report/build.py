@@ -294,7 +294,10 @@ def _decode(tp: Any, value: Any) -> Any:
         return None
     if is_dataclass(tp) and isinstance(tp, type):
         hints = _hints(tp)
-        return tp(**{f.name: _decode(hints[f.name], value[f.name]) for f in fields(tp)})
+        # A field the saved report lacks (it came from an older sidecar) takes its default.
+        return tp(
+            **{f.name: _decode(hints[f.name], value[f.name]) for f in fields(tp) if f.name in value}
+        )
     origin = get_origin(tp)
     if origin is tuple:
         args = get_args(tp)

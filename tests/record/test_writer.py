@@ -534,3 +534,23 @@ async def test_objects_are_kept_for_the_affinity_newest_last_and_bounded(
     await wait_until(lambda: rec.stats().written == 6)
     assert await rec.objects() == [("resp_3", "new"), ("resp_4", "old"), ("resp_1", "new")]
     assert rows(db, "SELECT count(*) FROM objects") == [(3,)]
+
+
+async def test_retention_deletes_the_judgments_of_the_exchanges_it_deletes(
+    db: Path, recorders: Callable[..., Recorder]
+) -> None:
+    rec = await started(recorders, db, max_rows=2, retention_interval=0.02)
+    judged = sqlite3.connect(db)
+    with judged:
+        for i in range(4):
+            judged.execute(
+                "INSERT INTO judgments (exchange_id, role, judge_model, shown_first, "
+                "judge_upstream, candidate, ts) VALUES (?, 'shadow', 'j', 'primary', 'u', 'new', 0)",
+                (f"req-{i}",),
+            )
+    judged.close()
+    for i in range(4):
+        rec.submit(exchange(i, ts=1000.0 + i))
+    await wait_until(lambda: rows(db, "SELECT count(*) FROM exchanges") == [(2,)])
+    await wait_until(lambda: rows(db, "SELECT count(*) FROM judgments") == [(2,)])
+    assert rows(db, "SELECT exchange_id FROM judgments ORDER BY 1") == [("req-2",), ("req-3",)]
