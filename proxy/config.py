@@ -37,6 +37,27 @@ Seconds = Annotated[float, Field(gt=0)]
 class Listen(_Strict):
     host: str = "127.0.0.1"
     port: int = Field(default=8787, ge=0, le=65535)
+    # The app's keys: when set, a call must carry one (its bearer token, or `x-api-key` /
+    # `api-key`) or it gets a 401. Applies on reload, unlike host and port.
+    keys: list[SecretStr] = []
+
+    @field_validator("keys")
+    @classmethod
+    def _keys(cls, v: list[SecretStr]) -> list[SecretStr]:
+        if any(len(k.get_secret_value()) < 16 for k in v):
+            raise ValueError(
+                "each key must be at least 16 characters (a guessable key guards nothing)"
+            )
+        return v
+
+
+class Quota(_Strict):
+    """Per upstream; a served call that would pass one goes to the route's primary instead,
+    a shadow copy is skipped."""
+
+    requests_per_minute: int | None = Field(default=None, ge=1)
+    tokens_per_minute: int | None = Field(default=None, ge=1)
+    usd_per_day: float | None = Field(default=None, gt=0)  # costs from report.pricing
 
 
 class Timeouts(_Strict):
@@ -69,6 +90,8 @@ class UpstreamConfig(_Strict):
     # "env": HTTPS_PROXY / HTTP_PROXY / ALL_PROXY and NO_PROXY, as curl reads them (a loopback
     # host never goes through one); "none": always direct; or an http:// proxy URL.
     proxy: str = "env"
+    quota: Quota | None = None
+    smoke: SmokeSettings | None = None  # `python -m proxy smoke` (see docs/smoke.md)
 
     @field_validator("base_url")
     @classmethod
@@ -124,6 +147,30 @@ class ShadowConfig(_Strict):
     # Share of the requests the primary served that it is sent a second time, to measure how
     # much its answers vary on their own (the noise floor the report subtracts).
     noise_sample: float = Field(default=0.0, ge=0, le=1)
+    # Copies sent a minute at most, whatever the sample says: a free tier's rate limit is
+    # for the app's calls, not for measuring.
+    requests_per_minute: int | None = Field(default=None, ge=1)
+
+
+FailureKind = Literal["connect", "timeout", "5xx", "429"]
+
+
+class Failover(_Strict):
+    """A call whose upstream fails before the app has a byte goes once to `to`."""
+
+    to: str = "primary"  # "primary" (the route's) or an upstream name
+    on: list[FailureKind] = ["connect", "timeout", "5xx", "429"]
+
+
+class Guard(_Strict):
+    """Automatic rollback of a failing canary: over the last `window` seconds, once an
+    upstream other than the primary has served `min_requests`, it trips when its error rate
+    or its time to first token is beyond the line on the evidence (see `serve/guard.py`)."""
+
+    error_rate: float | None = Field(default=0.05, gt=0, lt=1)
+    ttft_p90_ms: float | None = Field(default=None, gt=0)
+    min_requests: int = Field(default=50, ge=1)
+    window: Seconds = 120.0
 
 
 class RouteConfig(_Strict):
@@ -188,6 +235,23 @@ class JudgeConfig(_Strict):
     budget_usd: float = Field(default=2.0, gt=0)  # a run estimated over this refuses to start
 
 
+SmokeCheck = Literal[
+    "chat", "stream", "tools", "json", "structured", "embeddings", "models", "responses",
+    "responses_stream", "images", "wrong_model", "wrong_key", "latency",
+]  # fmt: skip
+
+
+class SmokeSettings(_Strict):
+    """`python -m proxy smoke` against one upstream: the checks of features it does not claim,
+    the models the checks use (app ids, mapped as an app's are), and what its timings must meet."""
+
+    skip: list[SmokeCheck] = []
+    models: dict[Literal["chat", "embeddings", "images"], str] = {}
+    embedding_dims: int | None = Field(default=None, ge=1)
+    max_ttft_ms: float | None = Field(default=None, gt=0)
+    max_total_ms: float | None = Field(default=None, gt=0)
+
+
 class Config(_Strict):
     listen: Listen = Listen()
     upstreams: dict[str, UpstreamConfig] = Field(min_length=1)
@@ -202,6 +266,8 @@ class Config(_Strict):
     log: Log = Log()
     report: ReportSettings = ReportSettings()
     judge: JudgeConfig | None = None
+    failover: Failover | None = None
+    guard: Guard | None = None
 
     def default_split(self) -> dict[str, float]:
         return dict(self.split) if self.split else {self.primary: 100.0}
@@ -214,6 +280,13 @@ def _references(cfg: Config) -> list[tuple[str, str]]:
     if cfg.primary not in names:
         problems.append(("primary", f"{cfg.primary!r} is not one of upstreams {sorted(names)}"))
     _check_split(cfg.split, "split", names, problems)
+    if cfg.failover and cfg.failover.to != "primary" and cfg.failover.to not in names:
+        problems.append(
+            (
+                "failover.to",
+                f"{cfg.failover.to!r} is not 'primary' nor one of upstreams {sorted(names)}",
+            )
+        )
     if cfg.judge and cfg.judge.upstream not in names:
         problems.append(
             ("judge.upstream", f"{cfg.judge.upstream!r} is not one of upstreams {sorted(names)}")

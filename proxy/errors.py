@@ -4,6 +4,7 @@ SidecarError
  ├── ConfigError            a config file refused (file, key path, reason); never an HTTP answer
  └── ErrorAnswer            an HTTP error the sidecar answers itself (upstream errors pass through)
       ├── BadRequest        400  the request cannot be proxied as sent
+      ├── Unauthorized      401  `listen.keys` is set and the call carries none of them
       ├── NotFound          404  no such path on the sidecar
       ├── BodyTimeout       408  the request body stopped arriving (`limits.body_timeout`)
       ├── BodyTooLarge      413  request body over `limits.max_body_bytes`
@@ -57,6 +58,12 @@ class BadRequest(ErrorAnswer):
     status = 400
     type = "invalid_request_error"
     code = "bad_request"
+
+
+class Unauthorized(ErrorAnswer):
+    status = 401
+    type = "invalid_request_error"
+    code = "invalid_api_key"
 
 
 class NotFound(ErrorAnswer):

@@ -10,7 +10,7 @@ from __future__ import annotations
 import builtins
 from typing import Literal, NamedTuple
 
-Role = Literal["primary", "shadow", "noise"]
+Role = Literal["primary", "shadow", "noise", "failover"]
 
 # Error kinds, shared by the recorder and the report. `None` means success (2xx).
 ErrorKind = Literal[
@@ -96,3 +96,13 @@ class StoredObject(NamedTuple):
     id: str
     upstream: str
     ts: float
+
+
+class GuardTrip(NamedTuple):
+    """The guard took an upstream out of rotation (see `serve.guard`): when, and why."""
+
+    upstream: str
+    rule: str  # "error_rate" or "ttft_p90"
+    figures: str  # the evidence, in words
+    ts: float
+    revision: str

@@ -112,6 +112,17 @@ MIGRATIONS: Final[tuple[tuple[str, ...], ...]] = (
             PRIMARY KEY (exchange_id, role, judge_model, shown_first)
         )""",
     ),
+    (
+        # The guard's trips (`serve/guard.py`): the report says when an upstream was taken
+        # out of rotation, and why.
+        """CREATE TABLE guard_trips (
+            upstream TEXT NOT NULL,
+            rule TEXT NOT NULL,
+            figures TEXT NOT NULL,
+            ts REAL NOT NULL,
+            revision TEXT NOT NULL
+        )""",
+    ),
 )
 
 SCHEMA_VERSION: Final = len(MIGRATIONS)

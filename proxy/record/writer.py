@@ -19,7 +19,7 @@ from typing import Any, Final, cast
 import aiosqlite
 import structlog
 
-from proxy.record.rows import Exchange, Response, Revision, StoredObject
+from proxy.record.rows import Exchange, GuardTrip, Response, Revision, StoredObject
 from proxy.record.schema import StoreError, check_version, migrate, user_version
 
 log = structlog.get_logger(__name__)
@@ -35,7 +35,7 @@ sqlite3.register_adapter(type(None), cast("Callable[[None], None]", {}.get))  # 
 sqlite3.register_adapter(bytes, bytes)  # bytes(b) is b
 sqlite3.register_adapter(bool, int)
 
-_Record = Exchange | Response | Revision | StoredObject
+_Record = Exchange | Response | Revision | StoredObject | GuardTrip
 
 
 # Bound parameters per statement: SQLite's limit is 32766 since 3.32, 999 before.
@@ -75,6 +75,7 @@ _EXCHANGES = _Insert("INSERT OR IGNORE", "exchanges", Exchange)
 _RESPONSES = _Insert("INSERT OR REPLACE", "responses", Response)
 _REVISIONS = _Insert("INSERT OR REPLACE", "revisions", Revision)
 _OBJECTS = _Insert("INSERT OR REPLACE", "objects", StoredObject)
+_TRIPS = _Insert("INSERT", "guard_trips", GuardTrip)
 
 # A failed batch is tried this many times in all, `retry_interval` apart, then dropped.
 _ATTEMPTS: Final = 3
@@ -427,6 +428,7 @@ class Recorder:
         responses: list[Response] = []
         revisions: list[Revision] = []
         objects: list[StoredObject] = []
+        trips: list[GuardTrip] = []
         for record in batch:
             if isinstance(record, Response):
                 responses.append(record)
@@ -434,8 +436,10 @@ class Recorder:
                 exchanges.append(record)
             elif isinstance(record, Revision):
                 revisions.append(record)
-            else:
+            elif isinstance(record, StoredObject):
                 objects.append(record)
+            else:
+                trips.append(record)
         loop = asyncio.get_running_loop()
         for attempt in range(1, _ATTEMPTS + 1):
             async with self._lock:
@@ -446,6 +450,7 @@ class Recorder:
                         (_RESPONSES, responses),
                         (_REVISIONS, revisions),
                         (_OBJECTS, objects),
+                        (_TRIPS, trips),
                     ):
                         for sql, params in insert.statements(records):
                             await db.execute(sql, params)

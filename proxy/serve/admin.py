@@ -8,13 +8,15 @@ import orjson
 from aiohttp import web
 
 from proxy import logs
-from proxy.errors import BadRequest, NotFound, error_body
+from proxy.errors import BadRequest, NotFound, Unauthorized, error_body
+from proxy.serve.call import authorized
 
 if TYPE_CHECKING:
     from proxy.serve.app import Sidecar
+    from proxy.serve.guard import Guard
     from proxy.serve.runtime import Live
 
-ENDPOINTS = ("/_proxy/health", "/_proxy/stats", "/_proxy/reload")
+ENDPOINTS = ("/_proxy/health", "/_proxy/stats", "/_proxy/reload", "/_proxy/guard/reset")
 
 
 def _json(data: Any, status: int = 200) -> web.Response:
@@ -25,7 +27,10 @@ async def answer(sidecar: Sidecar, request: web.BaseRequest) -> web.StreamRespon
     """The answer to an admin request; raises `ErrorAnswer` for a path that is not one."""
     path, method = request.path, request.method
     if path == "/_proxy/health" and method == "GET":
-        return _json(health(sidecar.live))
+        return _json(health(sidecar.live, sidecar.shadower.guard))
+    keys = sidecar.live.current.keys
+    if keys and not authorized(request.headers, keys):
+        raise Unauthorized("the admin endpoints other than health take one of listen.keys")
     if path == "/_proxy/stats" and method == "GET":
         return _json(stats(sidecar))
     if path == "/_proxy/reload" and method == "POST":
@@ -35,6 +40,11 @@ async def answer(sidecar: Sidecar, request: web.BaseRequest) -> web.StreamRespon
                 f"config refused, the running config is kept: {sidecar.live.last_error}"
             )
         return _json({"applied": True, "revision": sidecar.live.current.revision})
+    if path == "/_proxy/guard/reset" and method == "POST":
+        guard = sidecar.shadower.guard
+        was = sorted(guard.tripped)
+        guard.reset("POST /_proxy/guard/reset")
+        return _json({"reset": was})
     if path in ENDPOINTS:
         return web.Response(
             status=405,
@@ -46,10 +56,16 @@ async def answer(sidecar: Sidecar, request: web.BaseRequest) -> web.StreamRespon
     raise NotFound(f"no admin endpoint {path!r}; try {', '.join(ENDPOINTS)}")
 
 
-def health(live: Live) -> dict[str, Any]:
-    """The config in force: revision, rollback, splits per route, the last refused reload."""
+def health(live: Live, guard: Guard | None = None) -> dict[str, Any]:
+    """The config in force: revision, rollback, splits per route, the last refused reload, and
+    the upstreams the guard took out of rotation."""
     rt = live.current
+    tripped = [
+        {"upstream": t.upstream, "rule": t.rule, "figures": t.figures, "since": t.since}
+        for t in (guard.tripped.values() if guard is not None else ())
+    ]
     return {
+        "guard": {"tripped": tripped} if rt.config.guard is not None or tripped else None,
         "status": "ok",
         "revision": rt.revision,
         "config": rt.path,
@@ -90,6 +106,7 @@ def stats(sidecar: Sidecar) -> dict[str, Any]:
             "errors": s.errors,
             "last_error": s.last_error,
         }
+    out["quotas"] = sidecar.shadower.quotas.view()
     out["log_lines_dropped"] = logs.SINK.dropped
     out["revision"] = sidecar.live.current.revision
     return out

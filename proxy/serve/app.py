@@ -63,6 +63,7 @@ class Sidecar:
         self.recorder = _new_recorder(cfg.record) if cfg.record.enabled else None
         self.shadower = Shadower(self.counters, self.recorder)
         self.pipeline = Pipeline(self.live, self.counters, self.recorder, self.shadower)
+        self.shadower.quotas.configure(cfg)
         self.watcher = ConfigWatcher(path, self._file_changed) if watch else None
         self._reload_lock = asyncio.Lock()
         self._runner: web.ServerRunner | None = None
@@ -133,7 +134,7 @@ class Sidecar:
             return ErrorAnswer("the sidecar failed on this request; see its log").response()
 
     def health(self) -> dict[str, Any]:
-        return admin.health(self.live)
+        return admin.health(self.live, self.shadower.guard)
 
     def stats_view(self) -> dict[str, Any]:
         return admin.stats(self)
@@ -165,7 +166,8 @@ class Sidecar:
                 return True  # touched, not changed
             old = self.live.current.config
             restart_only = {
-                "listen": (cfg.listen, old.listen),
+                # The keys apply now; where it listens needs a new socket.
+                "listen": ((cfg.listen.host, cfg.listen.port), (old.listen.host, old.listen.port)),
                 "log.level": (cfg.log.level, old.log.level),
             }
             if self.recorder is not None:
@@ -189,6 +191,9 @@ class Sidecar:
                 log.info("recording started", path=cfg.record.path)
             self.digest = digest
             rt = self.live.apply(cfg, digest, self.path)
+            self.shadower.quotas.configure(cfg)  # what each upstream used is kept
+            # A new revision is the operator's word: tripped upstreams take traffic again.
+            self.shadower.guard.reset(f"config revision {rt.revision}")
             if self.recorder is not None:
                 self.recorder.submit(rt.revision_record())
             log.info(

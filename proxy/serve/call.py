@@ -3,16 +3,18 @@
 from __future__ import annotations
 
 import hashlib
+import hmac
 import itertools
 import secrets
 import time
+from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any, NamedTuple
 
 import orjson
 from aiohttp import web
 from multidict import CIMultiDict
 
-from proxy.errors import NotFound, NotImplementedHere
+from proxy.errors import NotFound, NotImplementedHere, Unauthorized
 from proxy.record import answers
 from proxy.serve.body import read_body
 from proxy.serve.headers import REQUEST_DROP, forward_headers
@@ -124,6 +126,11 @@ async def read_call(request: web.BaseRequest, arrival: Arrival) -> Call:
 
 def refuse_early(request: web.BaseRequest, path: str, rt: Runtime) -> None:
     """What is refused on the request line and headers alone, before the body is read."""
+    if rt.keys and not authorized(request.headers, rt.keys):
+        raise Unauthorized(
+            "this sidecar takes calls with one of its keys (listen.keys) only: set the app's "
+            "API key (OPENAI_API_KEY, or ANTHROPIC_API_KEY) to one of them"
+        )
     if not rt.table.accepts(path):
         raise NotFound(
             f"no such path on the sidecar: {path!r}; the API lives under /v1/ "
@@ -136,6 +143,22 @@ def refuse_early(request: web.BaseRequest, path: str, rt: Runtime) -> None:
             f"the sidecar does not relay WebSocket connections ({path}, e.g. the "
             "Realtime API); connect to the provider directly for those"
         )
+
+
+def authorized(headers: Mapping[str, str], keys: tuple[bytes, ...]) -> bool:
+    """Whether the call carries one of the sidecar's keys: as a bearer token (the openai SDK),
+    or in `x-api-key` / `api-key` (the anthropic SDK, Azure-style clients). Each key is
+    compared in constant time, and all of them are, so timing tells nothing either."""
+    given = headers.get("authorization")
+    if given is not None and given[:7].lower() == "bearer ":
+        token = given[7:].strip()
+    else:
+        token = headers.get("x-api-key") or headers.get("api-key") or ""
+    presented = token.encode()
+    found = False
+    for key in keys:
+        found |= hmac.compare_digest(presented, key)
+    return found
 
 
 def _json_object(request: web.BaseRequest, body: bytes) -> dict[str, Any] | None:

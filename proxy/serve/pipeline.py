@@ -22,7 +22,8 @@ from proxy import logs
 from proxy.errors import BadRequest, BodyTimeout, BodyTooLarge, ErrorAnswer
 from proxy.record import answers
 from proxy.record.meter import Meter, refused, retry_of
-from proxy.record.rows import Exchange, StoredObject
+from proxy.record.rows import Exchange, GuardTrip, Role, StoredObject
+from proxy.serve import failover
 from proxy.serve.affinity import Affinity, answer_id
 from proxy.serve.call import Arrival, Call, hash_key, new_request_id, read_call
 from proxy.serve.exchange import exchange
@@ -49,31 +50,64 @@ class Pipeline:
         self.shadower = shadower
         self.affinity = Affinity()
         self.retries = RetryChains()
+        # Shared with the shadow: copies skip what is tripped or spent.
+        self.guard = shadower.guard
+        self.quotas = shadower.quotas
 
     async def handle(self, request: web.BaseRequest) -> web.StreamResponse:
         arrival = Arrival(new_request_id(), time.time(), time.perf_counter(), self.live.current)
         try:
             call = await read_call(request, arrival)
+            choice = choose(call, self.affinity, random.random(), self.out_of_rotation())
+            attempt = self._plan(call, choice.upstream, "primary")
         except ErrorAnswer as e:
             return await self.refuse(request, arrival, e)
-        choice = choose(call, self.affinity, random.random())
-        if choice.why == "object":
-            self.affinity.routed += 1
-        rt = arrival.runtime
-        try:
-            attempt = plan(
-                call, rt.upstreams[choice.upstream], "primary", self._recorder(rt) is not None
-            )
-        except ErrorAnswer as e:
-            return await self.refuse(request, arrival, e)
+        self._counted(choice)
         answered = (
             self.shadower.offer(call, choice.upstream) if call.route.shadow is not None else None
         )
+        tries: list[tuple[Attempt, Meter]] = []
+        relay = Relay(request, arrival.id, attempt)
+        try:
+            await self._try(attempt, relay, tries)
+            to = failover.target(arrival.runtime.config.failover, call, attempt, tries[-1][1], relay.began)  # fmt: skip
+            if to is not None:
+                relay = await self._fail_over(call, to, request, tries) or relay
+        finally:
+            if answered is not None:
+                # The copies go now: after a stream's end, or (a plain answer) in the loop
+                # turn after aiohttp has written this return value to the socket.
+                answered.set_result(None)
+            self.settle(call, tries, answered is not None)
+        return relay.answer()
+
+    def out_of_rotation(self) -> frozenset[str]:
+        """Upstreams that get no new calls now: tripped by the guard, or over a quota."""
+        return self.guard.out() | self.quotas.spent()
+
+    def _counted(self, choice: Choice) -> None:
+        if choice.why == "object":
+            self.affinity.routed += 1
+        elif choice.instead_of is not None:
+            if choice.instead_of in self.guard.tripped:
+                self.counters.guard_rerouted += 1
+            else:
+                self.quotas.rerouted += 1
+
+    def _plan(self, call: Call, name: str, role: Role) -> Attempt:
+        rt = call.arrival.runtime
+        return plan(call, rt.upstreams[name], role, self._recorder(rt) is not None)
+
+    async def _try(
+        self, attempt: Attempt, relay: Relay, tries: list[tuple[Attempt, Meter]]
+    ) -> None:
+        """One attempt of the call, relayed; its meter joins `tries` before anything is sent."""
         up = attempt.upstream
         meter = Meter(attempt.role, up.name, attempt.model_sent, attempt.json_mode)
         if attempt.learn:
             meter.head = bytearray()  # a streamed answer names its object in its first event
-        relay = Relay(request, arrival.id, attempt)
+        tries.append((attempt, meter))
+        self.quotas.take(up.name)
         up.enter()
         try:
             await exchange(attempt, meter, relay)
@@ -81,40 +115,68 @@ class Pipeline:
             meter.fail("client_disconnect", "the app closed the connection")
             raise
         finally:
-            if answered is not None:
-                # The copies go now: after a stream's end, or (a plain answer) in the loop
-                # turn after aiohttp has written this return value to the socket.
-                answered.set_result(None)
             up.leave()
             meter.done()
-            self.settle(call, choice, attempt, meter, answered is not None)
-        return relay.answer()
+
+    async def _fail_over(
+        self, call: Call, to: str, request: web.BaseRequest, tries: list[tuple[Attempt, Meter]]
+    ) -> Relay | None:
+        """The call once more, to `to`: its answer is the app's. None: it cannot go there."""
+        try:
+            attempt = self._plan(call, to, "failover")
+        except ErrorAnswer:
+            return None  # a provider of another shape: the first answer stands
+        self.counters.failovers[tries[-1][0].upstream.name] += 1
+        relay = Relay(request, call.arrival.id, attempt)
+        await self._try(attempt, relay, tries)
+        return relay
 
     def _recorder(self, rt: Runtime) -> Recorder | None:
         """The recorder, while this revision of the config records."""
         return self.recorder if rt.record.enabled else None
 
-    def settle(
-        self, call: Call, choice: Choice, attempt: Attempt, meter: Meter, paired: bool
-    ) -> None:
-        """Record: what the call learnt (an object's home), counted, logged and recorded."""
-        name = choice.upstream
+    def settle(self, call: Call, tries: list[tuple[Attempt, Meter]], paired: bool) -> None:
+        """Record: what the call learnt (an object's home), counted, watched by the guard and
+        the quotas, logged and recorded; every attempt, a failed one before its failover too."""
         rt = call.arrival.runtime
         recorder = self._recorder(rt)
-        if attempt.learn and meter.error_kind is None:
-            made = answer_id(meter.body if meter.body is not None else bytes(meter.head or b""))
-            if made is not None:
-                self.affinity.learn(made, name)
-                if recorder is not None:
-                    recorder.submit(StoredObject(made, name, time.time()))
-        self.counters.requests[name] += 1
-        if meter.error_kind is not None:
-            self.counters.errors[name] += 1
-        self._log(call.arrival, call.route.name, name, call.model, meter.status)
         if recorder is not None:
-            policy = rt.record.bodies
-            recorder.submit(exchange_row(call, policy.request, self.retries.key(call)))
-            recorder.submit(meter.record(call.id, policy.response, paired))
+            retry = self.retries.key(call)
+            recorder.submit(exchange_row(call, rt.record.bodies.request, retry))
+        for attempt, meter in tries:
+            name = attempt.upstream.name
+            self.counters.requests[name] += 1
+            if meter.error_kind is not None:
+                self.counters.errors[name] += 1
+            self._watch(call, name, meter)
+            if recorder is not None:
+                policy = rt.record.bodies.response
+                recorder.submit(meter.record(call.id, policy, paired and attempt.role == "primary"))
+        attempt, meter = tries[-1]
+        if attempt.learn and meter.error_kind is None:
+            self._learn(attempt.upstream.name, meter, recorder)
+        self._log(call.arrival, call.route.name, attempt.upstream.name, call.model, meter.status)
+
+    def _learn(self, name: str, meter: Meter, recorder: Recorder | None) -> None:
+        made = answer_id(meter.body if meter.body is not None else bytes(meter.head or b""))
+        if made is not None:
+            self.affinity.learn(made, name)
+            if recorder is not None:
+                recorder.submit(StoredObject(made, name, time.time()))
+
+    def _watch(self, call: Call, name: str, meter: Meter) -> None:
+        """What the guard and the quotas learn from a served call."""
+        rt = call.arrival.runtime
+        self.quotas.used(name, call.model, meter)
+        cfg = rt.config.guard
+        if cfg is None or name == call.route.primary or rt.config.rollback:
+            return
+        trip = self.guard.observe(cfg, name, meter, time.time(), rt.revision)
+        recorder = self._recorder(rt)
+        if trip is not None and recorder is not None:
+            recorder.submit(
+                GuardTrip(trip.upstream, trip.rule, trip.figures, trip.since, trip.revision)
+            )
 
     async def refuse(
         self, request: web.BaseRequest, arrival: Arrival, e: ErrorAnswer

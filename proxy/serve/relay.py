@@ -27,6 +27,11 @@ class Relay:
         self._attempt = attempt
         self.response: web.StreamResponse | None = None
 
+    @property
+    def began(self) -> bool:
+        """Whether the app has had bytes of the answer (a stream's headers at least)."""
+        return self.response is not None and self.response.prepared
+
     def answer(self) -> web.StreamResponse:
         """The response the handler returns; every exchange ends having made one."""
         if self.response is None:  # a bug: still an answer the app's SDK understands

@@ -144,23 +144,28 @@ def build_table(cfg: Config) -> Table:
     return Table(tuple(routes), cfg.sticky, outside)
 
 
-Why = Literal["weight", "sticky", "object"]
+Why = Literal["weight", "sticky", "object", "guarded"]
 
 
 class Choice(NamedTuple):
     """Which upstream serves a call, and why."""
 
     upstream: str
-    why: Why  # by weight, by the sticky key's point, or where the object it names was made
+    # by weight, by the sticky key's point, where the object it names was made, or the
+    # route's primary because the pick is out of rotation (tripped by the guard, over quota)
+    why: Why
+    instead_of: str | None = None  # "guarded": the upstream the split picked
 
 
-def choose(call: Call, affinity: Affinity, u: float) -> Choice:
+def choose(call: Call, affinity: Affinity, u: float, out: frozenset[str] = frozenset()) -> Choice:
     """Route: a pure choice from the call, the config it arrived under, the objects the
-    upstreams made, and a random point `u` in [0, 1).
+    upstreams made, a random point `u` in [0, 1), and the upstreams out of rotation.
 
     A call naming an object goes where the object was made, whatever the weights or its
     sticky key say; only the rollback switch sends it to the primary regardless (and it
     fails there). Under rollback every route's split is the primary alone (`build_table`).
+    An upstream out of rotation gets no new calls: its share goes to the route's primary, as
+    if its weight were 0 (objects it made still go there).
     """
     owner = affinity.owner(call.tail, call.body)
     if owner is not None:
@@ -169,5 +174,9 @@ def choose(call: Call, affinity: Affinity, u: float) -> Choice:
             return Choice(owner, "object")
     split = call.route.split
     if call.sticky is not None:
-        return Choice(split.pick(sticky_point(call.sticky)), "sticky")
-    return Choice(split.pick(u), "weight")
+        picked = Choice(split.pick(sticky_point(call.sticky)), "sticky")
+    else:
+        picked = Choice(split.pick(u), "weight")
+    if out and picked.upstream in out and picked.upstream != call.route.primary:
+        return Choice(call.route.primary, "guarded", picked.upstream)
+    return picked

@@ -36,6 +36,7 @@ class Runtime:
     # model maps, a body sticky key, shadowing, recording or the request log. If not, the
     # body is forwarded without being parsed.
     inspect_bodies: bool
+    keys: tuple[bytes, ...]  # the app's keys (`listen.keys`); empty: calls need none
 
     def effective_split(self) -> dict[str, float]:
         return self.table.routes[-1].split.shares()
@@ -96,6 +97,7 @@ class Live:
             record=cfg.record,
             log_requests=cfg.log.requests,
             inspect_bodies=inspect,
+            keys=tuple(k.get_secret_value().encode() for k in cfg.listen.keys),
         )
 
     def apply(self, cfg: Config, digest: str, path: str) -> Runtime:

@@ -17,7 +17,9 @@ from proxy.record.rows import Role
 from proxy.serve.affinity import ID_FIELDS, ID_LIST_FIELDS, OBJECT_APIS, may_reference
 from proxy.serve.call import Call
 from proxy.serve.exchange import Failure, exchange
+from proxy.serve.guard import Guard
 from proxy.serve.plan import Attempt, plan
+from proxy.serve.quota import Quotas
 
 if TYPE_CHECKING:
     from proxy.record.writer import Recorder
@@ -95,6 +97,8 @@ class Shadower:
     def __init__(self, counters: Counters, recorder: Recorder | None) -> None:
         self.counters = counters
         self.recorder = recorder
+        self.guard = Guard()  # a tripped upstream gets no copies
+        self.quotas = Quotas()  # nor one whose quota the copy would eat into
         self.in_flight = 0
         self._tasks: set[asyncio.Task[None]] = set()
         self._closed = False
@@ -116,6 +120,11 @@ class Shadower:
             if self.in_flight >= cfg.max_in_flight:
                 self.counters.shadow_skipped_cap += 1
                 continue
+            if name in self.guard.tripped:
+                self.counters.shadow_skipped_guard += 1
+                continue
+            if not self.quotas.copy_allowed(name, cfg.requests_per_minute):
+                continue  # counted by the quotas
             rt = call.arrival.runtime
             try:
                 attempt = plan(call, rt.upstreams[name], role, rt.record.enabled)
@@ -182,6 +191,7 @@ class Shadower:
             meter.done()
             if meter.error_kind is not None:
                 self.counters.shadow_failed += 1
+            self.quotas.used(up.name, None, meter)
             if self.recorder is not None and policy is not None:
                 self.recorder.submit(meter.record(call_id, policy))
 
