@@ -78,6 +78,24 @@ class Refusal:
 
 
 @dataclass(frozen=True, slots=True)
+class FailedOver:
+    """Calls whose upstream failed before the app had a byte, answered by another."""
+
+    failed: str
+    to: str
+    calls: int
+
+
+@dataclass(frozen=True, slots=True)
+class GuardTripped:
+    upstream: str
+    rule: str
+    figures: str
+    ts: float
+    revision: str
+
+
+@dataclass(frozen=True, slots=True)
 class Traffic:
     exchanges: int
     streams: int
@@ -89,6 +107,8 @@ class Traffic:
     revisions: tuple[RevisionSeen, ...]
     calls: Calls
     refused: tuple[Refusal, ...]
+    failovers: tuple[FailedOver, ...] = ()  # calls moved off a failing upstream
+    trips: tuple[GuardTripped, ...] = ()  # upstreams the guard took out of rotation
 
 
 @dataclass(frozen=True, slots=True)

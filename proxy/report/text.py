@@ -176,13 +176,35 @@ def _traffic(t: Traffic) -> tuple[Table, ...]:
     tables = (*shares, _revisions(t.revisions)) if t.revisions else shares
     if t.calls.retried:
         tables = (*tables, _retries(t))
+    if t.failovers:
+        tables = (*tables, _failovers(t))
+    if t.trips:
+        tables = (*tables, _trips(t))
     return (*tables, _refusals(t)) if t.refused else tables
+
+
+def _failovers(t: Traffic) -> Table:
+    return Table(
+        "calls failed over: their upstream failed before the app had a byte, another answered",
+        ("failed", "answered by", "calls"),
+        tuple((f.failed, f.to, f"{f.calls:,}") for f in t.failovers),
+        "llr",
+    )
+
+
+def _trips(t: Traffic) -> Table:
+    return Table(
+        "the guard took these out of rotation (until the config changed or a reset)",
+        ("when", "upstream", "rule", "revision", "evidence"),
+        tuple((when(g.ts), g.upstream, g.rule, g.revision, g.figures) for g in t.trips),
+        "lllll",
+    )
 
 
 def _retries(t: Traffic) -> Table:
     c = t.calls
     return Table(
-        "calls the SDKs retried: attempts with one Idempotency-Key are one call",
+        "calls the SDKs retried: the attempts of one call (linked by its Idempotency-Key, or by its retry count and body) count once",
         ("calls", "retried", "their attempts", "most attempts", "failed on every attempt"),
         (
             (

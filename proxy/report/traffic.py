@@ -16,6 +16,8 @@ from proxy.report.data import (
     Calls,
     Count,
     DimsSeen,
+    FailedOver,
+    GuardTripped,
     Refusal,
     RevisionSeen,
     RouteDims,
@@ -78,6 +80,32 @@ def traffic(
         revisions=_revisions(db, win, served),
         calls=_calls(db, exchanges),
         refused=_refused(db),
+        failovers=_failovers(db),
+        trips=_trips(db),
+    )
+
+
+def _failovers(db: Reading) -> tuple[FailedOver, ...]:
+    rows = db.rows(
+        "SELECT p.upstream, f.upstream, count(*) FROM responses f "
+        "JOIN responses p ON p.exchange_id = f.exchange_id AND p.role = 'primary' "
+        f"CROSS JOIN exchanges e ON e.id = f.exchange_id WHERE f.role = 'failover'{db.where} "
+        "GROUP BY 1, 2 ORDER BY 3 DESC, 1, 2"
+    )
+    return tuple(FailedOver(a, b, n) for a, b, n in rows)
+
+
+def _trips(db: Reading) -> tuple[GuardTripped, ...]:
+    flt = db.flt
+    rows = db.con.execute(
+        "SELECT upstream, rule, figures, ts, revision FROM guard_trips ORDER BY ts"
+    ).fetchall()
+    return tuple(
+        GuardTripped(*r)
+        for r in rows
+        if (flt.since is None or r[3] >= flt.since)
+        and (flt.until is None or r[3] <= flt.until)
+        and (flt.revision is None or r[4] == flt.revision)
     )
 
 

@@ -9,6 +9,9 @@ import openai
 import pytest
 
 from proxy.fakes.provider import Behaviour
+from proxy.report.build import ReportFilter, build_report
+from proxy.report.text import render_text
+from proxy.report.thresholds import ReportSettings
 from tests.conftest import OLD_KEY, base_config
 from tests.serve.test_reload import write_rename
 from tests.serve.test_shadow import recording, rows, settled
@@ -68,6 +71,14 @@ async def test_a_failing_canary_fails_over_then_the_guard_trips_it(
     await sc.stop()
     trips = rows(db, "SELECT upstream, rule, figures FROM guard_trips")
     assert [(t["upstream"], t["rule"]) for t in trips] == [("new", "error_rate")]
+    # The report says how many calls failed over, and when and why the guard tripped.
+    traffic = build_report(db, ReportFilter(), ReportSettings()).traffic
+    assert [(f.failed, f.to, f.calls) for f in traffic.failovers] == [
+        ("new", "old", stats["failovers"]["new"])
+    ]
+    assert [(g.upstream, g.rule) for g in traffic.trips] == [("new", "error_rate")]
+    text = render_text(build_report(db, ReportFilter(), ReportSettings()))
+    assert "calls failed over" in text and "the guard took these out of rotation" in text
 
 
 async def test_a_canary_that_refuses_connections_never_reaches_the_app(
