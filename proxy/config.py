@@ -159,7 +159,14 @@ class Failover(_Strict):
     """A call whose upstream fails before the app has a byte goes once to `to`."""
 
     to: str = "primary"  # "primary" (the route's) or an upstream name
-    on: list[FailureKind] = ["connect", "timeout", "5xx", "429"]
+    # Which failures move a call. Not `on:`: YAML reads that key as the boolean true.
+    when: list[FailureKind] = ["connect", "timeout", "5xx", "429"]
+
+    @field_validator("when", mode="before")
+    @classmethod
+    def _statuses(cls, v: Any) -> Any:
+        # `[5xx, 429]` in YAML: 429 arrives as a number.
+        return [str(x) if isinstance(x, int) else x for x in v] if isinstance(v, list) else v
 
 
 class Guard(_Strict):

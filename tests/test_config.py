@@ -237,3 +237,15 @@ split: {openai: 90, assisters: 10}
     # A provider's prefix on the same model is the same model; a route off embeddings is fine.
     routed = text + "routes:\n  - {path: /v1/embeddings, split: {openai: 1}}\n"
     assert config_mod.cautions(config_mod.parse(routed.encode(), "cfg.yaml", env={})) == []
+
+
+def test_failover_reads_statuses_as_yaml_writes_them() -> None:
+    text = GOOD + "failover: {to: primary, when: [connect, 5xx, 429]}\n"
+    cfg = config_mod.parse(text.encode(), "cfg.yaml", env={"KEY_A": "sk-a"})
+    assert cfg.failover is not None and cfg.failover.when == ["connect", "5xx", "429"]
+    assert refused(GOOD + "failover: {to: nowhere}\n")[0][0] == "failover.to"
+
+
+def test_an_app_key_too_short_to_guard_anything_is_refused() -> None:
+    text = GOOD.replace("upstreams:", "listen: {keys: [short]}\nupstreams:")
+    assert refused(text)[0][0] == "listen.keys"

@@ -16,9 +16,9 @@ from proxy.serve.shadow import unrepeatable
 
 
 def listed(cfg: Failover, meter: Meter) -> bool:
-    """Whether the failure is one `failover.on` names."""
+    """Whether the failure is one `failover.when` names."""
     kind, status = meter.error_kind, meter.status
-    on = cfg.on
+    on = cfg.when
     if status is None:  # no HTTP answer at all
         return (kind == "connection" and "connect" in on) or (kind == "timeout" and "timeout" in on)
     return (status >= 500 and "5xx" in on) or (status == 429 and "429" in on)

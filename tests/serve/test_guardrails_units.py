@@ -47,7 +47,7 @@ def test_only_the_listed_kinds_move() -> None:
     rt = runtime()
     call = make_call(rt, body=CHAT)
     attempt = plan(call, rt.upstreams["new"], "primary", False)
-    cfg = Failover(on=["connect"])
+    cfg = Failover(when=["connect"])
     assert failover.target(cfg, call, attempt, meter(503, "http_5xx"), began=False) is None
     assert failover.target(None, call, attempt, meter(None, "connection"), began=False) is None
 
