@@ -185,3 +185,24 @@ def test_a_reload_keeps_what_an_upstream_used() -> None:
         ).config
     )
     assert q.spent(now=103.0) == frozenset({"new"})
+
+
+def test_token_and_dollar_quotas_count_what_answers_used() -> None:
+    text = (
+        CONFIG.replace(
+            b"    api_key: sk-new-provider-key-111\n",
+            b"    api_key: sk-new-provider-key-111\n"
+            b"    quota: {tokens_per_minute: 1000, usd_per_day: 0.01}\n",
+        )
+        + b"report: {pricing: {new: {'*': {input: 10, output: 30}}}}\n"
+    )
+    q = Quotas()
+    q.configure(runtime(text).config)
+    m = meter()
+    m.body = b'{"usage": {"prompt_tokens": 300, "completion_tokens": 100, "total_tokens": 400}}'
+    q.used("new", "gpt-4o-mini", m, now=100.0)
+    assert q.spent(now=100.0) == frozenset()  # 400 tokens, $0.006
+    q.used("new", "gpt-4o-mini", m, now=101.0)
+    assert q.spent(now=101.0) == frozenset({"new"})  # $0.012 > $0.01 today
+    view = q.view(now=101.0)["upstreams"]["new"]
+    assert view["tokens_last_minute"] == 800 and view["usd_today"] == 0.012
