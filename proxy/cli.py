@@ -1,4 +1,4 @@
-"""Command line: serve, check, report, judge, fake, demo.
+"""Command line: serve, check, report, judge, smoke, fake, demo.
 
 Each subcommand imports what it needs when it runs: `check` should not pay for aiohttp,
 plotly or the SDK. No import here is deferred to dodge a cycle.
@@ -12,7 +12,7 @@ import contextlib
 import os
 import sys
 from collections.abc import Coroutine, Iterator
-from typing import Any
+from typing import Any, get_args
 
 from proxy import __version__
 from proxy import config as config_mod
@@ -123,6 +123,34 @@ def _judge(args: argparse.Namespace) -> int:
     return judge.main(args)
 
 
+def _smoke(args: argparse.Namespace) -> int:
+    from proxy.smoke import command as smoke
+
+    return smoke.main(args)
+
+
+def _smoke_arguments(p: argparse.ArgumentParser) -> None:
+    checks = ", ".join(get_args(config_mod.SmokeCheck))
+    p.add_argument("--config", "-c", help="the sidecar's config, with the upstream to test")
+    p.add_argument("--upstream", help="the upstream under `upstreams` to test")
+    p.add_argument("--base-url", help="or any gateway's base URL (with /v1), without a config")
+    p.add_argument(
+        "--api-key-env", metavar="VAR", help="with --base-url: the variable that holds its key"
+    )
+    p.add_argument("--api-key", help="with --base-url: its key (--api-key-env keeps it off ps)")
+    p.add_argument(
+        "--api", default="openai", choices=("openai", "anthropic", "abstrakt"),
+        help="with --base-url: the gateway's API shape (default: openai)",
+    )  # fmt: skip
+    p.add_argument(
+        "--model", action="append", default=[], metavar="[KIND=]ID",
+        help="a model to test, as the app names it; KIND is chat, embeddings or images "
+        "(guessed from the id when left out); repeat for each",
+    )  # fmt: skip
+    p.add_argument("--only", metavar="CHECK,...", help=f"only these checks: {checks}")
+    p.add_argument("--json", action="store_true", help="print the rows as JSON")
+
+
 def _fake(args: argparse.Namespace) -> int:
     from proxy.fakes import cli as fakes
 
@@ -190,6 +218,12 @@ def parser() -> argparse.ArgumentParser:
         help="send again the calls whose answer was not a verdict (they were paid for once)",
     )
     j.set_defaults(func=_judge)
+
+    sm = sub.add_parser(
+        "smoke", help="before any traffic: the migration checklist against one gateway, a row each"
+    )
+    _smoke_arguments(sm)
+    sm.set_defaults(func=_smoke)
 
     f = sub.add_parser("fake", help="run a fake OpenAI-compatible provider (for tests and demos)")
     f.add_argument("rest", nargs=argparse.REMAINDER)

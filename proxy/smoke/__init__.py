@@ -1,0 +1,1 @@
+"""`python -m proxy smoke`: the migration checklist run against one gateway, a row per check."""
