@@ -83,7 +83,9 @@ class Pipeline:
 
     def out_of_rotation(self) -> frozenset[str]:
         """Upstreams that get no new calls now: tripped by the guard, or over a quota."""
-        return self.guard.out() | self.quotas.spent()
+        tripped = self.guard.tripped
+        spent = self.quotas.spent()
+        return spent if not tripped else frozenset(tripped) | spent
 
     def _counted(self, choice: Choice) -> None:
         if choice.why == "object":

@@ -22,6 +22,7 @@ from proxy.record.meter import Meter
 from proxy.report.thresholds import Price
 
 MINUTE = 60.0
+_NONE: frozenset[str] = frozenset()
 DAY = 86_400.0
 
 
@@ -76,7 +77,7 @@ class Quotas:
     def spent(self, now: float | None = None) -> frozenset[str]:
         """Upstreams whose next call would pass one of their quotas."""
         if not self._limits:
-            return frozenset()
+            return _NONE
         now = time.time() if now is None else now
         out = set()
         for name, quota in self._limits.items():
