@@ -53,6 +53,7 @@ class Pipeline:
         # Shared with the shadow: copies skip what is tripped or spent.
         self.guard = shadower.guard
         self.quotas = shadower.quotas
+        self.observers = shadower.observers
 
     async def handle(self, request: web.BaseRequest) -> web.StreamResponse:
         arrival = Arrival(new_request_id(), time.time(), time.perf_counter(), self.live.current)
@@ -151,6 +152,8 @@ class Pipeline:
             if meter.error_kind is not None:
                 self.counters.errors[name] += 1
             self._watch(call, name, meter)
+            if self.observers.all:
+                self.observers.served(call, attempt, meter)
             if recorder is not None:
                 policy = rt.record.bodies.response
                 recorder.submit(meter.record(call.id, policy, paired and attempt.role == "primary"))
@@ -185,6 +188,8 @@ class Pipeline:
     ) -> web.StreamResponse:
         """A request the sidecar answers itself: counted, logged, recorded, then answered."""
         self.counters.proxy_errors += 1
+        if self.observers.all:
+            self.observers.refused(arrival, e)
         self._log(arrival, "-", "-", None, e.status)
         recorder = self._recorder(arrival.runtime)
         if recorder is not None:

@@ -18,6 +18,7 @@ from proxy.serve.affinity import ID_FIELDS, ID_LIST_FIELDS, OBJECT_APIS, may_ref
 from proxy.serve.call import Call
 from proxy.serve.exchange import Failure, exchange
 from proxy.serve.guard import Guard
+from proxy.serve.observe import Observers
 from proxy.serve.plan import Attempt, plan
 from proxy.serve.quota import Quotas
 
@@ -99,6 +100,7 @@ class Shadower:
         self.recorder = recorder
         self.guard = Guard()  # a tripped upstream gets no copies
         self.quotas = Quotas()  # nor one whose quota the copy would eat into
+        self.observers = Observers()  # metrics, traces, the dashboard (see `observe`)
         self.in_flight = 0
         self._tasks: set[asyncio.Task[None]] = set()
         self._closed = False
@@ -192,6 +194,8 @@ class Shadower:
             if meter.error_kind is not None:
                 self.counters.shadow_failed += 1
             self.quotas.used(up.name, None, meter)
+            if self.observers.all:
+                self.observers.copied(attempt, meter)
             if self.recorder is not None and policy is not None:
                 self.recorder.submit(meter.record(call_id, policy))
 
