@@ -259,6 +259,23 @@ class SmokeSettings(_Strict):
     max_total_ms: float | None = Field(default=None, gt=0)
 
 
+class Metrics(_Strict):
+    """`GET /metrics` in the Prometheus text format (see `serve/metrics.py`)."""
+
+    enabled: bool = False
+    # Model ids outside this list (and the models: maps) are labelled "other": labels stay bounded.
+    models: list[str] = []
+
+
+class Otel(_Strict):
+    """OpenTelemetry export of spans and metrics (the `otel` extra: pip install llm-sidecar[otel])."""
+
+    endpoint: str = "http://127.0.0.1:4318"
+    protocol: Literal["http/protobuf"] = "http/protobuf"
+    service_name: str = "llm-sidecar"
+    headers: dict[str, str] = {}
+
+
 class Config(_Strict):
     listen: Listen = Listen()
     upstreams: dict[str, UpstreamConfig] = Field(min_length=1)
@@ -275,6 +292,8 @@ class Config(_Strict):
     judge: JudgeConfig | None = None
     failover: Failover | None = None
     guard: Guard | None = None
+    metrics: Metrics = Metrics()
+    otel: Otel | None = None
 
     def default_split(self) -> dict[str, float]:
         return dict(self.split) if self.split else {self.primary: 100.0}
