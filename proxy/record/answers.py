@@ -166,14 +166,7 @@ def _sig(value: object, depth: int) -> str:
         for key in keys:
             item = value[key]
             name = str(key)
-            if (
-                name in _VOLATILE
-                or name.startswith("x_")
-                or item is None
-                # Providers spell "nothing" as null, "", [] or {} or by leaving the key out,
-                # and client code tests truthiness (`if message.tool_calls:`): all alike here.
-                or (isinstance(item, _EMPTY_ABLE) and not item)
-            ):
+            if _passed_over(name, item):
                 continue
             if name in _VALUED and isinstance(item, str):
                 parts.append(f"{name}:{_quoted(item)}")
@@ -226,16 +219,23 @@ def shape_paths(obj: object) -> dict[str, str]:
     return {path: "|".join(sorted(kinds)) for path, kinds in found.items()}
 
 
+def _passed_over(name: str, item: object) -> bool:
+    """Members no shape compares: volatile ones (ids, timestamps), vendor extensions, and
+    "nothing", which providers spell as null, "", [] or {} or by leaving the key out while
+    client code tests truthiness (`if message.tool_calls:`): all alike here."""
+    return (
+        name in _VOLATILE
+        or name.startswith("x_")
+        or item is None
+        or (isinstance(item, _EMPTY_ABLE) and not item)
+    )
+
+
 def _walk(value: object, path: str, found: dict[str, set[str]], depth: int) -> None:
     if isinstance(value, dict) and depth < _MAX_DEPTH:
         for key, item in value.items():
             name = str(key)
-            if (
-                name in _VOLATILE
-                or name.startswith("x_")
-                or item is None
-                or (isinstance(item, _EMPTY_ABLE) and not item)
-            ):
+            if _passed_over(name, item):
                 continue
             where = f"{path}.{name}" if path else name
             if name in _VALUED and isinstance(item, str):
