@@ -1,4 +1,4 @@
-"""The admin endpoints under /_proxy/: health, stats, reload. JSON, read by people and probes."""
+"""The admin endpoints under /_proxy/: health, stats, reload, the dashboard; and /metrics."""
 
 from __future__ import annotations
 
@@ -10,13 +10,20 @@ from aiohttp import web
 from proxy import logs
 from proxy.errors import BadRequest, NotFound, Unauthorized, error_body
 from proxy.serve.call import authorized
+from proxy.serve.metrics import CONTENT_TYPE
 
 if TYPE_CHECKING:
     from proxy.serve.app import Sidecar
     from proxy.serve.guard import Guard
     from proxy.serve.runtime import Live
 
-ENDPOINTS = ("/_proxy/health", "/_proxy/stats", "/_proxy/reload", "/_proxy/guard/reset")
+ENDPOINTS = (
+    "/_proxy/health",
+    "/_proxy/stats",
+    "/_proxy/reload",
+    "/_proxy/guard/reset",
+    "/metrics",
+)
 
 
 def _json(data: Any, status: int = 200) -> web.Response:
@@ -33,6 +40,10 @@ async def answer(sidecar: Sidecar, request: web.BaseRequest) -> web.StreamRespon
         raise Unauthorized("the admin endpoints other than health take one of listen.keys")
     if path == "/_proxy/stats" and method == "GET":
         return _json(stats(sidecar))
+    if path == "/metrics" and method == "GET":
+        if sidecar.metrics is None or not sidecar.live.current.config.metrics.enabled:
+            raise NotFound("metrics are off; set metrics.enabled: true in the config")
+        return web.Response(body=sidecar.metrics.text(), headers={"Content-Type": CONTENT_TYPE})
     if path == "/_proxy/reload" and method == "POST":
         ok = await sidecar.reload("admin")
         if not ok:

@@ -24,6 +24,7 @@ from proxy.record.schema import StoreError
 from proxy.record.writer import Recorder, WriterSettings
 from proxy.serve import admin, affinity
 from proxy.serve.counters import Counters
+from proxy.serve.metrics import Metrics
 from proxy.serve.pipeline import Pipeline
 from proxy.serve.protocol import Server
 from proxy.serve.reload import ConfigWatcher
@@ -64,6 +65,8 @@ class Sidecar:
         self.shadower = Shadower(self.counters, self.recorder)
         self.pipeline = Pipeline(self.live, self.counters, self.recorder, self.shadower)
         self.shadower.quotas.configure(cfg)
+        self.metrics: Metrics | None = None  # while metrics.enabled (see `_watch`)
+        self._watch(cfg)
         self.watcher = ConfigWatcher(path, self._file_changed) if watch else None
         self._reload_lock = asyncio.Lock()
         self._runner: web.ServerRunner | None = None
@@ -121,7 +124,7 @@ class Sidecar:
         log.info("stopped")
 
     async def dispatch(self, request: web.BaseRequest) -> web.StreamResponse:
-        if request.path.startswith("/_proxy/"):
+        if request.path.startswith("/_proxy/") or request.path == "/metrics":
             try:
                 return await admin.answer(self, request)
             except ErrorAnswer as e:
@@ -132,6 +135,18 @@ class Sidecar:
             # A bug must still answer in the shape the app's SDK understands.
             log.exception("unhandled error", path=request.path)
             return ErrorAnswer("the sidecar failed on this request; see its log").response()
+
+    def _watch(self, cfg: Config) -> None:
+        """Metrics watch the traffic while `metrics.enabled`. Turned off and on again by
+        reloads, they are the same object: counters never go back."""
+        observers = self.shadower.observers.all
+        if cfg.metrics.enabled and self.metrics is None:
+            self.metrics = Metrics(self)
+        for o in (self.metrics,):
+            if o is not None and cfg.metrics.enabled and o not in observers:
+                observers.append(o)
+            elif o is not None and not cfg.metrics.enabled and o in observers:
+                observers.remove(o)
 
     def health(self) -> dict[str, Any]:
         return admin.health(self.live, self.shadower.guard)
@@ -192,6 +207,7 @@ class Sidecar:
             self.digest = digest
             rt = self.live.apply(cfg, digest, self.path)
             self.shadower.quotas.configure(cfg)  # what each upstream used is kept
+            self._watch(cfg)
             # A new revision is the operator's word: tripped upstreams take traffic again.
             self.shadower.guard.reset(f"config revision {rt.revision}")
             if self.recorder is not None:
