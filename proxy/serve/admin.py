@@ -120,4 +120,5 @@ def stats(sidecar: Sidecar) -> dict[str, Any]:
     out["quotas"] = sidecar.shadower.quotas.view()
     out["log_lines_dropped"] = logs.SINK.dropped
     out["revision"] = sidecar.live.current.revision
+    out["otel"] = sidecar.otel.stats() if sidecar.otel is not None else None
     return out

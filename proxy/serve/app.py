@@ -10,7 +10,7 @@ import resource
 import signal
 import sys
 import time
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import orjson
 import structlog
@@ -30,6 +30,9 @@ from proxy.serve.protocol import Server
 from proxy.serve.reload import ConfigWatcher
 from proxy.serve.runtime import Live
 from proxy.serve.shadow import Shadower
+
+if TYPE_CHECKING:
+    from proxy.serve.otel import Export
 
 log = structlog.get_logger("proxy.app")
 
@@ -65,6 +68,13 @@ class Sidecar:
         self.shadower = Shadower(self.counters, self.recorder)
         self.pipeline = Pipeline(self.live, self.counters, self.recorder, self.shadower)
         self.shadower.quotas.configure(cfg)
+        self.otel: Export | None = None
+        if cfg.otel is not None:
+            # An optional extra: its SDK is imported only when the config asks for export.
+            from proxy.serve import otel
+
+            self.otel = otel.start(cfg.otel, self.live, path)
+            self.shadower.observers.add(self.otel)
         self.metrics: Metrics | None = None  # while metrics.enabled (see `_watch`)
         self._watch(cfg)
         self.watcher = ConfigWatcher(path, self._file_changed) if watch else None
@@ -118,6 +128,8 @@ class Sidecar:
             await self._runner.cleanup()
             self._runner = None
         await self.shadower.close(limits.shadow_grace)
+        if self.otel is not None:
+            await self.otel.stop()  # bounded: a dead collector is not waited on
         if self.recorder is not None:
             await self.recorder.close()
         await self.live.close()
@@ -184,6 +196,7 @@ class Sidecar:
                 # The keys apply now; where it listens needs a new socket.
                 "listen": ((cfg.listen.host, cfg.listen.port), (old.listen.host, old.listen.port)),
                 "log.level": (cfg.log.level, old.log.level),
+                "otel": (cfg.otel, old.otel),  # its exporters are built once
             }
             if self.recorder is not None:
                 # The open database and its queue stay; `enabled` and `bodies` apply now.
