@@ -9,6 +9,7 @@ from aiohttp import web
 
 from proxy import logs
 from proxy.errors import BadRequest, NotFound, Unauthorized, error_body
+from proxy.serve import dashboard, live
 from proxy.serve.call import authorized
 from proxy.serve.metrics import CONTENT_TYPE
 
@@ -22,6 +23,8 @@ ENDPOINTS = (
     "/_proxy/stats",
     "/_proxy/reload",
     "/_proxy/guard/reset",
+    "/_proxy/",
+    "/_proxy/live",
     "/metrics",
 )
 
@@ -35,11 +38,17 @@ async def answer(sidecar: Sidecar, request: web.BaseRequest) -> web.StreamRespon
     path, method = request.path, request.method
     if path == "/_proxy/health" and method == "GET":
         return _json(health(sidecar.live, sidecar.shadower.guard))
+    if path == "/_proxy/" and method == "GET":
+        # The page holds no data: it fetches /_proxy/live, with a key when one is needed.
+        return web.Response(body=dashboard.PAGE, content_type="text/html", charset="utf-8")
     keys = sidecar.live.current.keys
     if keys and not authorized(request.headers, keys):
         raise Unauthorized("the admin endpoints other than health take one of listen.keys")
     if path == "/_proxy/stats" and method == "GET":
         return _json(stats(sidecar))
+    if path == "/_proxy/live" and method == "GET":
+        state = health(sidecar.live, sidecar.shadower.guard)
+        return _json(live.live_view(sidecar, sidecar.window, state))
     if path == "/metrics" and method == "GET":
         if sidecar.metrics is None or not sidecar.live.current.config.metrics.enabled:
             raise NotFound("metrics are off; set metrics.enabled: true in the config")
