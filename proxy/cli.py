@@ -1,4 +1,4 @@
-"""Command line: serve, check, report, judge, smoke, fake, demo.
+"""Command line: serve, check, report, judge, smoke, replay, fake, demo.
 
 Each subcommand imports what it needs when it runs: `check` should not pay for aiohttp,
 plotly or the SDK. No import here is deferred to dodge a cycle.
@@ -81,6 +81,7 @@ def _report(args: argparse.Namespace) -> int:
             route=args.route,
             model=args.model,
             revision=args.revision,
+            replay=args.replay,
         )
     except ValueError as e:
         print(f"error: {e}", file=sys.stderr)
@@ -127,6 +128,32 @@ def _smoke(args: argparse.Namespace) -> int:
     from proxy.smoke import command as smoke
 
     return smoke.main(args)
+
+
+def _replay(args: argparse.Namespace) -> int:
+    from proxy.replay import command as replay
+
+    return replay.main(args)
+
+
+def _replay_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--config", "-c", default="config.yaml", help="the sidecar's config")
+    p.add_argument("--db", help="the recording (default: the config's record.path)")
+    p.add_argument("--upstream", required=True, help="the candidate, under `upstreams`")
+    p.add_argument("--since", help="only requests since: ISO time, unix seconds, or 2h / 3d")
+    p.add_argument("--route", help="only this route's requests")
+    p.add_argument("--model", help="only requests for this model (as the app named it)")
+    p.add_argument("--limit", type=int, help="at most this many, the oldest first")
+    p.add_argument("--rate", default="5/s", help="calls started at most: 5/s, 300/m (default 5/s)")
+    p.add_argument("--concurrency", type=int, default=4, help="calls in flight (default 4)")
+    p.add_argument(
+        "--budget-usd", type=float, default=2.0,
+        help="stop before a call that could pass this, by report.pricing (default 2.00)",
+    )  # fmt: skip
+    p.add_argument("--run", help="resume this run (its id is printed); default: a new run")
+    p.add_argument(
+        "--yes", "-y", action="store_true", help="send without asking (needed without a terminal)"
+    )
 
 
 def _smoke_arguments(p: argparse.ArgumentParser) -> None:
@@ -197,6 +224,7 @@ def parser() -> argparse.ArgumentParser:
     r.add_argument("--route")
     r.add_argument("--model")
     r.add_argument("--revision")
+    r.add_argument("--replay", metavar="RUN", help="only the exchanges one replay run sent")
     r.add_argument("--json", action="store_true", help="print JSON instead of tables")
     r.add_argument("--html", metavar="OUT", help="also write a self-contained HTML report")
     r.set_defaults(func=_report)
@@ -224,6 +252,12 @@ def parser() -> argparse.ArgumentParser:
     )
     _smoke_arguments(sm)
     sm.set_defaults(func=_smoke)
+
+    rp = sub.add_parser(
+        "replay", help="before any traffic: recorded requests sent again to a candidate"
+    )
+    _replay_arguments(rp)
+    rp.set_defaults(func=_replay)
 
     f = sub.add_parser("fake", help="run a fake OpenAI-compatible provider (for tests and demos)")
     f.add_argument("rest", nargs=argparse.REMAINDER)

@@ -57,7 +57,9 @@ def _show_plan(chosen: Plan, judge: JudgeConfig, db_path: str) -> None:
     )
     _say(f"Recording: {db_path}")
     _say(
-        f"Pairs that can be judged: {roles['shadow']:,} shadow, {roles['noise']:,} noise; "
+        f"Pairs that can be judged: {roles['shadow']:,} shadow, {roles['noise']:,} noise"
+        + (f", {roles['replay']:,} replay" if roles["replay"] else "")
+        + "; "
         f"judged before by {judge.model}: {chosen.found.judged:,}."
     )
     skipped = dict(chosen.found.skipped)
@@ -129,7 +131,7 @@ def main(args: argparse.Namespace) -> int:
         return 0
     price, key = price_of(cfg.report.pricing, judge.upstream, judge.model)
     est = estimate(chosen.pairs, price)
-    shadow = sum(p.candidate.role == "shadow" for p in chosen.pairs)
+    shadow = sum(p.candidate.role != "noise" for p in chosen.pairs)  # shadow and replay
     places = len({(p.candidate.route, p.candidate.model) for p in chosen.pairs})
     _say(
         f"This run: {est.pairs:,} pairs ({shadow:,} shadow, {est.pairs - shadow:,} noise) over "
@@ -214,7 +216,7 @@ async def _judge(
 
 def _summary(p: Progress, price: Price | None, config_path: str, caught: list[int]) -> int:
     _say(f"Judged {p.finished:,} of {p.pairs:,} pairs in both orders ({p.calls:,} calls).")
-    for role in ("shadow", "noise"):
+    for role in ("shadow", "replay", "noise"):
         n = {o: p.outcomes[(role, o)] for o in ("win", "tie", "loss")}
         if sum(n.values()):
             _say(f"  {role:<6} {n['win']:,} won, {n['tie']:,} tied, {n['loss']:,} lost")

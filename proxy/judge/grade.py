@@ -59,9 +59,12 @@ def _notes(j: Judged, floor: tuple[int, int], min_pairs: int, status: Grade) -> 
     return notes
 
 
-def quality_check(quality: Quality, upstream: str, band: Band, min_pairs: int) -> Check:
-    """The quality check of the shadow `upstream`; "n/a" until some of its pairs are judged."""
-    j = quality.judge_of(upstream)
+def quality_check(
+    quality: Quality, upstream: str, band: Band, min_pairs: int, role: str = "shadow"
+) -> Check:
+    """The quality check of the shadow (or replayed) `upstream`; "n/a" until some of its
+    pairs are judged."""
+    j = quality.judge_of(upstream, role)
     if j is None or not j.pairs:
         evidence = NOT_JUDGED if j is None else f"no pair judged in both orders by {j.judge}"
         return Check(
@@ -101,5 +104,6 @@ def quality_check(quality: Quality, upstream: str, band: Band, min_pairs: int) -
 
 def with_quality(verdict: Verdict, quality: Quality, band: Band, min_pairs: int) -> Verdict:
     """The verdict with the quality check last, and its status the worst of them all again."""
-    checks = (*verdict.checks, quality_check(quality, verdict.upstream, band, min_pairs))
+    check = quality_check(quality, verdict.upstream, band, min_pairs, verdict.role)
+    checks = (*verdict.checks, check)
     return replace(verdict, checks=checks, status=worst(c.status for c in checks))

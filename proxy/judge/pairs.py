@@ -79,7 +79,7 @@ SELECT c.exchange_id, c.role, c.upstream, e.route, e.model,
 FROM responses c
 JOIN exchanges e ON e.id = c.exchange_id
 JOIN responses p ON p.exchange_id = c.exchange_id AND p.role = 'primary'
-WHERE c.role IN ('shadow', 'noise') AND e.ts >= ?"""
+WHERE c.role IN ('shadow', 'noise', 'replay') AND e.ts >= ?"""
 
 
 def _classify(row: Sequence[Any]) -> Candidate | str:
@@ -155,7 +155,7 @@ def spread(candidates: Sequence[Candidate], k: int) -> list[Candidate]:
 def select(candidates: Sequence[Candidate], sample: int) -> list[Candidate]:
     """At most `sample` pairs: shadow pairs, and noise pairs for up to `NOISE_SHARE` of them;
     either role takes the places the other cannot fill."""
-    shadow = [c for c in candidates if c.role == "shadow"]
+    shadow = [c for c in candidates if c.role != "noise"]  # and replays: the verdict's
     noise = [c for c in candidates if c.role == "noise"]
     n_noise = min(len(noise), int(sample * NOISE_SHARE))
     n_shadow = min(len(shadow), sample - n_noise)

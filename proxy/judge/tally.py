@@ -50,9 +50,10 @@ class Quality:
     totals: tuple[Judged, ...]  # per role, copy upstream and judge
     by_route: tuple[Judged, ...]  # ... and per route and model
 
-    def judge_of(self, upstream: str) -> Judged | None:
-        """The shadow upstream's totals by the judge that judged most of its pairs."""
-        mine = [j for j in self.totals if (j.role, j.upstream) == ("shadow", upstream)]
+    def judge_of(self, upstream: str, role: str = "shadow") -> Judged | None:
+        """The copy upstream's totals (its shadow or replay copies) by the judge that judged
+        most of its pairs."""
+        mine = [j for j in self.totals if (j.role, j.upstream) == (role, upstream)]
         return max(mine, key=lambda j: (j.pairs, j.judge), default=None)
 
     def floor(self, judge: str) -> tuple[int, int]:
@@ -132,6 +133,8 @@ def tally(rows: Iterable[Sequence[Any]]) -> Quality:
 
 
 def _place(key: _Key) -> tuple[int, str, str, str, str]:
-    """Shadow copies first, then the noise floor; by upstream, judge, route and model."""
+    """Shadow copies first, then replays, then the noise floor; by upstream, judge, route and
+    model."""
     role, upstream, judge, route, model = key
-    return (0 if role == "shadow" else 1, upstream, judge, route or "", model or "")
+    rank = {"shadow": 0, "replay": 1}.get(role, 2)
+    return (rank, upstream, judge, route or "", model or "")

@@ -10,7 +10,7 @@ from __future__ import annotations
 import builtins
 from typing import Literal, NamedTuple
 
-Role = Literal["primary", "shadow", "noise", "failover"]
+Role = Literal["primary", "shadow", "noise", "failover", "replay"]
 
 # Error kinds, shared by the recorder and the report. `None` means success (2xx).
 ErrorKind = Literal[

@@ -123,6 +123,22 @@ MIGRATIONS: Final[tuple[tuple[str, ...], ...]] = (
             revision TEXT NOT NULL
         )""",
     ),
+    (
+        # `python -m proxy replay`: each run, and which run replayed each exchange. The answer
+        # itself is the exchange's `responses` row of role `replay`, so one per exchange.
+        """CREATE TABLE replay_runs (
+            run TEXT PRIMARY KEY,
+            ts REAL NOT NULL,
+            upstream TEXT NOT NULL,
+            selection TEXT NOT NULL
+        )""",
+        """CREATE TABLE replays (
+            exchange_id TEXT PRIMARY KEY,
+            run TEXT NOT NULL,
+            ts REAL NOT NULL
+        )""",
+        "CREATE INDEX replays_run ON replays(run)",
+    ),
 )
 
 SCHEMA_VERSION: Final = len(MIGRATIONS)

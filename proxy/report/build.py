@@ -7,7 +7,7 @@ import re
 import time
 import types
 from collections import Counter
-from dataclasses import fields, is_dataclass
+from dataclasses import fields, is_dataclass, replace
 from datetime import UTC, datetime
 from functools import cache
 from typing import Any, Final, get_args, get_origin, get_type_hints
@@ -17,6 +17,7 @@ import orjson
 from proxy.judge.grade import with_quality
 from proxy.judge.tally import read as read_quality
 from proxy.record.schema import open_readonly
+from proxy.replay.compare import ANOTHER_TIME, COMPARED
 from proxy.report.data import (
     PairStats,
     Report,
@@ -106,7 +107,7 @@ class _Reader:
         db = self.db
         rows = traffic_rows(db)
         win = window(rows)
-        order = {"primary": 0, "shadow": 1, "noise": 2}  # no other role is ours to judge
+        order = {"primary": 0, "shadow": 1, "noise": 2, "replay": 3}  # none other is ours
         groups = sorted(
             (g for g in self.groups() if g[1] in order), key=lambda g: (order[g[1]], g[0])
         )
@@ -121,9 +122,14 @@ class _Reader:
             sum(s.json_ok for s in upstreams if s.role == "noise"),
         )
         verdicts = tuple(
-            judge(p, _find(upstreams, p.upstream, "shadow"), noise_stats, noise_json, self.settings)
+            replace(
+                judge(
+                    p, _find(upstreams, p.upstream, p.role), noise_stats, noise_json, self.settings
+                ),
+                role=p.role,
+            )
             for p in pairs
-            if p.role == "shadow"
+            if p.role in COMPARED
         )
         # The judge's verdicts (python -m proxy judge), graded as the quality check.
         quality = read_quality(db.con, db.where, db.params)
@@ -131,7 +137,7 @@ class _Reader:
         verdicts = tuple(with_quality(v, quality, t.quality, t.min_pairs) for v in verdicts)
         dims = embeddings(db)
         found = tuple(
-            e for raw in raws if raw.role == "shadow" for e in examples(db, raw, scores[id(raw)])
+            e for raw in raws if raw.role in COMPARED for e in examples(db, raw, scores[id(raw)])
         )
         self.explain(seen, upstreams, pairs, dims)
         return Report(
@@ -189,7 +195,7 @@ class _Reader:
 
     def pair_raws(self, groups: list[tuple[str, str]]) -> list[PairSums]:
         """One sum per shadowed upstream, then the noise copies pooled, where there are pairs."""
-        shadows = (self.pairs([g]) for g in groups if g[1] == "shadow")
+        shadows = (self.pairs([g]) for g in groups if g[1] in COMPARED)  # and replays
         raws = [raw for raw in shadows if raw.counts["pairs"]]
         noise_groups = [g for g in groups if g[1] == "noise"]
         if noise_groups and (noise := self.pairs(noise_groups)).counts["pairs"]:
@@ -241,7 +247,9 @@ class _Reader:
                 else "No data: the recording holds no exchanges yet."
             )
             return
-        if not any(p.role == "shadow" for p in pairs):
+        if any(p.role == "replay" for p in pairs):
+            self.notes.append(ANOTHER_TIME)
+        if not any(p.role in COMPARED for p in pairs):
             self.notes.append(
                 "No shadow pairs: nothing to compare, so there is no verdict. Configure "
                 "`shadow` to copy requests to the new upstream."

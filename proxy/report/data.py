@@ -20,6 +20,7 @@ class ReportFilter:
     route: str | None = None
     model: str | None = None  # the requested model
     revision: str | None = None
+    replay: str | None = None  # one replay run's exchanges only (`python -m proxy replay`)
 
 
 @dataclass(frozen=True, slots=True)
@@ -250,6 +251,7 @@ class Verdict:
     upstream: str  # the shadowed upstream being judged
     status: Status
     checks: tuple[Check, ...]
+    role: str = "shadow"  # whose copies: "shadow", or "replay" (sent again later)
 
 
 @dataclass(frozen=True, slots=True)

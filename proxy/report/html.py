@@ -16,6 +16,7 @@ from typing import Any
 import orjson
 from plotly.offline import get_plotlyjs
 
+from proxy.replay.compare import as_copy
 from proxy.report.data import Example, Report, Side
 from proxy.report.text import (
     VERDICT_HELP,
@@ -30,7 +31,7 @@ from proxy.report.text import (
     when,
 )
 
-_COLORS = {"primary": "#1f77b4", "shadow": "#ff7f0e", "noise": "#7f7f7f"}
+_COLORS = {"primary": "#1f77b4", "shadow": "#ff7f0e", "noise": "#7f7f7f", "replay": "#2ca02c"}
 _STYLE = """
 body{font:14px/1.45 system-ui,sans-serif;margin:2em auto;max-width:1200px;padding:0 1em;color:#222}
 h1{font-size:1.6em}h2{border-bottom:1px solid #ddd;padding-bottom:.2em;margin-top:2em}
@@ -108,7 +109,7 @@ def _header(report: Report) -> str:
 def _verdict(report: Report) -> str:
     out = [f"<h2>Verdict {_status(report.verdict)}</h2>"]
     if not report.verdicts:
-        out.append("<p>No shadow pairs: nothing was compared.</p>")
+        out.append("<p>No shadow or replay pairs: nothing was compared.</p>")
     for v in report.verdicts:
         rows = "".join(
             f"<tr><td>{_e(c.name)}</td><td>{_status(c.status)}</td>"
@@ -120,7 +121,7 @@ def _verdict(report: Report) -> str:
             for c in v.checks
         )
         out.append(
-            f"<table><caption>{_e(v.upstream)} as the shadow: {_status(v.status)}</caption>"
+            f"<table><caption>{_e(v.upstream)} {_e(as_copy(v.role))}: {_status(v.status)}</caption>"
             "<tr><th>check</th><th>status</th><th>estimate</th><th>95% interval</th>"
             f"<th>bands</th><th>evidence</th></tr>{rows}</table>"
         )

@@ -9,6 +9,7 @@ from typing import Any, Final, NamedTuple
 
 import orjson
 
+from proxy.replay.compare import RUN_CLAUSE
 from proxy.report.data import ReportFilter
 
 # The app leaving and the sidecar refusing are nobody's upstream's doing: they are shown,
@@ -58,6 +59,7 @@ def where_clause(flt: ReportFilter) -> tuple[str, dict[str, Any]]:
         ("route", "e.route = :route"),
         ("model", "e.model = :model"),
         ("revision", "e.revision = :revision"),
+        ("replay", RUN_CLAUSE),
     ):
         value = getattr(flt, name)
         if value is not None:

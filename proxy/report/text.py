@@ -10,6 +10,7 @@ from typing import Final
 import orjson
 
 from proxy.judge.section import QUALITY_HELP, quality_tables
+from proxy.replay.compare import pairs_of
 from proxy.report.data import (
     Agreement,
     Check,
@@ -456,7 +457,7 @@ def _wrap(text: str, indent: str) -> list[str]:
 def filter_text(f: ReportFilter) -> str:
     shown = [
         f"{k}={when(v) if k in ('since', 'until') else v}"
-        for k in ("since", "until", "route", "model", "revision")
+        for k in ("since", "until", "route", "model", "revision", "replay")
         if (v := getattr(f, k)) is not None
     ]
     return ", ".join(shown) if shown else "none"
@@ -478,12 +479,10 @@ def render_text(report: Report) -> str:
     )
     out += ["", f"VERDICT: {report.verdict.upper()}"]
     if not report.verdicts:
-        out.append("  no shadow pairs: nothing was compared")
+        out.append("  no shadow or replay pairs: nothing was compared")
     for v in report.verdicts:
-        pairs = next(
-            p.pairs for p in report.pairs if (p.upstream, p.role) == (v.upstream, "shadow")
-        )
-        out.append(f"  {v.upstream}: {v.status.upper()} over {pairs:,} shadow pairs")
+        pairs = next(p.pairs for p in report.pairs if (p.upstream, p.role) == (v.upstream, v.role))
+        out.append(f"  {v.upstream}: {v.status.upper()} over {pairs:,} {pairs_of(v.role)}")
         for c in v.checks:
             status = f"[{c.status.upper()}]"
             out.append(f"    {status:14} {c.name:<14} {value_text(c):>11}   ({band_text(c)})")
