@@ -305,3 +305,17 @@ def test_operation_names_stay_few() -> None:
     assert otel.operation("/models/gpt-4o") == "models"
     assert otel.server_of("api.example.com") == ("api.example.com", None)
     assert otel.server_of("127.0.0.1:8080") == ("127.0.0.1", 8080)
+
+
+def test_the_collector_example_wires_each_pipeline_to_components_it_defines() -> None:
+    doc = yaml.safe_load((Path(__file__).parents[2] / "docs" / "otel-collector.yaml").read_text())
+    pipelines = doc["service"]["pipelines"]
+    assert set(pipelines) == {"traces", "metrics"}
+    for pipeline in pipelines.values():
+        for kind in ("receivers", "processors", "exporters"):
+            assert set(pipeline[kind]) <= set(doc[kind])
+    # It listens where the sidecar sends by default.
+    default = config_mod.Otel().endpoint
+    assert default.endswith(
+        doc["receivers"]["otlp"]["protocols"]["http"]["endpoint"].split(":")[-1]
+    )
