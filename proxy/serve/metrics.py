@@ -10,11 +10,12 @@ call, several per attempt: about what the 5% budget of a proxied call allows in 
 from __future__ import annotations
 
 import re
-import time
 from bisect import bisect_left
 from collections.abc import Iterator
+from time import perf_counter
 from typing import TYPE_CHECKING, Final
 
+import orjson
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 from prometheus_client.core import (
     CounterMetricFamily,
@@ -56,6 +57,7 @@ LATENCY_MS: Final = (
 )
 OVERHEAD_MS: Final = (0.1, 0.25, 0.5, 1, 2.5, 5, 10, 25, 50, 100)
 _CLASS: Final = ("0xx", "1xx", "2xx", "3xx", "4xx", "5xx")
+_CLASS_OF: Final = {status: _CLASS[status // 100] for status in range(100, 600)}
 # Token counts of a plain answer, read from its "usage" object without parsing the body:
 # OpenAI's names and the Responses/Anthropic ones; "_details" objects do not match.
 _TOKENS: Final = re.compile(
@@ -108,11 +110,19 @@ def tokens(meter: Meter) -> tuple[int, int]:
     if tally is not None:
         return tally.prompt_tokens or 0, tally.completion_tokens or 0
     body = meter.body
-    if not body:
+    at = body.rfind(b'"usage"') if body else -1  # usage comes last, or nearly, everywhere
+    if body is None or at < 0:
         return 0, 0
-    at = body.rfind(b'"usage"')  # usage comes last in every provider's answer
-    if at < 0:
-        return 0, 0
+    try:
+        # Where usage is the answer's last member, its object is the rest of the body less
+        # the closing brace: orjson reads that in a third of the time the search below takes.
+        usage = orjson.loads(body[body.index(b":", at) + 1 : body.rindex(b"}")])
+    except (ValueError, orjson.JSONDecodeError):
+        usage = None
+    if isinstance(usage, dict):
+        i = usage.get("prompt_tokens", usage.get("input_tokens"))
+        o = usage.get("completion_tokens", usage.get("output_tokens"))
+        return (i if type(i) is int else 0), (o if type(o) is int else 0)
     found: dict[bytes, int] = {}
     for m in _TOKENS.finditer(body, at):
         found.setdefault(m.group(1), int(m.group(2)))
@@ -143,8 +153,10 @@ class Metrics:
         self._rt: Runtime | None = None
         self._models: frozenset[str] = frozenset()
         # The last call's overhead waits here until it is known no failover follows (see
-        # `served`): (call, upstream milliseconds so far, overhead milliseconds).
-        self._pending: tuple[Call, float, float] | None = None
+        # `served`), with its attempts' upstream milliseconds so far.
+        self._call: Call | None = None
+        self._upstream_ms = 0.0
+        self._overhead_ms = 0.0
         self.registry = CollectorRegistry(auto_describe=False)
         self.registry.register(self)
 
@@ -160,20 +172,19 @@ class Metrics:
         # of a call's attempts one after another with nothing in between, so a failover
         # replaces its call's pending figure, and any other event settles it.
         upstream_ms = meter.total_ms or 0.0
-        pending = self._pending
-        if pending is not None:
-            if pending[0] is call:
-                upstream_ms += pending[1]
-            else:
-                self.overhead.observe(pending[2])
-        spent = (time.perf_counter() - call.arrival.t0) * 1000.0
-        self._pending = (call, upstream_ms, max(spent - upstream_ms, 0.0))
+        if self._call is call:
+            upstream_ms += self._upstream_ms
+        elif self._call is not None:
+            self.overhead.observe(self._overhead_ms)
+        self._call = call
+        self._upstream_ms = upstream_ms
+        self._overhead_ms = (perf_counter() - call.arrival.t0) * 1000.0 - upstream_ms
 
     def copied(self, attempt: Attempt, meter: Meter) -> None:
         self._count(attempt, meter, "-")  # a copy belongs to no route of the app's
 
     def refused(self, arrival: Arrival, error: ErrorAnswer) -> None:
-        cls = _CLASS[error.status // 100] if 100 <= error.status < 600 else "none"
+        cls = _CLASS_OF.get(error.status, "none")
         self.refusals[cls] = self.refusals.get(cls, 0) + 1
 
     def _count(self, attempt: Attempt, meter: Meter, route: str) -> None:
@@ -182,20 +193,34 @@ class Metrics:
         if s is None:
             s = self.series[key] = Series()
         status = meter.status
-        cls = _CLASS[status // 100] if status is not None and 100 <= status < 600 else "none"
         model = attempt.model_sent
-        label = (route, model if model in self._models else "other" if model else "none", cls)
-        s.calls[label] = s.calls.get(label, 0) + 1
+        label = (
+            route,
+            model if model in self._models else "other" if model else "none",
+            _CLASS_OF.get(status, "none") if status is not None else "none",
+        )
+        calls = s.calls
+        calls[label] = calls.get(label, 0) + 1
         kind = meter.error_kind
         if kind is not None:
             s.errors[kind] = s.errors.get(kind, 0) + 1
-        if meter.ttfb_ms is not None:
-            s.ttfb.observe(meter.ttfb_ms)
-        if meter.ttft_ms is not None:
-            s.ttft.observe(meter.ttft_ms)
-        if meter.total_ms is not None:
-            s.total.observe(meter.total_ms)
-        if status is not None and status < 300:
+        # `Hist.observe`, inlined: three method calls were a tenth of this function's cost.
+        ms = meter.ttfb_ms
+        if ms is not None:
+            h = s.ttfb
+            h.counts[bisect_left(LATENCY_MS, ms)] += 1
+            h.sum += ms
+        ms = meter.ttft_ms
+        if ms is not None:
+            h = s.ttft
+            h.counts[bisect_left(LATENCY_MS, ms)] += 1
+            h.sum += ms
+        ms = meter.total_ms
+        if ms is not None:
+            h = s.total
+            h.counts[bisect_left(LATENCY_MS, ms)] += 1
+            h.sum += ms
+        if kind is None:
             i, o = tokens(meter)
             s.input += i
             s.output += o
@@ -207,10 +232,9 @@ class Metrics:
         return generate_latest(self.registry)
 
     def collect(self) -> Iterator[Metric]:
-        pending = self._pending
-        if pending is not None:
-            self.overhead.observe(pending[2])
-            self._pending = None
+        if self._call is not None:
+            self.overhead.observe(self._overhead_ms)
+            self._call = None
         yield from self._traffic()
         yield from _state(self.sidecar)
         yield from _guard_and_quotas(self.sidecar)
