@@ -102,6 +102,7 @@ class Setup:
     shadow: bool = False
     split: bool = False
     log: bool = False
+    metrics: bool = False  # `metrics.enabled`: /metrics and the dashboard's window count calls
     bare: bool = False  # scripts/bare_proxy.py instead of the sidecar
 
     @property
@@ -116,6 +117,11 @@ SETUPS: Final = (
     Setup("sidecar", "through the sidecar: recording off, no shadow, request log off"),
     Setup(
         "sidecar+log", "as `sidecar`, plus one JSON log line per request (to /dev/null)", log=True
+    ),
+    Setup(
+        "sidecar+metrics",
+        "as `sidecar`, plus metrics on (Prometheus counters and the dashboard's window)",
+        metrics=True,
     ),
     Setup("record", "recording on (SQLite, full bodies), no shadow", record=True),
     Setup(
@@ -380,6 +386,7 @@ def sidecar_config(
         "record": {"enabled": setup.record, "path": str(db)},
         "limits": {"shutdown_grace": 2, "shadow_grace": 2},
         "log": {"requests": setup.log},
+        "metrics": {"enabled": setup.metrics},
     }
     if setup.shadow:
         # A cap above any concurrency here, so that 100% really is every request.
@@ -1283,6 +1290,17 @@ def targets(
                 "x",
                 f"{rec.get('sidecar_cpu_us')} us vs {off.get('sidecar_cpu_us')} us; round by "
                 f"round {_per_round(windows, int(c), 'record', 'sidecar')}",
+            )
+        )
+        met = rows.get("sidecar+metrics", {})
+        out.append(
+            _target(
+                f"metrics on vs off: CPU/request (c={c})",
+                _ratio(met.get("sidecar_cpu_us"), off.get("sidecar_cpu_us")),
+                1.05,
+                "x",
+                f"{met.get('sidecar_cpu_us')} us vs {off.get('sidecar_cpu_us')} us; round by "
+                f"round {_per_round(windows, int(c), 'sidecar+metrics', 'sidecar')}",
             )
         )
         out.append(

@@ -14,7 +14,16 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "scripts"))
 import bench  # noqa: E402  (scripts/ is not a package)
 
-CONFIGS = ("direct", "sidecar", "sidecar+log", "record", "record+shadow", "split", "bare")
+CONFIGS = (
+    "direct",
+    "sidecar",
+    "sidecar+log",
+    "sidecar+metrics",
+    "record",
+    "record+shadow",
+    "split",
+    "bare",
+)
 
 
 @pytest.mark.timeout(180)
