@@ -60,7 +60,7 @@ class Window:
             key = (call.route.name, attempt.upstream.name)
             self._routed[key] = self._routed.get(key, 0) + 1
 
-    def copied(self, attempt: Attempt, meter: Meter) -> None:
+    def copied(self, call_id: str, attempt: Attempt, meter: Meter) -> None:
         self._add(attempt.upstream.name, attempt.role, meter)
 
     def refused(self, arrival: Arrival, error: ErrorAnswer) -> None:

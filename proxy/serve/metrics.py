@@ -180,7 +180,7 @@ class Metrics:
         self._upstream_ms = upstream_ms
         self._overhead_ms = (perf_counter() - call.arrival.t0) * 1000.0 - upstream_ms
 
-    def copied(self, attempt: Attempt, meter: Meter) -> None:
+    def copied(self, call_id: str, attempt: Attempt, meter: Meter) -> None:
         self._count(attempt, meter, "-")  # a copy belongs to no route of the app's
 
     def refused(self, arrival: Arrival, error: ErrorAnswer) -> None:

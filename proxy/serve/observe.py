@@ -26,8 +26,8 @@ class Observer(Protocol):
     def served(self, call: Call, attempt: Attempt, meter: Meter) -> None:
         """An attempt of an app's call is complete (role primary or failover)."""
 
-    def copied(self, attempt: Attempt, meter: Meter) -> None:
-        """A shadow or noise copy is complete."""
+    def copied(self, call_id: str, attempt: Attempt, meter: Meter) -> None:
+        """A shadow or noise copy of the call `call_id` is complete."""
 
     def refused(self, arrival: Arrival, error: ErrorAnswer) -> None:
         """The sidecar answered a request itself."""
@@ -52,10 +52,10 @@ class Observers:
             except Exception:
                 self._fault(o, "served")
 
-    def copied(self, attempt: Attempt, meter: Meter) -> None:
+    def copied(self, call_id: str, attempt: Attempt, meter: Meter) -> None:
         for o in self.all:
             try:
-                o.copied(attempt, meter)
+                o.copied(call_id, attempt, meter)
             except Exception:
                 self._fault(o, "copied")
 

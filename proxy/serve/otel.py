@@ -237,7 +237,7 @@ class Export:
         }
         self._attempt(attempt, meter, open_call.context, mine)
 
-    def copied(self, attempt: Attempt, meter: Meter) -> None:
+    def copied(self, call_id: str, attempt: Attempt, meter: Meter) -> None:
         parent: SpanContext | None = None
         pair: str | None = None
         traceparent = attempt.headers.get("traceparent")
@@ -248,9 +248,11 @@ class Export:
             else:
                 parent = self._remote(attempt.headers)
         # The revision now: a copy is told without its call, which may have come under another.
-        mine = {"llm_sidecar.revision": self.live.current.revision}
-        if pair is not None:
-            mine["llm_sidecar.pair_id"] = pair
+        # The pair is the call the copy was made of, traced or not.
+        mine = {
+            "llm_sidecar.revision": self.live.current.revision,
+            "llm_sidecar.pair_id": pair or call_id,
+        }
         self._attempt(attempt, meter, parent, mine)
 
     def refused(self, arrival: Arrival, error: ErrorAnswer) -> None:

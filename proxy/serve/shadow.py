@@ -195,7 +195,7 @@ class Shadower:
                 self.counters.shadow_failed += 1
             self.quotas.used(up.name, None, meter)
             if self.observers.all:
-                self.observers.copied(attempt, meter)
+                self.observers.copied(call_id, attempt, meter)
             if self.recorder is not None and policy is not None:
                 self.recorder.submit(meter.record(call_id, policy))
 

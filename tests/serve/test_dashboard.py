@@ -127,12 +127,12 @@ def test_the_window_lets_go_of_calls_older_than_its_span() -> None:
     meter = Meter("shadow", "old", None, False)
     meter.total_ms = 12.0
     for _ in range(10):
-        window.copied(Try(), meter)  # type: ignore[arg-type]
+        window.copied("req_1", Try(), meter)  # type: ignore[arg-type]
     assert window.view()["upstreams"][0]["calls"] == 10
     clock.now += SLOT_S * (SLOTS - 1)
     assert window.view()["upstreams"][0]["calls"] == 10  # still inside
     clock.now += SLOT_S
-    window.copied(Try(), meter)  # type: ignore[arg-type]
+    window.copied("req_1", Try(), meter)  # type: ignore[arg-type]
     (row,) = window.view()["upstreams"]
     assert row["calls"] == 1
     assert row["p50_ms"] == 12.0

@@ -19,7 +19,7 @@ class Seen:
     def served(self, call: Any, attempt: Any, meter: Any) -> None:
         self.notes.append(("served", (attempt.role, attempt.upstream.name, meter.status)))
 
-    def copied(self, attempt: Any, meter: Any) -> None:
+    def copied(self, call_id: str, attempt: Any, meter: Any) -> None:
         self.notes.append(("copied", (attempt.role, attempt.upstream.name, meter.status)))
 
     def refused(self, arrival: Any, error: Any) -> None:
