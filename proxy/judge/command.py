@@ -17,6 +17,7 @@ from typing import Final
 
 from proxy import config as config_mod
 from proxy.config import Config, JudgeConfig
+from proxy.consent import confirm
 from proxy.errors import ErrorAnswer
 from proxy.judge import store
 from proxy.judge.cost import Estimate, estimate, price_of
@@ -90,22 +91,7 @@ def _show_estimate(est: Estimate, price: Price | None, key: str, judge: JudgeCon
 
 def _confirm(n: int, yes: bool) -> int | None:
     """None to go on, else the exit code."""
-    if yes:
-        return None
-    if not sys.stdin.isatty():
-        print(
-            "error: not asking without a terminal: pass --yes to judge (and pay for) them",
-            file=sys.stderr,
-        )
-        return 2
-    try:
-        answer = input(f"Judge these {n:,} pairs? [y/N] ")
-    except (EOFError, KeyboardInterrupt):
-        answer = ""
-    if answer.strip().casefold() not in ("y", "yes"):
-        _say("Nothing sent.")
-        return 1
-    return None
+    return confirm(f"Judge these {n:,} pairs?", "judge", yes)
 
 
 def main(args: argparse.Namespace) -> int:

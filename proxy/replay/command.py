@@ -20,6 +20,7 @@ import orjson
 
 from proxy import config as config_mod
 from proxy.config import Config
+from proxy.consent import confirm
 from proxy.judge import store as recording
 from proxy.replay import store
 from proxy.replay.run import Costs, Progress, Replayer, parse_rate, replay
@@ -110,22 +111,7 @@ def _show(f: Found, o: Options, costs: Costs) -> None:
 
 def _confirm(n: int, yes: bool) -> int | None:
     """None to go on, else the exit code."""
-    if yes:
-        return None
-    if not sys.stdin.isatty():
-        print(
-            "error: not asking without a terminal: pass --yes to send (and pay for) them",
-            file=sys.stderr,
-        )
-        return 2
-    try:
-        answer = input(f"Replay these {n:,} exchanges to the candidate? [y/N] ")
-    except (EOFError, KeyboardInterrupt):
-        answer = ""
-    if answer.strip().casefold() not in ("y", "yes"):
-        _say("Nothing sent.")
-        return 1
-    return None
+    return confirm(f"Replay these {n:,} exchanges to the candidate?", "send", yes)
 
 
 async def run_replay(
