@@ -8,17 +8,16 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import contextlib
 import signal
 import sys
 from collections import Counter
 from dataclasses import dataclass
-from typing import Final
 
 from proxy import config as config_mod
 from proxy.config import Config, JudgeConfig
 from proxy.consent import confirm
 from proxy.errors import ErrorAnswer
+from proxy.interrupt import stop_on_signals
 from proxy.judge import store
 from proxy.judge.cost import Estimate, estimate, price_of
 from proxy.judge.pairs import UNREADABLE, Found, Pair, found, prepared, select
@@ -26,8 +25,6 @@ from proxy.judge.run import Judge, Progress, judge_pairs
 from proxy.report.build import parse_time
 from proxy.report.thresholds import Price
 from proxy.serve.runtime import Live
-
-_STOP_SIGNALS: Final = (signal.SIGINT, signal.SIGTERM)
 
 
 @dataclass(frozen=True, slots=True)
@@ -161,23 +158,6 @@ async def _judge(
     live = Live(cfg, config_mod.digest(text), path)
     db = await store.open_recording(db_path)
     stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    task = asyncio.current_task()
-
-    def signalled(signum: int) -> None:
-        caught.append(signum)
-        if stop.is_set() and task is not None:
-            task.cancel()
-            return
-        stop.set()
-        print(
-            "\nstopping after the pairs in flight (their answers are kept); again to stop now",
-            file=sys.stderr,
-            flush=True,
-        )
-
-    for signum in _STOP_SIGNALS:
-        loop.add_signal_handler(signum, signalled, signum)
     judge = Judge(
         live.current.upstreams[jc.upstream],
         jc.model,
@@ -191,11 +171,9 @@ async def _judge(
             print(f"  {p.tried:,} of {p.pairs:,} pairs sent", file=sys.stderr, flush=True)
 
     try:
-        return await judge_pairs(judge, db, pairs, stop, on_pair)
+        with stop_on_signals(stop, caught, "pairs"):
+            return await judge_pairs(judge, db, pairs, stop, on_pair)
     finally:
-        for signum in _STOP_SIGNALS:
-            with contextlib.suppress(NotImplementedError, RuntimeError):
-                loop.remove_signal_handler(signum)
         await live.close()
         await store.close(db)
 

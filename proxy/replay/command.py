@@ -8,27 +8,24 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import contextlib
 import secrets
 import signal
 import sys
 import time
 from dataclasses import asdict, dataclass
-from typing import Final
 
 import orjson
 
 from proxy import config as config_mod
 from proxy.config import Config
 from proxy.consent import confirm
+from proxy.interrupt import stop_on_signals
 from proxy.judge import store as recording
 from proxy.replay import store
 from proxy.replay.run import Costs, Progress, Replayer, parse_rate, replay
 from proxy.replay.select import Found, Selection, found
 from proxy.report.build import parse_time
 from proxy.serve.upstream import UpstreamClient
-
-_STOP_SIGNALS: Final = (signal.SIGINT, signal.SIGTERM)
 
 
 class UsageError(Exception):
@@ -122,24 +119,6 @@ async def run_replay(
     stop = stop or asyncio.Event()
     up = UpstreamClient(o.upstream, cfg.upstreams[o.upstream])
     db = await recording.open_recording(o.db)
-    loop = asyncio.get_running_loop()
-    task = asyncio.current_task()
-
-    def signalled(signum: int) -> None:
-        caught.append(signum)
-        if stop.is_set() and task is not None:
-            task.cancel()
-            return
-        stop.set()
-        print(
-            "\nstopping after the calls in flight (their answers are kept); again to stop now",
-            file=sys.stderr,
-            flush=True,
-        )
-
-    for signum in _STOP_SIGNALS:
-        with contextlib.suppress(NotImplementedError, RuntimeError):
-            loop.add_signal_handler(signum, signalled, signum)
     costs = Costs(cfg.report.pricing.get(o.upstream, {}))
     r = Replayer(
         up, o.run, cfg.record.bodies.response, costs, o.budget_usd, o.per_second, o.concurrency
@@ -151,13 +130,11 @@ async def run_replay(
             print(f"  {p.tried:,} of {p.chosen:,} sent", file=sys.stderr, flush=True)
 
     try:
-        selection = orjson.dumps(asdict(o.selection)).decode()
-        await store.begin(db, store.Run(o.run, time.time(), o.upstream, selection))
-        return await replay(r, db, f.candidates, stop, on_call)
+        with stop_on_signals(stop, caught, "calls"):
+            selection = orjson.dumps(asdict(o.selection)).decode()
+            await store.begin(db, store.Run(o.run, time.time(), o.upstream, selection))
+            return await replay(r, db, f.candidates, stop, on_call)
     finally:
-        for signum in _STOP_SIGNALS:
-            with contextlib.suppress(NotImplementedError, RuntimeError):
-                loop.remove_signal_handler(signum)
         await up.close()
         await recording.close(db)
 
