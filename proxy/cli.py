@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import importlib
 import os
 import sys
 from collections.abc import Coroutine, Iterator
@@ -28,6 +29,27 @@ def run(coro: Coroutine[Any, Any, int]) -> int:
         return asyncio.run(coro)
     with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
         return runner.run(coro)
+
+
+# The sidecar's image holds what `serve` needs; these commands' packages are extras.
+EXTRAS = {"report": ("plotly",), "demo": ("openai", "plotly")}
+
+
+def _extra_missing(extra: str, what: str) -> bool:
+    """Says which extra to install, before the command does any work, when it is missing."""
+    missing = []
+    for module in EXTRAS[extra]:
+        try:
+            importlib.import_module(module)
+        except ImportError:
+            missing.append(module)
+    if missing:
+        print(
+            f"error: {what} needs {' and '.join(missing)}, not installed here: "
+            f"pip install 'llm-sidecar[{extra}]'",
+            file=sys.stderr,
+        )
+    return bool(missing)
 
 
 def _serve(args: argparse.Namespace) -> int:
@@ -64,6 +86,8 @@ def _report(args: argparse.Namespace) -> int:
     from proxy.report import text as report_text
     from proxy.report.thresholds import ReportSettings
 
+    if args.html and _extra_missing("report", "--html"):
+        return 2
     settings, record = (
         config_mod.load_for_report(args.config) if args.config else (ReportSettings(), None)
     )
@@ -185,6 +209,8 @@ def _fake(args: argparse.Namespace) -> int:
 
 
 def _demo(args: argparse.Namespace) -> int:
+    if _extra_missing("demo", "the demo"):
+        return 2
     from proxy.demo import run as demo
 
     return demo.main(args.rest)
@@ -291,9 +317,7 @@ def main(argv: list[str] | None = None) -> int:
 
         return fakes.main(argv[1:])
     if argv and argv[0] == "demo":
-        from proxy.demo import run as demo
-
-        return demo.main(argv[1:])
+        return _demo(argparse.Namespace(rest=argv[1:]))
     args = parser().parse_args(argv)
     try:
         code: int = args.func(args)

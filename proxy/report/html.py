@@ -14,7 +14,6 @@ from pathlib import Path
 from typing import Any
 
 import orjson
-from plotly.offline import get_plotlyjs
 
 from proxy.replay.compare import as_copy
 from proxy.report.data import Example, Report, Side
@@ -30,6 +29,18 @@ from proxy.report.text import (
     value_text,
     when,
 )
+
+INSTALL = "pip install 'llm-sidecar[report]'"
+
+
+def _plotly_js() -> str:
+    """plotly is the `report` extra, left out of the sidecar's image: imported only here."""
+    try:
+        from plotly.offline import get_plotlyjs
+    except ImportError as e:
+        raise ImportError(f"the HTML report needs plotly, which is not installed: {INSTALL}") from e
+    return str(get_plotlyjs())
+
 
 _COLORS = {"primary": "#1f77b4", "shadow": "#ff7f0e", "noise": "#7f7f7f", "replay": "#2ca02c"}
 _STYLE = """
@@ -76,7 +87,7 @@ def render_html(report: Report) -> str:
     return (
         '<!doctype html><html lang="en"><head><meta charset="utf-8">'
         f"<title>Migration report: {_e(report.db_path)}</title><style>{_STYLE}</style>"
-        f"<script>{get_plotlyjs()}</script></head><body>{''.join(body)}"
+        f"<script>{_plotly_js()}</script></head><body>{''.join(body)}"
         f'<script type="application/json" id="figures">{specs}</script>'
         "<script>for (const f of JSON.parse(document.getElementById('figures').textContent))"
         " Plotly.newPlot(f.id, f.data, f.layout, {responsive: true, displaylogo: false});"
