@@ -12,13 +12,14 @@ import itertools
 import os
 import sqlite3
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import dataclass
-from typing import Any, Final, cast
+from typing import Any, Final, TypeVar, cast
 
 import aiosqlite
 import structlog
 
+from proxy.record.retention import Bounds, Retention, bound_wal, prune_objects
 from proxy.record.rows import Exchange, GuardTrip, Response, Revision, StoredObject
 from proxy.record.schema import StoreError, check_version, migrate, user_version
 
@@ -35,6 +36,7 @@ sqlite3.register_adapter(type(None), cast("Callable[[None], None]", {}.get))  # 
 sqlite3.register_adapter(bytes, bytes)  # bytes(b) is b
 sqlite3.register_adapter(bool, int)
 
+T = TypeVar("T")
 _Record = Exchange | Response | Revision | StoredObject | GuardTrip
 
 
@@ -79,20 +81,7 @@ _TRIPS = _Insert("INSERT", "guard_trips", GuardTrip)
 
 # A failed batch is tried this many times in all, `retry_interval` apart, then dropped.
 _ATTEMPTS: Final = 3
-# Retention deletes at most this many exchanges per transaction, so the writer never waits long.
-_RETENTION_CHUNK: Final = 500
-_DELETE_RESPONSES_OF = "DELETE FROM responses WHERE exchange_id = ?"
-_DELETE_JUDGMENTS_OF = "DELETE FROM judgments WHERE exchange_id = ?"
-_DELETE_EXCHANGE = "DELETE FROM exchanges WHERE id = ?"
-_OLDER_THAN = "SELECT id FROM exchanges WHERE ts < ? ORDER BY ts LIMIT ?"
-_OLDEST = "SELECT id FROM exchanges ORDER BY ts LIMIT ?"
-# Responses whose exchange never made it (dropped, or deleted first) would otherwise stay forever.
-_DELETE_ORPHANS = """DELETE FROM responses WHERE rowid IN (
-    SELECT r.rowid FROM responses r WHERE r.ts < ?
-    AND NOT EXISTS (SELECT 1 FROM exchanges e WHERE e.id = r.exchange_id) LIMIT ?)"""
 _NEWEST_OBJECTS = "SELECT id, upstream FROM objects ORDER BY rowid DESC LIMIT ?"
-_PRUNE_OBJECTS = """DELETE FROM objects WHERE rowid <=
-    (SELECT rowid FROM objects ORDER BY rowid DESC LIMIT 1 OFFSET ?)"""
 # These leave the connection usable: wait and try again. Anything else (read-only, I/O error,
 # file replaced, "no such table") gets a fresh connection, which also re-creates a deleted db.
 _TRANSIENT: Final = frozenset({sqlite3.SQLITE_BUSY, sqlite3.SQLITE_LOCKED, sqlite3.SQLITE_FULL})
@@ -109,6 +98,7 @@ class WriterSettings:
     batch_size: int = 256  # records per transaction, at most
     max_age_days: float | None = None  # retention: older exchanges are deleted
     max_rows: int | None = None  # retention: only the newest exchanges are kept
+    max_size: int | None = None  # retention: bytes in use + WAL, see `retention.Retention`
     retention_interval: float = 60.0  # seconds between retention rounds
     retry_interval: float = 1.0  # seconds between the tries of a failed batch
     busy_timeout: float = 1.0  # seconds SQLite waits out another process's lock
@@ -124,6 +114,8 @@ class WriterSettings:
             raise ValueError("max_age_days must be positive")
         if self.max_rows is not None and self.max_rows < 1:
             raise ValueError("max_rows must be at least 1")
+        if self.max_size is not None and self.max_size < 1:
+            raise ValueError("max_size must be at least 1")
         if (
             self.retention_interval <= 0
             or self.retry_interval < 0
@@ -181,8 +173,13 @@ class Recorder:
 
     def __init__(self, path: str, settings: WriterSettings = _DEFAULTS) -> None:
         self._path = path
-        self._max_age_days = settings.max_age_days
-        self._max_rows = settings.max_rows
+        self._bounds = Bounds(
+            max_age_days=settings.max_age_days,
+            max_rows=settings.max_rows,
+            max_size=settings.max_size,
+            max_objects=settings.max_objects,
+        )
+        self._retainer = Retention(path, self._bounds, self._transact)
         self._retention_interval = settings.retention_interval
         self._retry_interval = settings.retry_interval
         self._busy_timeout = settings.busy_timeout
@@ -263,7 +260,7 @@ class Recorder:
         except (sqlite3.Error, ValueError, OSError) as exc:
             raise StoreError(f"cannot open the recorder database {self._path}: {exc}") from exc
         self._writer = asyncio.create_task(self._write_loop(), name="recorder-writer")
-        if self._max_age_days is not None or self._max_rows is not None:
+        if self._bounds.any:
             self._retention = asyncio.create_task(self._retention_loop(), name="recorder-retention")
 
     # The bound is part of the contract: shutdown code calls close() with its own budget,
@@ -329,6 +326,7 @@ class Recorder:
             if mode != "wal":  # e.g. a network filesystem: still works, readers may block
                 log.warning("recorder database is not in WAL mode", path=self._path, mode=mode)
             await db.execute("PRAGMA synchronous=NORMAL")
+            await bound_wal(db, self._bounds.max_size)
             await migrate(db, self._path, version)
             stat = os.stat(self._path)
         except BaseException:
@@ -476,53 +474,25 @@ class Recorder:
     async def _retention_loop(self) -> None:
         while True:
             try:
-                await self._apply_retention()
+                await self._retainer.round()
             except _DB_ERRORS:
                 pass  # counted and logged by _failed; the next round tries again
             except Exception:
                 log.exception("recorder retention failed")
             await asyncio.sleep(self._retention_interval)
 
-    async def _apply_retention(self) -> None:
-        deleted = 0
-        if self._max_age_days is not None:
-            cutoff = time.time() - self._max_age_days * 86_400
-            while n := await self._delete_exchanges(_OLDER_THAN, (cutoff, _RETENTION_CHUNK)):
-                deleted += n
-            while n := await self._delete_orphans(cutoff):
-                deleted += n
-        if self._max_rows is not None:
-            while True:
-                excess = await self._scalar("SELECT count(*) FROM exchanges") - self._max_rows
-                if excess <= 0:
-                    break
-                deleted += await self._delete_exchanges(_OLDEST, (min(excess, _RETENTION_CHUNK),))
-            oldest = await self._scalar("SELECT min(ts) FROM exchanges")
-            if oldest is not None:
-                while n := await self._delete_orphans(oldest):
-                    deleted += n
-        # The objects' table is the affinity's memory: no older than the exchanges kept, and
-        # no longer than the affinity remembers.
-        before = None if self._max_age_days is None else time.time() - self._max_age_days * 86_400
-        deleted += await self._prune_objects(before)
-        if deleted:
-            log.info("recorder retention deleted rows", rows=deleted, path=self._path)
+    async def retain(self) -> None:
+        """One retention round now (the loop runs one every `retention_interval`)."""
+        await self._retainer.round()
 
-    async def _prune_objects(self, before: float | None) -> int:
+    async def _transact(self, work: Callable[[aiosqlite.Connection], Awaitable[T]]) -> T:
+        """`work` on the connection, under the lock; a database error is counted, then raised."""
         async with self._lock:
             try:
-                db = await self._connection()
-                n = 0
-                if before is not None:
-                    async with db.execute("DELETE FROM objects WHERE ts < ?", (before,)) as c:
-                        n += max(c.rowcount, 0)
-                async with db.execute(_PRUNE_OBJECTS, (self._max_objects,)) as cursor:
-                    n += max(cursor.rowcount, 0)
-                await db.commit()
+                return await work(await self._connection())
             except _DB_ERRORS as exc:
                 await self._failed(exc)
                 raise
-        return n
 
     async def objects(self) -> list[tuple[str, str]]:
         """(id, upstream) of the objects recorded, oldest first, at most `max_objects`.
@@ -530,54 +500,17 @@ class Recorder:
         Read at start, to give the affinity back what it knew; [] if the read fails. Older
         rows are deleted first: without retention configured, nothing else bounds the table.
         """
+        keep = self._max_objects
+
+        async def read(db: aiosqlite.Connection) -> list[tuple[str, str]]:
+            await prune_objects(db, None, keep)
+            rows = await db.execute_fetchall(_NEWEST_OBJECTS, (keep,))
+            return [(str(r[0]), str(r[1])) for r in reversed(list(rows))]
+
         try:
-            await self._prune_objects(None)
-            async with self._lock:
-                db = await self._connection()
-                rows = await db.execute_fetchall(_NEWEST_OBJECTS, (self._max_objects,))
-        except _DB_ERRORS as exc:
-            await self._failed(exc)
+            return await self._transact(read)
+        except _DB_ERRORS:
             return []
-        return [(str(r[0]), str(r[1])) for r in reversed(list(rows))]
-
-    async def _scalar(self, sql: str) -> Any:
-        async with self._lock:
-            try:
-                db = await self._connection()
-                async with db.execute(sql) as cursor:
-                    row = await cursor.fetchone()
-            except _DB_ERRORS as exc:
-                await self._failed(exc)
-                raise
-        return None if row is None else row[0]
-
-    async def _delete_exchanges(self, select: str, params: tuple[Any, ...]) -> int:
-        """Deletes one chunk of exchanges with their responses, in one short transaction."""
-        async with self._lock:
-            try:
-                db = await self._connection()
-                ids = [(row[0],) for row in await db.execute_fetchall(select, params)]
-                if ids:
-                    await db.executemany(_DELETE_RESPONSES_OF, ids)
-                    await db.executemany(_DELETE_JUDGMENTS_OF, ids)
-                    await db.executemany(_DELETE_EXCHANGE, ids)
-                    await db.commit()
-            except _DB_ERRORS as exc:
-                await self._failed(exc)
-                raise
-        return len(ids)
-
-    async def _delete_orphans(self, before: float) -> int:
-        async with self._lock:
-            try:
-                db = await self._connection()
-                async with db.execute(_DELETE_ORPHANS, (before, _RETENTION_CHUNK)) as cursor:
-                    n = cursor.rowcount
-                await db.commit()
-            except _DB_ERRORS as exc:
-                await self._failed(exc)
-                raise
-        return max(n, 0)
 
 
 async def _close_quietly(db: aiosqlite.Connection) -> None:
