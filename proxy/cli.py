@@ -1,4 +1,4 @@
-"""Command line: serve, check, report, judge, smoke, replay, fake, demo.
+"""Command line: serve, check, report, judge, smoke, replay, collect, fake, demo.
 
 Each subcommand imports what it needs when it runs: `check` should not pay for aiohttp,
 plotly or the SDK. No import here is deferred to dodge a cycle.
@@ -154,6 +154,12 @@ def _smoke(args: argparse.Namespace) -> int:
     return smoke.main(args)
 
 
+def _collect(args: argparse.Namespace) -> int:
+    from proxy.collect import command as collect
+
+    return collect.main(args)
+
+
 def _replay(args: argparse.Namespace) -> int:
     from proxy.replay import command as replay
 
@@ -178,6 +184,18 @@ def _replay_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--yes", "-y", action="store_true", help="send without asking (needed without a terminal)"
     )
+
+
+def _collect_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--from", dest="sources", action="append", required=True, metavar="URL",
+        help="a sidecar's address, http://HOST:PORT (where it listens); repeat for each pod",
+    )  # fmt: skip
+    p.add_argument(
+        "--key-env", metavar="VAR",
+        help="the variable holding one of the sidecars' listen.keys (unset: no key is sent)",
+    )  # fmt: skip
+    p.add_argument("--out", default="recordings", help="where to save (default: recordings/)")
 
 
 def _smoke_arguments(p: argparse.ArgumentParser) -> None:
@@ -284,6 +302,12 @@ def parser() -> argparse.ArgumentParser:
     )
     _replay_arguments(rp)
     rp.set_defaults(func=_replay)
+
+    co = sub.add_parser(
+        "collect", help="every pod's recording: a consistent snapshot from each sidecar, saved"
+    )
+    _collect_arguments(co)
+    co.set_defaults(func=_collect)
 
     f = sub.add_parser("fake", help="run a fake OpenAI-compatible provider (for tests and demos)")
     f.add_argument("rest", nargs=argparse.REMAINDER)

@@ -9,7 +9,7 @@ from aiohttp import web
 
 from proxy import logs
 from proxy.errors import BadRequest, NotFound, Unauthorized, error_body
-from proxy.serve import dashboard, live
+from proxy.serve import dashboard, live, snapshot
 from proxy.serve.call import authorized
 from proxy.serve.metrics import CONTENT_TYPE
 
@@ -25,6 +25,7 @@ ENDPOINTS = (
     "/_proxy/guard/reset",
     "/_proxy/",
     "/_proxy/live",
+    "/_proxy/recording",
     "/metrics",
 )
 
@@ -53,6 +54,10 @@ async def answer(sidecar: Sidecar, request: web.BaseRequest) -> web.StreamRespon
         if sidecar.metrics is None or not sidecar.live.current.config.metrics.enabled:
             raise NotFound("metrics are off; set metrics.enabled: true in the config")
         return web.Response(body=sidecar.metrics.text(), headers={"Content-Type": CONTENT_TYPE})
+    if path == "/_proxy/recording" and method == "GET":
+        # The running record.path: a reload keeps it until a restart.
+        rec = sidecar.live.current.config.record.path if sidecar.recorder is not None else None
+        return await snapshot.send_recording(request, rec)
     if path == "/_proxy/reload" and method == "POST":
         ok = await sidecar.reload("admin")
         if not ok:

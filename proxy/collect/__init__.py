@@ -1,0 +1,1 @@
+"""`python -m proxy collect`: every pod's recording, fetched as a consistent snapshot."""
