@@ -186,7 +186,11 @@ def _replay_arguments(p: argparse.ArgumentParser) -> None:
     )
 
 
-def _collect_arguments(p: argparse.ArgumentParser) -> None:
+def _collect_command(sub: Any) -> None:
+    p = sub.add_parser(
+        "collect", help="every pod's recording: a consistent snapshot from each sidecar, saved"
+    )
+    p.set_defaults(func=_collect)
     p.add_argument(
         "--from", dest="sources", action="append", required=True, metavar="URL",
         help="a sidecar's address, http://HOST:PORT (where it listens); repeat for each pod",
@@ -302,12 +306,7 @@ def parser() -> argparse.ArgumentParser:
     )
     _replay_arguments(rp)
     rp.set_defaults(func=_replay)
-
-    co = sub.add_parser(
-        "collect", help="every pod's recording: a consistent snapshot from each sidecar, saved"
-    )
-    _collect_arguments(co)
-    co.set_defaults(func=_collect)
+    _collect_command(sub)
 
     f = sub.add_parser("fake", help="run a fake OpenAI-compatible provider (for tests and demos)")
     f.add_argument("rest", nargs=argparse.REMAINDER)
