@@ -11,9 +11,11 @@ from urllib.parse import urlsplit
 import yaml
 from pydantic import (
     BaseModel,
+    ByteSize,
     ConfigDict,
     Field,
     SecretStr,
+    TypeAdapter,
     ValidationError,
     field_validator,
     model_validator,
@@ -216,6 +218,27 @@ class RecordConfig(_Strict):
     batch_size: int = Field(default=256, ge=1)
     max_age_days: float | None = Field(default=None, gt=0)
     max_rows: int | None = Field(default=None, ge=1)
+    # Bytes of pages in use plus the WAL (see record/retention.py): 2147483648, 500MB, 2GiB.
+    max_size: int | None = None
+
+    @field_validator("max_size", mode="before")
+    @classmethod
+    def _size(cls, v: Any) -> Any:
+        if v is None:
+            return v
+        why = "must be a number of bytes or a size with a unit, like 500MB or 2GiB"
+        if isinstance(v, bool) or not isinstance(v, int | str):
+            raise ValueError(why)
+        try:
+            size = int(_BYTE_SIZE.validate_python(v))  # KB is 1000 bytes, KiB 1024
+        except ValidationError:
+            raise ValueError(why) from None
+        if size < 1 << 20:
+            raise ValueError("must be at least 1MiB: the recording's schema alone takes ~100 KB")
+        return size
+
+
+_BYTE_SIZE: TypeAdapter[ByteSize] = TypeAdapter(ByteSize)
 
 
 class Limits(_Strict):

@@ -24,9 +24,12 @@ T = TypeVar("T")
 
 # Exchanges deleted per transaction at most: ~2 MB of rows with full bodies, a few ms.
 CHUNK: Final = 500
-# Over `max_size`, a round deletes until the recording is back under this share of it, so
-# that the next rounds find room for what arrives in between instead of deleting every time.
-LOW_WATER: Final = 0.9
+# Retention runs in rounds (a minute apart by default), and the calls between two rounds
+# still need room: a round finding the recording over HIGH_WATER of `max_size` deletes the
+# oldest exchanges until it is under LOW_WATER. So what arrives between rounds stays under
+# the cap as long as it is under a tenth of it (at 20 calls a second, a minute is ~4 MB).
+HIGH_WATER: Final = 0.9
+LOW_WATER: Final = 0.8
 
 _DELETE_TIED = (
     "DELETE FROM responses WHERE exchange_id = ?",
@@ -121,7 +124,8 @@ class Retention:
         self._bounds = bounds
         self._transact = transact
 
-    async def round(self) -> None:
+    async def round(self) -> int:
+        """Returns the number of exchanges deleted."""
         b = self._bounds
         started = time.monotonic()
         by_age = by_rows = by_size = orphans = 0
@@ -140,7 +144,7 @@ class Retention:
                 orphans += await self._orphans(oldest)
         objects = await self._transact(lambda db: prune_objects(db, cutoff, b.max_objects))
         if by_age or by_rows or by_size or orphans or objects:
-            after = await self._transact(self._measure)
+            after = await self._transact(self.measure)
             log.info(
                 "recorder retention deleted exchanges",
                 exchanges=by_age + by_rows + by_size,
@@ -154,6 +158,7 @@ class Retention:
                 seconds=round(time.monotonic() - started, 3),
                 path=self._path,
             )
+        return by_age + by_rows + by_size
 
     async def _keep_newest(self, keep: int) -> int:
         deleted = 0
@@ -165,11 +170,11 @@ class Retention:
         return deleted
 
     async def _shrink(self, cap: int) -> int:
-        """Deletes the oldest exchanges while the recording is over `cap`, to LOW_WATER of it."""
-        low = int(cap * LOW_WATER)
+        """Over HIGH_WATER of `cap`, deletes the oldest exchanges to LOW_WATER of it."""
+        high, low = cap * HIGH_WATER, cap * LOW_WATER
         size = await self._transact(self._checkpoint)
         deleted = 0
-        while size.total > cap or (deleted and size.total > low):
+        while size.total > high or (deleted and size.total > low):
             count = await self._transact(_count)
             if not count:
                 break
@@ -191,9 +196,9 @@ class Retention:
         # report) still needs it; then it stays, is counted, and the next round tries again.
         async with db.execute("PRAGMA wal_checkpoint(TRUNCATE)") as cursor:
             await cursor.fetchone()
-        return await self._measure(db)
+        return await self.measure(db)
 
-    async def _measure(self, db: aiosqlite.Connection) -> Footprint:
+    async def measure(self, db: aiosqlite.Connection) -> Footprint:
         # The size the cap is held to is the pages in use plus the WAL, not the main file's
         # size: deleting never shrinks that file (no VACUUM, which would rewrite all of it and
         # block the writer), but frees pages that SQLite fills before it grows the file. So the

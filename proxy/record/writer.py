@@ -19,7 +19,7 @@ from typing import Any, Final, TypeVar, cast
 import aiosqlite
 import structlog
 
-from proxy.record.retention import Bounds, Retention, bound_wal, prune_objects
+from proxy.record.retention import Bounds, Footprint, Retention, bound_wal, prune_objects
 from proxy.record.rows import Exchange, GuardTrip, Response, Revision, StoredObject
 from proxy.record.schema import StoreError, check_version, migrate, user_version
 
@@ -481,9 +481,18 @@ class Recorder:
                 log.exception("recorder retention failed")
             await asyncio.sleep(self._retention_interval)
 
-    async def retain(self) -> None:
-        """One retention round now (the loop runs one every `retention_interval`)."""
-        await self._retainer.round()
+    async def idle(self) -> None:
+        """Returns once nothing is queued nor in the writer's hands."""
+        await self._drained.wait()
+
+    async def footprint(self) -> Footprint:
+        """What the recording takes now: pages in use and the WAL (see `Retention`)."""
+        return await self._transact(self._retainer.measure)
+
+    async def retain(self) -> int:
+        """One retention round now (the loop runs one every `retention_interval`): the number
+        of exchanges it deleted."""
+        return await self._retainer.round()
 
     async def _transact(self, work: Callable[[aiosqlite.Connection], Awaitable[T]]) -> T:
         """`work` on the connection, under the lock; a database error is counted, then raised."""
