@@ -60,7 +60,9 @@ async def test_a_simulated_stretch_stays_within_one_rounds_writes_of_the_cap_and
 ) -> None:
     # 12,000 calls at 20 a second, a round every 5 simulated seconds, against a 4 MiB cap:
     # the cap is reached after ~1,000 calls, then held for ten times that.
-    day = simulate_day.Day(rate=20, seconds=600, interval=5, max_size=4 * MiB, shadow=0.25)
+    day = simulate_day.Day(
+        rate=20, seconds=600, interval=5, max_size=4 * MiB, shadow=0.25, request_bodies="full"
+    )
     run = await simulate_day.simulate(str(db), day)
 
     assert run.exchanges == 12_000 and run.dropped == 0
