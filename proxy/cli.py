@@ -81,13 +81,13 @@ def _check(args: argparse.Namespace) -> int:
 
 
 def _report(args: argparse.Namespace) -> int:
+    if args.html and _extra_missing("report", "--html"):
+        return 2
     from proxy.report import build as report
     from proxy.report import html as report_html
     from proxy.report import text as report_text
     from proxy.report.thresholds import ReportSettings
 
-    if args.html and _extra_missing("report", "--html"):
-        return 2
     settings, record = (
         config_mod.load_for_report(args.config) if args.config else (ReportSettings(), None)
     )
