@@ -448,6 +448,7 @@ def test_settings_out_of_range_are_refused() -> None:
         {"batch_size": 0},
         {"max_age_days": 0.0},
         {"max_rows": 0},
+        {"max_size": 0},
         {"retention_interval": 0.0},
         {"linger": -1.0},
         {"max_objects": 0},
