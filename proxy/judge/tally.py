@@ -76,7 +76,12 @@ GROUP BY j.exchange_id, j.role, j.judge_model"""
 
 def read(con: sqlite3.Connection, where: str, params: dict[str, Any]) -> Quality:
     """The judgments of the exchanges the report's filter (`where`, on `e`) keeps."""
-    return tally(con.execute(_READ.format(where=where), params).fetchall())
+    return tally(rows(con, where, params))
+
+
+def rows(con: sqlite3.Connection, where: str, params: dict[str, Any]) -> list[Any]:
+    """`tally`'s rows from one recording: several recordings' rows, concatenated, pool."""
+    return con.execute(_READ.format(where=where), params).fetchall()
 
 
 # role, copy upstream, judge, route, model

@@ -7,19 +7,23 @@ import re
 import time
 import types
 from collections import Counter
+from collections.abc import Sequence
 from dataclasses import fields, is_dataclass, replace
 from datetime import UTC, datetime
-from functools import cache
-from typing import Any, Final, get_args, get_origin, get_type_hints
+from functools import cache, partial
+from typing import Any, Final, NamedTuple, get_args, get_origin, get_type_hints
 
 import orjson
 
 from proxy.judge.grade import with_quality
-from proxy.judge.tally import read as read_quality
-from proxy.record.schema import open_readonly
+from proxy.judge.tally import rows as quality_rows
+from proxy.judge.tally import tally
+from proxy.record.schema import StoreError
 from proxy.replay.compare import ANOTHER_TIME, COMPARED
 from proxy.report.data import (
+    Example,
     PairStats,
+    Recording,
     Report,
     ReportFilter,
     RouteDims,
@@ -28,19 +32,30 @@ from proxy.report.data import (
     Traffic,
     UpstreamStats,
 )
-from proxy.report.examples import examples, similarities
-from proxy.report.figures import PairSums, ints, pair_stats, upstream_stats
-from proxy.report.prices import cost_sql, price_sql, unpriced_notes, unpriced_sql
+from proxy.report.examples import SIMILARITY_SAMPLE, examples, similarities
+from proxy.report.figures import PairSums, UpstreamSums, pair_stats, upstream_stats
+from proxy.report.prices import cost_sql, price_sql, unpriced_notes
+from proxy.report.recordings import Recordings
 from proxy.report.sql import (
+    Many,
     Reading,
     pair_query,
+    ratio_pairs_sql,
     since_clause,
-    tool_signature,
-    tool_valid,
     upstream_query,
 )
+from proxy.report.stats import BOOTSTRAP_MAX_PAIRS
 from proxy.report.thresholds import ReportSettings
-from proxy.report.traffic import Window, embeddings, traffic, traffic_rows, window
+from proxy.report.traffic import (
+    Seen,
+    Window,
+    embeddings,
+    read_seen,
+    span,
+    traffic,
+    traffic_rows,
+    window,
+)
 from proxy.report.verdict import judge, worst
 
 __all__ = ["Report", "ReportFilter", "build_report", "load_json", "parse_time"]
@@ -75,47 +90,113 @@ def parse_time(s: str, *, now: float | None = None) -> float:
     return (moment if moment.tzinfo else moment.replace(tzinfo=UTC)).timestamp()
 
 
-# --- reading -------------------------------------------------------------------------------
+# --- reading ---------------------------------------------------------------------------------
+
+# Up to this many responses in all, every latency is kept exactly; beyond, in bins of 0.5%
+# (see bins.py). Either way memory is bounded by distinct values, not rows.
+EXACT_LIMIT: Final = 100_000
+CHUNK: Final = 1 << 18  # rowids per query: bounds a query's lists, and splits the work
 
 
-def build_report(db_path: str, flt: ReportFilter, settings: ReportSettings) -> Report:
-    """Read the recording at `db_path`; raises `store.StoreError` if it isn't one."""
-    con = open_readonly(db_path)
+def build_report(
+    db_path: str | Sequence[str],
+    flt: ReportFilter,
+    settings: ReportSettings,
+    *,
+    exact_limit: int = EXACT_LIMIT,
+) -> Report:
+    """Read the recording at `db_path`, or the recordings at several paths as one; raises
+    `store.StoreError`, naming the file, if one isn't a recording this sidecar reads."""
+    paths = [db_path] if isinstance(db_path, str) else list(db_path)
+    if not paths:
+        raise StoreError("no recording named: give --db")
+    files = Recordings(paths, flt)
     try:
-        # Read through the OS page cache instead of copying pages into SQLite's own: the join
-        # revisits index pages far more often than a bounded page cache keeps them (a quarter
-        # less CPU on a million exchanges). Mapping is safe here: the recorder never shrinks
-        # the file, and no checkpoint truncates it under our open read transaction.
-        con.execute("PRAGMA mmap_size = 4294967296")
-        con.create_function("tool_sig", 1, tool_signature, deterministic=True)
-        con.create_function("tool_valid", 1, tool_valid, deterministic=True)
-        # One read transaction: every figure comes from the same snapshot of a live db.
-        con.execute("BEGIN")
-        return _Reader(Reading(con, flt), db_path, settings).report()
+        return _Reader(files, settings, exact_limit).report()
     finally:
-        con.close()
+        files.close()
+
+
+class _Group(NamedTuple):
+    source: int  # which recording
+    upstream: str
+    role: str
+    last: int  # its recording's last responses rowid
 
 
 class _Reader:
-    def __init__(self, db: Reading, db_path: str, settings: ReportSettings) -> None:
-        self.db = db
-        self.db_path = db_path
+    def __init__(self, files: Recordings, settings: ReportSettings, exact_limit: int) -> None:
+        self.files = files
         self.settings = settings
         self.notes: list[str] = []
+        self.dbs = [files.primary(i) for i in range(len(files.paths))]
+        self.db = Many(self.dbs)
+        order = {"primary": 0, "shadow": 1, "noise": 2, "replay": 3}  # none other is ours
+        self.groups: list[_Group] = []
+        self.failovers = False
+        for source, db in enumerate(self.dbs):
+            last = int(
+                db.con.execute("SELECT coalesce(max(rowid), 0) FROM responses").fetchone()[0]
+            )
+            for upstream, role in _groups(db):
+                self.failovers |= role == "failover"
+                if role in order:
+                    self.groups.append(_Group(source, upstream, role, last))
+        self.groups.sort(key=lambda g: (order[g.role], g.upstream, g.source))
+        self.binned = (
+            sum(g.last for g in {(g.source, g.last): g for g in self.groups}.values()) > exact_limit
+        )
+
+    def _ranges(self, group: _Group) -> list[tuple[int, int]]:
+        return [(lo, lo + CHUNK) for lo in range(0, group.last + 1, CHUNK)]
 
     def report(self) -> Report:
         db = self.db
-        rows = traffic_rows(db)
-        win = window(rows)
-        order = {"primary": 0, "shadow": 1, "noise": 2, "replay": 3}  # none other is ours
-        groups = sorted(
-            (g for g in self.groups() if g[1] in order), key=lambda g: (order[g[1]], g[0])
-        )
-        upstreams, series, served = self.answers(groups, win)
-        seen = traffic(db, rows, win, upstreams, served)
-        raws = self.pair_raws(groups)
-        scores = {id(raw): similarities(db, raw) for raw in raws}
-        pairs = tuple(pair_stats(raw, scores[id(raw)]) for raw in raws)
+        win = window(*span(db))
+        jobs: list[Any] = [partial(_seen, self.failovers)]
+        jobs += [partial(self._answers, g, r, win) for g in self.groups for r in self._ranges(g)]
+        compared = [g for g in self.groups if g.role in (*COMPARED, "noise")]
+        jobs += [partial(self._pairs, g, r) for g in compared for r in self._ranges(g)]
+        results = self.files.map(jobs)
+        seen: Seen = results[0]
+        sums: dict[tuple[str, str], UpstreamSums] = {}
+        raws: dict[tuple[str, str], PairSums] = {}
+        for result in results[1:]:
+            kind, group, row = result
+            if kind == "answers":
+                key = (group.upstream, group.role)
+                if key not in sums:
+                    sums[key] = UpstreamSums(*key, binned=self.binned)
+                sums[key].add(row)
+            else:
+                # noise copies pooled: the floor is the primary's, whichever upstream it was
+                key = ("", "noise") if group.role == "noise" else (group.upstream, group.role)
+                if key not in raws:
+                    raws[key] = PairSums(group.role, group.upstream, binned=self.binned)
+                elif group.role == "noise" and group.upstream not in raws[key].upstream.split("+"):
+                    raws[key].upstream += "+" + group.upstream
+                raws[key].add(row, group.source)
+        return self._assemble(seen, win, sums, [r for r in raws.values() if r.counts["pairs"]])
+
+    def _assemble(
+        self,
+        seen: Seen,
+        win: Window,
+        sums: dict[tuple[str, str], UpstreamSums],
+        raws: list[PairSums],
+    ) -> Report:
+        db = self.db
+        kept = [s for s in sums.values() if s.counts["responses"]]
+        upstreams = [upstream_stats(s) for s in kept]
+        series = [_series(s, win) for s in kept]
+        served: dict[str, Counter[str]] = {}  # revision -> primary upstream -> answers
+        for s in kept:
+            for revision, count in s.revisions.items():
+                served.setdefault(revision, Counter())[s.upstream] += count
+        traffic_seen = traffic(seen, db.flt, win, upstreams, served)
+        self._few_ratio_pairs(raws)
+        found = self.files.map([partial(_look, raw) for raw in raws])
+        pairs = tuple(pair_stats(raw, scores) for raw, (scores, _) in zip(raws, found, strict=True))
         noise_stats = next((p for p in pairs if p.role == "noise"), None)
         noise_json = (
             sum(s.json_answers for s in upstreams if s.role == "noise"),
@@ -131,110 +212,112 @@ class _Reader:
             for p in pairs
             if p.role in COMPARED
         )
-        # The judge's verdicts (python -m proxy judge), graded as the quality check.
-        quality = read_quality(db.con, db.where, db.params)
+        # The judge's verdicts (python -m proxy judge), pooled over the recordings, graded as
+        # the quality check.
+        quality = tally(seen.judged)
         t = self.settings.thresholds
         verdicts = tuple(with_quality(v, quality, t.quality, t.min_pairs) for v in verdicts)
-        dims = embeddings(db)
-        found = tuple(
-            e for raw in raws if raw.role in COMPARED for e in examples(db, raw, scores[id(raw)])
+        dims = embeddings(seen)
+        examples_found = tuple(
+            e for raw, (_, ex) in zip(raws, found, strict=True) if raw.role in COMPARED for e in ex
         )
-        self.explain(seen, upstreams, pairs, dims)
+        self.explain(traffic_seen, kept, upstreams, pairs, dims)
         return Report(
-            db_path=self.db_path,
+            db_path=self.files.paths[0]
+            if len(self.files.paths) == 1
+            else ", ".join(self.files.paths),
             generated_at=time.time(),
             filter=db.flt,
             min_pairs=self.settings.thresholds.min_pairs,
-            traffic=seen,
+            traffic=traffic_seen,
             upstreams=tuple(upstreams),
             pairs=pairs,
             verdicts=verdicts,
             verdict=worst(v.status for v in verdicts),
             embeddings=dims,
-            examples=found,
+            examples=examples_found,
             timeline=Timeline(win.start, win.width, tuple(series)),
             notes=tuple(self.notes),
             quality=quality,
+            recordings=tuple(
+                _recording(r, v, p)
+                for r, v, p in zip(seen.spans, self.files.versions, self.files.paths, strict=True)
+            ),
+            binned=self.binned,
         )
 
-    def answers(
-        self, groups: list[tuple[str, str]], win: Window
-    ) -> tuple[list[UpstreamStats], list[Series], dict[str, Counter[str]]]:
-        """Each (upstream, role)'s figures and timeline, and the answers served per revision."""
-        upstreams: list[UpstreamStats] = []
-        series: list[Series] = []
-        served: dict[str, Counter[str]] = {}  # revision -> primary upstream -> answers
-        db = self.db
-        for upstream, role in groups:
-            params: dict[str, Any] = {
-                "upstream": upstream,
-                "role": role,
-                "t0": win.start,
-                "width": win.width,
-            }
-            cost = cost_sql("r", price_sql(self.settings.pricing, "r", upstream, params))
-            query = upstream_query(role, db.where + since_clause(db.flt, "r"), cost)
-            row = query.named(db.rows(query.sql, params)[0])
-            if not row["responses"]:
-                continue
-            upstreams.append(upstream_stats(upstream, role, row))
-            requests, errors = Counter(ints(row["buckets"])), Counter(ints(row["error_buckets"]))
-            buckets = range(win.buckets)
-            series.append(
-                Series(
-                    upstream,
-                    role,
-                    tuple(requests[b] for b in buckets),
-                    tuple(errors[b] for b in buckets),
-                )
-            )
-            revisions = row["revisions"]
-            for revision, count in Counter(revisions.split("\x1f") if revisions else ()).items():
-                served.setdefault(revision, Counter())[upstream] += count
-        return upstreams, series, served
+    def _answers(
+        self, group: _Group, rows: tuple[int, int], win: Window, dbs: list[Reading]
+    ) -> Any:
+        db = dbs[group.source]
+        params: dict[str, Any] = {
+            "upstream": group.upstream,
+            "role": group.role,
+            "lo": rows[0],
+            "hi": rows[1],
+            "t0": win.start,
+            "width": win.width,
+        }
+        pricing = self.settings.pricing
+        cost = cost_sql("r", price_sql(pricing, "r", group.upstream, params))
+        query = upstream_query(
+            group.role,
+            db.where + since_clause(db.flt, "r"),
+            cost,
+            binned=self.binned,
+            priced=bool(pricing),
+        )
+        return "answers", group, query.named(db.rows(query.sql, params)[0])
 
-    def pair_raws(self, groups: list[tuple[str, str]]) -> list[PairSums]:
-        """One sum per shadowed upstream, then the noise copies pooled, where there are pairs."""
-        shadows = (self.pairs([g]) for g in groups if g[1] in COMPARED)  # and replays
-        raws = [raw for raw in shadows if raw.counts["pairs"]]
-        noise_groups = [g for g in groups if g[1] == "noise"]
-        if noise_groups and (noise := self.pairs(noise_groups)).counts["pairs"]:
-            raws.append(noise)  # pooled: the floor is the primary's, whichever upstream it was
-        return raws
+    def _pair_sql(self, group: _Group, params: dict[str, Any]) -> tuple[str, str, str]:
+        pricing = self.settings.pricing
+        p_cost = cost_sql("p", price_sql(pricing, "p", None, params))
+        s_cost = cost_sql("s", price_sql(pricing, "s", group.upstream, params))
+        return self.dbs[group.source].where + since_clause(self.db.flt, "s"), p_cost, s_cost
 
-    def groups(self) -> list[tuple[str, str]]:
-        """The distinct (upstream, role) pairs, by seeking through their index; not "-", the
-        sidecar's own refusals, which no upstream answered."""
-        found = []
-        con = self.db.con
-        row = con.execute(
-            "SELECT upstream, role FROM responses ORDER BY upstream, role LIMIT 1"
-        ).fetchone()
-        while row is not None:
-            if row[0] != "-":
-                found.append((str(row[0]), str(row[1])))
-            row = con.execute(
-                "SELECT upstream, role FROM responses WHERE (upstream, role) > (?, ?) "
-                "ORDER BY upstream, role LIMIT 1",
-                row,
-            ).fetchone()
-        return found
+    def _pairs(self, group: _Group, rows: tuple[int, int], dbs: list[Reading]) -> Any:
+        db = dbs[group.source]
+        params: dict[str, Any] = {
+            "upstream": group.upstream,
+            "role": group.role,
+            "lo": rows[0],
+            "hi": rows[1],
+            # per mille of the pairs with bodies kept for the similarity sample: some 4 times
+            # the sample from a group this size
+            "keep": min(1000, 1 + 4000 * SIMILARITY_SAMPLE // max(group.last, 1)),
+        }
+        where, p_cost, s_cost = self._pair_sql(group, params)
+        query = pair_query(where, p_cost, s_cost, binned=self.binned)
+        return "pairs", group, query.named(db.rows(query.sql, params)[0])
 
-    def pairs(self, groups: list[tuple[str, str]]) -> PairSums:
-        role = groups[0][1]
-        raw = PairSums(role, "+".join(u for u, _ in groups))
-        db = self.db
-        for upstream, _ in groups:
-            params: dict[str, Any] = {"upstream": upstream, "role": role}
-            p_cost = cost_sql("p", price_sql(self.settings.pricing, "p", None, params))
-            s_cost = cost_sql("s", price_sql(self.settings.pricing, "s", upstream, params))
-            query = pair_query(db.where + since_clause(db.flt, "s"), p_cost, s_cost)
-            raw.add(query.named(db.rows(query.sql, params)[0]))
-        return raw
+    def _few_ratio_pairs(self, raws: list[PairSums]) -> None:
+        """A binned read keeps sums, not pairs; a ratio over few pairs is bootstrapped from
+        the pairs themselves, so they are read again, the few there are."""
+        if not self.binned:
+            return
+        for raw in raws:
+            for kind in ("token", "cost"):
+                n = raw.ratio_sums(kind).n
+                if not 0 < n <= BOOTSTRAP_MAX_PAIRS:
+                    continue
+                for group in self.groups:
+                    if group.role != raw.role or group.upstream not in raw.upstream.split("+"):
+                        continue
+                    params: dict[str, Any] = {
+                        "upstream": group.upstream,
+                        "role": group.role,
+                        "lo": 0,
+                        "hi": group.last + 1,
+                    }
+                    where, p_cost, s_cost = self._pair_sql(group, params)
+                    sql = ratio_pairs_sql(where, p_cost, s_cost, kind)
+                    for p, s in self.dbs[group.source].rows(sql, params):
+                        raw.pairs[kind] += (float(p), float(s))
 
     def explain(
         self,
         seen: Traffic,
+        sums: list[UpstreamSums],
         upstreams: list[UpstreamStats],
         pairs: tuple[PairStats, ...],
         dims: tuple[RouteDims, ...],
@@ -273,11 +356,65 @@ class _Reader:
                 f"{no_usage:,} responses carried no token usage; they are counted apart, never as zero."
             )
         if any(s.priced < s.succeeded for s in upstreams):
-            db = self.db
-            params: dict[str, Any] = {}
-            cost = cost_sql("r", price_sql(self.settings.pricing, "r", None, params))
-            rows = db.rows(unpriced_sql(db.where + since_clause(db.flt, "r"), cost), params)
+            rows = sorted(
+                (row for s in sums for row in s.unpriced_rows()),
+                key=lambda r: (r[0], r[1], r[2] or ""),
+            )
             self.notes += unpriced_notes(rows, self.settings.pricing)
+
+
+def _groups(db: Reading) -> list[tuple[str, str]]:
+    """The distinct (upstream, role) pairs, by seeking through their index; not "-", the
+    sidecar's own refusals, which no upstream answered."""
+    found = []
+    con = db.con
+    row = con.execute(
+        "SELECT upstream, role FROM responses ORDER BY upstream, role LIMIT 1"
+    ).fetchone()
+    while row is not None:
+        if row[0] != "-":
+            found.append((str(row[0]), str(row[1])))
+        row = con.execute(
+            "SELECT upstream, role FROM responses WHERE (upstream, role) > (?, ?) "
+            "ORDER BY upstream, role LIMIT 1",
+            row,
+        ).fetchone()
+    return found
+
+
+def _seen(failovers: bool, dbs: list[Reading]) -> Seen:
+    """The exchange-side queries over every recording, and each one's span."""
+    many = Many(dbs)
+    seen = read_seen(many, failovers)
+    seen.spans.extend(traffic_rows(Many([db])) for db in dbs)
+    seen.judged.extend(row for db in dbs for row in quality_rows(db.con, db.where, db.params))
+    return seen
+
+
+def _look(raw: PairSums, dbs: list[Reading]) -> tuple[list[tuple[float, int, int]], list[Example]]:
+    """The similarity sample and the examples of one pairing, read from their recordings."""
+    scores = similarities(dbs, raw)
+    return scores, (examples(dbs, raw, scores) if raw.role in COMPARED else [])
+
+
+def _series(sums: UpstreamSums, win: Window) -> Series:
+    buckets = range(win.buckets)
+    return Series(
+        sums.upstream,
+        sums.role,
+        tuple(sums.buckets[b] for b in buckets),
+        tuple(sums.error_buckets[b] for b in buckets),
+    )
+
+
+def _recording(rows: list[Any], schema: int, path: str) -> Recording:
+    return Recording(
+        path=path,
+        schema=schema,
+        exchanges=sum(r[2] for r in rows),
+        first_ts=min((r[4] for r in rows), default=None),
+        last_ts=max((r[5] for r in rows), default=None),
+    )
 
 
 def _find(stats: list[UpstreamStats], upstream: str, role: str) -> UpstreamStats | None:

@@ -295,6 +295,17 @@ class Timeline:
 
 
 @dataclass(frozen=True, slots=True)
+class Recording:
+    """One file the report read: several make one recording, pooled."""
+
+    path: str
+    schema: int  # its schema version (older ones are read as if migrated)
+    exchanges: int  # matching the filter
+    first_ts: float | None
+    last_ts: float | None
+
+
+@dataclass(frozen=True, slots=True)
 class Report:
     db_path: str
     generated_at: float
@@ -310,6 +321,9 @@ class Report:
     timeline: Timeline
     notes: tuple[str, ...]
     quality: Quality = NO_QUALITY  # what `python -m proxy judge` recorded, in the window
+    recordings: tuple[Recording, ...] = ()  # the files read, each with its own span
+    # latency percentiles and medians read from log bins, within bins.RELATIVE_ERROR
+    binned: bool = False
 
     def stats(self, upstream: str, role: str) -> UpstreamStats | None:
         return next((s for s in self.upstreams if (s.upstream, s.role) == (upstream, role)), None)

@@ -23,50 +23,71 @@ def pair_rows(db: Reading, rowids: Iterable[int]) -> list[Any]:
     return db.con.execute(PAIR_ROWS, {"rowids": orjson.dumps(list(rowids)).decode()}).fetchall()
 
 
-def similarities(db: Reading, raw: PairSums) -> list[tuple[float, int]]:
-    """(score, rowid) over an evenly spread sample of the pairs with both bodies."""
-    eligible = raw.bodies
+def _by_source(wanted: Iterable[tuple[int, int]]) -> dict[int, list[int]]:
+    found: dict[int, list[int]] = {}
+    for source, rowid in wanted:
+        found.setdefault(source, []).append(rowid)
+    return found
+
+
+def similarities(dbs: Sequence[Reading], raw: PairSums) -> list[tuple[float, int, int]]:
+    """(score, recording, rowid) over an evenly spread sample of the pairs with both bodies."""
+    eligible = sorted(raw.bodies)
     step = max(len(eligible) / SIMILARITY_SAMPLE, 1.0)
     sample = [eligible[int(i * step)] for i in range(min(len(eligible), SIMILARITY_SAMPLE))]
     scores = []
-    for row in pair_rows(db, sample):
-        a, b = _answer_text(row[13], row[5]), _answer_text(row[20], row[5])
-        if a is None or b is None:
-            continue
-        scores.append((1.0 if row[6] else similarity(a, b), row[0]))
+    for source, rowids in _by_source(sample).items():
+        for row in pair_rows(dbs[source], rowids):
+            a, b = _answer_text(row[13], row[5]), _answer_text(row[20], row[5])
+            if a is None or b is None:
+                continue
+            scores.append((1.0 if row[6] else similarity(a, b), source, row[0]))
     return scores
 
 
-def examples(db: Reading, raw: PairSums, scores: list[tuple[float, int]]) -> list[Example]:
-    wanted: list[tuple[Reason, int, float | None]] = []
+def examples(
+    dbs: Sequence[Reading], raw: PairSums, scores: list[tuple[float, int, int]]
+) -> list[Example]:
+    wanted: list[tuple[Reason, int, int, float | None]] = []
     reasons: tuple[Reason, ...] = ("status", "shape", "tool_calls")
     for reason in reasons:
-        # rowids grow with insertion, so the last ones are the most recent
-        wanted += [(reason, i, None) for i in raw.examples[reason][-EXAMPLES_PER_REASON:]]
+        wanted += [(reason, s, i, None) for s, kept in raw.examples[reason].items() for i in kept]
     lowest = sorted(s for s in scores if s[0] < 1.0)[:EXAMPLES_PER_REASON]
-    wanted += [("similarity", rowid, score) for score, rowid in lowest]
-    rows = {row[0]: row for row in pair_rows(db, {w[1] for w in wanted})}
+    wanted += [("similarity", source, rowid, score) for score, source, rowid in lowest]
+    rows = {
+        (source, row[0]): row
+        for source, rowids in _by_source((w[1], w[2]) for w in wanted).items()
+        for row in pair_rows(dbs[source], set(rowids))
+    }
+    found: list[tuple[Reason, float | None, Any]] = [
+        (reason, score, rows[(source, rowid)])
+        for reason, source, rowid, score in wanted
+        if (source, rowid) in rows
+    ]
     out = []
-    for reason, rowid, score in wanted:
-        row = rows.get(rowid)
-        if row is None:
-            continue
-        stream = bool(row[5])
-        out.append(
-            Example(
-                reason=reason,
-                exchange_id=row[1],
-                ts=row[2],
-                route=row[3],
-                model=row[4],
-                stream=stream,
-                similarity=score,
-                primary=_side(row[7:14], stream),
-                other=_side(row[14:21], stream),
-                paths=shape_difference(row[13], row[20]) if reason == "shape" else (),
-            )
-        )
+    for reason in (*reasons, "similarity"):
+        mine = [f for f in found if f[0] == reason]
+        if reason != "similarity":
+            # the most recent mismatches, whichever recording holds them
+            mine = sorted(mine, key=lambda f: f[2][2])[-EXAMPLES_PER_REASON:]
+        out += [_example(reason, score, row) for reason, score, row in mine]
     return out
+
+
+def _example(reason: Reason, score: float | None, row: Any) -> Example:
+    stream = bool(row[5])
+    return Example(
+        reason=reason,
+        exchange_id=row[1],
+        ts=row[2],
+        route=row[3],
+        model=row[4],
+        stream=stream,
+        similarity=score,
+        primary=_side(row[7:14], stream),
+        other=_side(row[14:21], stream),
+        paths=shape_difference(row[13], row[20]) if reason == "shape" else (),
+    )
 
 
 def shape_difference(primary: bytes | str | None, copy: bytes | str | None) -> tuple[str, ...]:

@@ -10,6 +10,7 @@ from typing import Any, Final, get_args
 import orjson
 
 from proxy.record.rows import ErrorKind
+from proxy.report.bins import Histogram, at_ranks
 from proxy.report.data import (
     NO_ESTIMATE,
     Agreement,
@@ -21,7 +22,15 @@ from proxy.report.data import (
     UpstreamStats,
     ratio,
 )
-from proxy.report.stats import Interval, median_interval, ratio_of_sums
+from proxy.report.stats import (
+    BOOTSTRAP_MAX_PAIRS,
+    Interval,
+    Sums,
+    median_interval,
+    median_ranks,
+    ratio_from_sums,
+    ratio_of_sums,
+)
 
 ERROR_KINDS: Final[tuple[str, ...]] = get_args(ErrorKind)
 SKETCH_POINTS: Final = 400  # evenly ranked values kept per latency distribution, for charts
@@ -32,30 +41,31 @@ def ints(joined: str | None) -> list[int]:
     return orjson.loads(f"[{joined}]") if joined else []
 
 
-def _sorted(joined: str | None) -> list[int]:
-    values = ints(joined)
-    values.sort()
-    return values
-
-
 def _rank(values: Sequence[float], p: int) -> float:
     """Nearest-rank percentile of sorted values: the value at rank ceil(p/100 * n)."""
     return values[max(-(-p * len(values) // 100), 1) - 1]
 
 
-def _percentiles(us_sorted: Sequence[int]) -> Percentiles:
-    if not us_sorted:
+def _ranks(n: int, ps: Sequence[int]) -> list[int]:
+    return [max(-(-p * n // 100), 1) for p in ps]
+
+
+def _percentiles(h: Histogram) -> Percentiles:
+    n = h.n
+    if not n:
         return Percentiles(0, None, None, None)
-    p50, p90, p99 = (_rank(us_sorted, p) / 1000 for p in (50, 90, 99))
-    return Percentiles(len(us_sorted), p50, p90, p99)
+    p50, p90, p99 = at_ranks(h.ranked(), _ranks(n, (50, 90, 99)))
+    return Percentiles(n, p50, p90, p99)
 
 
-def _sketch(us_sorted: Sequence[int]) -> tuple[float, ...]:
-    n = len(us_sorted)
-    if n <= SKETCH_POINTS:
-        return tuple(v / 1000 for v in us_sorted)
-    last = SKETCH_POINTS - 1
-    return tuple(us_sorted[i * (n - 1) // last] / 1000 for i in range(SKETCH_POINTS))
+def _sketch(h: Histogram) -> tuple[float, ...]:
+    n = h.n
+    if not n:
+        return ()
+    points = min(n, SKETCH_POINTS)
+    last = max(points - 1, 1)
+    ranks = [i * (n - 1) // last + 1 for i in range(points)] if points > 1 else [1]
+    return tuple(at_ranks(h.ranked(), ranks))
 
 
 def _agreement(agree: int, compared: int) -> Agreement:
@@ -71,64 +81,151 @@ def floats(joined: str | None) -> list[float]:
     return [float(v) for v in orjson.loads(f"[{joined}]")] if joined else []
 
 
+def _histogram(binned: bool) -> Histogram:
+    # Exact values are integer microseconds; the report shows milliseconds.
+    return Histogram(binned=binned, scale=1.0 if binned else 0.001)
+
+
+_UPSTREAM_COUNTS: Final = (
+    "responses", "ok", "upstream_errors", "with_usage", "prompt", "completion", "tokens",
+    "cached", "images", "priced", "streams", "streams_ok", "json_answers", "json_ok",
+)  # fmt: skip
+_UPSTREAM_LISTS: Final = ("ttfb", "ttft", "total")
+
+
+class UpstreamSums:
+    """One (upstream, role)'s figures, summed over the ranges and recordings it was read in."""
+
+    def __init__(self, upstream: str, role: str, *, binned: bool) -> None:
+        self.upstream = upstream
+        self.role = role
+        self.counts = dict.fromkeys(_UPSTREAM_COUNTS, 0)
+        self.cost: float | None = None
+        self.kinds: Counter[str] = Counter()
+        self.latency = {name: _histogram(binned) for name in _UPSTREAM_LISTS}
+        self.buckets: Counter[int] = Counter()
+        self.error_buckets: Counter[int] = Counter()
+        self.revisions: Counter[str] = Counter()
+        self.unpriced: Counter[tuple[str | None, bool, bool]] = Counter()
+
+    def add(self, row: dict[str, Any]) -> None:
+        for name in _UPSTREAM_COUNTS:
+            self.counts[name] += _n(row[name])
+        if row["cost"] is not None:
+            self.cost = (self.cost or 0.0) + row["cost"]
+        if row["kinds"]:
+            self.kinds.update(row["kinds"].split(","))
+        for name in _UPSTREAM_LISTS:
+            self.latency[name].add_values(ints(row[name]))
+        self.buckets.update(ints(row["buckets"]))
+        self.error_buckets.update(ints(row["error_buckets"]))
+        if row["revisions"]:
+            self.revisions.update(row["revisions"].split("\x1f"))
+        if row["unpriced"]:
+            for code in row["unpriced"].split("\x1f"):
+                model, flags = code.rsplit("\x1d", 1)
+                self.unpriced[
+                    (None if model == "\x1e" else model, flags[0] == "1", flags[1] == "1")
+                ] += 1
+
+    def unpriced_rows(self) -> list[tuple[str, str, str | None, int, int, int, int]]:
+        """(upstream, role, model, answers, with usage, with images, priced) per model, over
+        the successful answers without a price."""
+        by_model: dict[str | None, list[int]] = {}
+        for (model, usage, images), count in self.unpriced.items():
+            totals = by_model.setdefault(model, [0, 0, 0])
+            totals[0] += count
+            totals[1] += count if usage else 0
+            totals[2] += count if images else 0
+        return [
+            (self.upstream, self.role, model, n, with_usage, images, 0)
+            for model, (n, with_usage, images) in sorted(
+                by_model.items(), key=lambda kv: kv[0] or ""
+            )
+        ]
+
+
 _COUNTS: Final = (
     "pairs", "p_errors", "s_errors", "both_errors", "same_class", "same_shape", "tools",
     "tools_same", "texts", "texts_same", "usage_pairs", "p_prompt", "p_completion", "p_tokens",
     "s_prompt", "s_completion", "s_tokens", "p_cached", "s_cached", "priced_pairs",
+    "latency_streams",
 )  # fmt: skip
-_LISTS: Final = (
-    "ttfb_diff", "ttft_diff", "total_diff", "p_ttft", "s_ttft", "p_total", "s_total", "latency",
-    "ex_status", "ex_shape", "ex_tool_calls", "bodies",
+_HISTOGRAMS: Final = (
+    "ttfb_diff", "ttft_diff", "total_diff", "p_ttft", "s_ttft", "p_total", "s_total",
 )  # fmt: skip
+_SUMS: Final = ("p", "s", "pp", "ss", "ps")
+EXAMPLES_KEPT: Final = 5  # per reason and recording: the most recent mismatches
 
 
 class PairSums:
-    """One query's sums for (shadow or noise) copies against primaries; noise ones are pooled."""
+    """(Shadow, replay or noise) copies against primaries, summed over the ranges, upstreams
+    (noise copies are pooled) and recordings they were read in."""
 
-    def __init__(self, role: str, upstream: str) -> None:
+    def __init__(self, role: str, upstream: str, *, binned: bool = False) -> None:
         self.role = role
         self.upstream = upstream
+        self.binned = binned
         self.counts = dict.fromkeys(_COUNTS, 0)
         self.costs: dict[str, float | None] = {"p_cost": None, "s_cost": None}
-        self.lists: dict[str, list[int]] = {name: [] for name in _LISTS}
-        self.pairs: dict[str, list[float]] = {"token_pairs": [], "cost_pairs": []}
+        self.histograms = {name: _histogram(binned) for name in _HISTOGRAMS}
+        # exact: (primary us, copy us, stream) per pair; binned: the ratio's and difference's
+        self.latency: list[int] = []
+        self.latency_ratio = Histogram(binned=True)
+        self.latency_diff = Histogram(binned=True)
+        self.pairs: dict[str, list[float]] = {"token": [], "cost": []}
+        self.sums = {kind: dict.fromkeys(_SUMS, 0.0) for kind in ("token", "cost")}
+        # per reason, per recording: the last rowids, the most recent mismatches
+        self.examples: dict[str, dict[int, list[int]]] = {
+            r: {} for r in ("status", "shape", "tool_calls")
+        }
+        self.bodies: list[tuple[int, int]] = []
 
-    def add(self, row: dict[str, Any]) -> None:
+    def add(self, row: dict[str, Any], source: int = 0) -> None:
+        """One query's row, read from recording number `source`."""
         for name in _COUNTS:
             self.counts[name] += _n(row[name])
         for name in self.costs:
             if row[name] is not None:
                 self.costs[name] = (self.costs[name] or 0.0) + row[name]
-        for name in _LISTS:
-            self.lists[name] += ints(row[name])
-        for name in self.pairs:
-            self.pairs[name] += floats(row[name])
+        for name in _HISTOGRAMS:
+            self.histograms[name].add_values(ints(row[name]))
+        self.latency += ints(row["latency"])
+        self.latency_ratio.add_values(ints(row["latency_ratio"]))
+        self.latency_diff.add_values(ints(row["latency_diff"]))
+        for kind, sums in self.sums.items():
+            self.pairs[kind] += floats(row[f"{kind}_pairs"])
+            for name in _SUMS:
+                sums[name] += row[f"{kind}_{name}"] or 0.0
+        for reason, by_source in self.examples.items():
+            kept = by_source.setdefault(source, [])
+            kept += ints(row[f"ex_{reason}"])
+            kept.sort()
+            del kept[:-EXAMPLES_KEPT]
+        self.bodies += [(source, rowid) for rowid in ints(row["bodies"])]
 
-    @property
-    def examples(self) -> dict[str, list[int]]:
-        return {r: self.lists[f"ex_{r}"] for r in ("status", "shape", "tool_calls")}
-
-    @property
-    def bodies(self) -> list[int]:
-        return self.lists["bodies"]
+    def ratio_sums(self, kind: str) -> Sums:
+        n = self.counts["usage_pairs" if kind == "token" else "priced_pairs"]
+        return Sums(n, *(self.sums[kind][name] for name in _SUMS))
 
 
-def upstream_stats(upstream: str, role: str, row: dict[str, Any]) -> UpstreamStats:
-    n = _n(row["responses"])
-    kinds = Counter(row["kinds"].split(",") if row["kinds"] else ())
+def upstream_stats(sums: UpstreamSums) -> UpstreamStats:
+    c = sums.counts
+    n = c["responses"]
+    kinds = sums.kinds
     ordered = [k for k in ERROR_KINDS if k in kinds] + sorted(
         k for k in kinds if k not in ERROR_KINDS
     )
-    ttfb, ttft, total = (_sorted(row[name]) for name in ("ttfb", "ttft", "total"))
-    with_usage, priced, cost = _n(row["with_usage"]), _n(row["priced"]), row["cost"]
-    cost = cost if priced else None
+    ttfb, ttft, total = (sums.latency[name] for name in _UPSTREAM_LISTS)
+    with_usage, priced = c["with_usage"], c["priced"]
+    cost = sums.cost if priced else None
     return UpstreamStats(
-        upstream=upstream,
-        role=role,
+        upstream=sums.upstream,
+        role=sums.role,
         responses=n,
-        succeeded=_n(row["ok"]),
-        upstream_errors=_n(row["upstream_errors"]),
-        error_rate=_n(row["upstream_errors"]) / n,
+        succeeded=c["ok"],
+        upstream_errors=c["upstream_errors"],
+        error_rate=c["upstream_errors"] / n,
         errors=tuple(Count(k, kinds[k], kinds[k] / n) for k in ordered),
         ttfb_ms=_percentiles(ttfb),
         ttft_ms=_percentiles(ttft),
@@ -137,18 +234,18 @@ def upstream_stats(upstream: str, role: str, row: dict[str, Any]) -> UpstreamSta
         total_sketch=_sketch(total),
         with_usage=with_usage,
         no_usage=n - with_usage,
-        prompt_tokens=_n(row["prompt"]),
-        completion_tokens=_n(row["completion"]),
-        total_tokens=_n(row["tokens"]),
-        cached_tokens=_n(row["cached"]),
-        images=_n(row["images"]),
+        prompt_tokens=c["prompt"],
+        completion_tokens=c["completion"],
+        total_tokens=c["tokens"],
+        cached_tokens=c["cached"],
+        images=c["images"],
         priced=priced,
         cost=cost,
         cost_per_1k=cost / priced * 1000 if priced and cost is not None else None,
-        streams=_n(row["streams"]),
-        streams_ok=_n(row["streams_ok"]),
-        json_answers=_n(row["json_answers"]),
-        json_ok=_n(row["json_ok"]),
+        streams=c["streams"],
+        streams_ok=c["streams_ok"],
+        json_answers=c["json_answers"],
+        json_ok=c["json_ok"],
     )
 
 
@@ -168,8 +265,30 @@ def _median(values: list[float]) -> Estimate:
     return _estimate(mid, interval, len(values))
 
 
-def _latency(triples: list[int]) -> tuple[Estimate, Estimate, int]:
+def _binned_median(h: Histogram, scale: float = 1.0) -> Estimate:
+    """`_median` of binned values: the middle rank's bin (the mean of the two middle ones for
+    an even count), and the sign test's ranks' bins."""
+    n = h.n
+    if not n:
+        return NO_ESTIMATE
+    r = median_ranks(n)
+    middle = [(n + 1) // 2, n // 2 + 1]
+    ranks = sorted(set(middle + ([] if r is None else [r, n + 1 - r])))
+    found = dict(zip(ranks, at_ranks(h.ranked(), ranks), strict=True))
+    mid = (found[middle[0]] + found[middle[1]]) / 2 * scale
+    interval = None if r is None else Interval(found[r] * scale, found[n + 1 - r] * scale)
+    return _estimate(mid, interval, n)
+
+
+def _latency(raw: PairSums) -> tuple[Estimate, Estimate, int]:
     """The median ratio and difference, copy against primary, over the pairs both timed."""
+    if raw.binned:
+        return (
+            _binned_median(raw.latency_ratio),
+            _binned_median(raw.latency_diff),
+            raw.counts["latency_streams"],
+        )
+    triples = raw.latency
     ratios: list[float] = []
     diffs: list[float] = []
     streams = 0
@@ -183,18 +302,23 @@ def _latency(triples: list[int]) -> tuple[Estimate, Estimate, int]:
     return _median(ratios), _median(diffs), streams
 
 
-def _ratio(flat: list[float]) -> Estimate:
-    pairs = list(zip(flat[::2], flat[1::2], strict=True))
-    found = ratio_of_sums(pairs)
-    return NO_ESTIMATE if found is None else _estimate(found[0], found[1], len(pairs))
+def _ratio(raw: PairSums, kind: str) -> Estimate:
+    sums = raw.ratio_sums(kind)
+    if sums.n <= BOOTSTRAP_MAX_PAIRS:
+        flat = raw.pairs[kind]
+        pairs = list(zip(flat[::2], flat[1::2], strict=True))
+        found = ratio_of_sums(pairs)
+    else:
+        found = ratio_from_sums(sums)
+    return NO_ESTIMATE if found is None else _estimate(found[0], found[1], sums.n)
 
 
-def pair_stats(raw: PairSums, scores: list[tuple[float, int]]) -> PairStats:
+def pair_stats(raw: PairSums, scores: list[tuple[float, int, int]]) -> PairStats:
     c = raw.counts
     pairs = c["pairs"]
-    values = {name: sorted(raw.lists[name]) for name in _LISTS[:7]}
-    sims = sorted(s for s, _ in scores)
-    ratio_ms, diff_ms, streams = _latency(raw.lists["latency"])
+    h = raw.histograms
+    sims = sorted(s for s, _, _ in scores)
+    ratio_ms, diff_ms, streams = _latency(raw)
     return PairStats(
         role=raw.role,
         upstream=raw.upstream,
@@ -211,13 +335,13 @@ def pair_stats(raw: PairSums, scores: list[tuple[float, int]]) -> PairStats:
             sum(sims) / len(sims) if sims else None,
             _rank(sims, 10) if sims else None,
         ),
-        ttfb_diff_ms=_percentiles(values["ttfb_diff"]),
-        ttft_diff_ms=_percentiles(values["ttft_diff"]),
-        total_diff_ms=_percentiles(values["total_diff"]),
-        primary_ttft_ms=_percentiles(values["p_ttft"]),
-        other_ttft_ms=_percentiles(values["s_ttft"]),
-        primary_total_ms=_percentiles(values["p_total"]),
-        other_total_ms=_percentiles(values["s_total"]),
+        ttfb_diff_ms=_percentiles(h["ttfb_diff"]),
+        ttft_diff_ms=_percentiles(h["ttft_diff"]),
+        total_diff_ms=_percentiles(h["total_diff"]),
+        primary_ttft_ms=_percentiles(h["p_ttft"]),
+        other_ttft_ms=_percentiles(h["s_ttft"]),
+        primary_total_ms=_percentiles(h["p_total"]),
+        other_total_ms=_percentiles(h["s_total"]),
         latency_ratio=ratio_ms,
         latency_diff_ms=diff_ms,
         latency_streams=streams,
@@ -226,9 +350,9 @@ def pair_stats(raw: PairSums, scores: list[tuple[float, int]]) -> PairStats:
         other_tokens=(c["s_prompt"], c["s_completion"], c["s_tokens"]),
         primary_cached=c["p_cached"],
         other_cached=c["s_cached"],
-        token_ratio=_ratio(raw.pairs["token_pairs"]),
+        token_ratio=_ratio(raw, "token"),
         priced_pairs=c["priced_pairs"],
         primary_cost=raw.costs["p_cost"],
         other_cost=raw.costs["s_cost"],
-        cost_ratio=_ratio(raw.pairs["cost_pairs"]),
+        cost_ratio=_ratio(raw, "cost"),
     )

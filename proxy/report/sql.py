@@ -10,6 +10,7 @@ from typing import Any, Final, NamedTuple
 import orjson
 
 from proxy.replay.compare import RUN_CLAUSE
+from proxy.report.bins import bin_sql
 from proxy.report.data import ReportFilter
 
 # The app leaving and the sidecar refusing are nobody's upstream's doing: they are shown,
@@ -74,7 +75,20 @@ def since_clause(flt: ReportFilter, a: str) -> str:
     return "" if flt.since is None else f" AND {a}.ts >= :since"
 
 
-def upstream_query(role: str, where: str, cost: str) -> Query:
+def _value(expr: str, binned: bool) -> str:
+    """A latency (ms) as the report's distributions take it: integer microseconds, or its bin."""
+    return bin_sql(expr) if binned else _us(expr)
+
+
+# Rows the report reads in one query: a range of rowids of one (upstream, role), found through
+# the index on (upstream, role), whose entries end in the rowid. Ranges bound the memory a
+# query's lists take, and let two threads share a big recording.
+_GROUP_RANGE: Final = (
+    "{a}.upstream = :upstream AND {a}.role = :role AND {a}.rowid >= :lo AND {a}.rowid < :hi"
+)
+
+
+def upstream_query(role: str, where: str, cost: str, *, binned: bool, priced: bool) -> Query:
     ok = "r.error_kind IS NULL"
     stream = f"e.stream AND r.status / 100 = 2 AND NOT {_by_app('r')}"
     upstream_error = f"r.error_kind IS NOT NULL AND NOT {_by_app('r')}"
@@ -82,6 +96,15 @@ def upstream_query(role: str, where: str, cost: str) -> Query:
     usage = usage_sql("r")
     # Only primaries are served under a revision's split.
     revisions = "group_concat(e.revision, char(31))" if role == "primary" else "NULL"
+    # Successful answers without a price, by the model asked for (char(30): none), whether
+    # they carried usage and images: what the notes on report.pricing say.
+    unpriced = (
+        f"group_concat(CASE WHEN {ok} AND {cost} IS NULL THEN ifnull(e.model, char(30)) "
+        "|| char(29) || (r.prompt_tokens IS NOT NULL) || (coalesce(r.images, 0) > 0) END, "
+        "char(31))"
+        if priced
+        else "NULL"
+    )
     columns = [
         ("responses", "count(*)"),
         ("ok", f"sum({ok})"),
@@ -99,37 +122,68 @@ def upstream_query(role: str, where: str, cost: str) -> Query:
         ("streams_ok", f"sum({stream} AND r.stream_done = 1 AND {usage} IS NOT NULL)"),
         ("json_answers", f"count(CASE WHEN {ok} THEN r.json_ok END)"),
         ("json_ok", f"total(CASE WHEN {ok} THEN r.json_ok END)"),
-        ("ttfb", f"group_concat(CASE WHEN {ok} THEN {_us('r.ttfb_ms')} END)"),
-        ("ttft", f"group_concat(CASE WHEN {ok} THEN {_us('r.ttft_ms')} END)"),
-        ("total", f"group_concat(CASE WHEN {ok} THEN {_us('r.total_ms')} END)"),
+        ("ttfb", f"group_concat(CASE WHEN {ok} THEN {_value('r.ttfb_ms', binned)} END)"),
+        ("ttft", f"group_concat(CASE WHEN {ok} THEN {_value('r.ttft_ms', binned)} END)"),
+        ("total", f"group_concat(CASE WHEN {ok} THEN {_value('r.total_ms', binned)} END)"),
         ("buckets", f"group_concat({bucket})"),
         ("error_buckets", f"group_concat(CASE WHEN {upstream_error} THEN {bucket} END)"),
         ("revisions", revisions),
+        ("unpriced", unpriced),
     ]
     return _query(
         columns,
         "FROM responses r CROSS JOIN exchanges e ON e.id = r.exchange_id\n"
-        f"WHERE +r.upstream = :upstream AND +r.role = :role{where}",
+        f"WHERE {_GROUP_RANGE.format(a='r')}{where}",
     )
 
 
-def _latency_pair(ok: str) -> str:
-    """ "primary,copy,stream" in microseconds, per pair: time to first token for a stream,
-    total time otherwise, so one list holds every pair the latency check compares."""
-    stream = (
-        "CASE WHEN p.ttft_ms IS NOT NULL AND s.ttft_ms IS NOT NULL THEN "
-        f"{_us('p.ttft_ms')} || ',' || {_us('s.ttft_ms')} || ',1' END"
-    )
-    plain = (
-        "CASE WHEN p.total_ms IS NOT NULL AND s.total_ms IS NOT NULL THEN "
-        f"{_us('p.total_ms')} || ',' || {_us('s.total_ms')} || ',0' END"
-    )
-    return (
-        f"group_concat(CASE WHEN {ok} THEN (CASE WHEN e.stream THEN {stream} ELSE {plain} END) END)"
-    )
+def _latency_pair(ok: str, binned: bool) -> list[tuple[str, str]]:
+    """Per pair, time to first token for a stream, total time otherwise, so one distribution
+    holds every pair the latency check compares: exact, "primary,copy,stream" in
+    microseconds; binned, the ratio's and the difference's bins and the streams counted."""
+    p = "(CASE WHEN e.stream THEN p.ttft_ms ELSE p.total_ms END)"
+    s = "(CASE WHEN e.stream THEN s.ttft_ms ELSE s.total_ms END)"
+    timed = f"{ok} AND {p} IS NOT NULL AND {s} IS NOT NULL"
+    if binned:
+        # A primary under half a microsecond has no ratio, as exact microseconds have none.
+        timed += f" AND {p} >= 0.0005"
+        return [
+            ("latency", "NULL"),
+            ("latency_ratio", f"group_concat(CASE WHEN {timed} THEN {bin_sql(f'{s} / {p}')} END)"),
+            ("latency_diff", f"group_concat(CASE WHEN {timed} THEN {bin_sql(f'{s} - {p}')} END)"),
+            ("latency_streams", f"sum({timed} AND e.stream)"),
+        ]
+    return [
+        (
+            "latency",
+            f"group_concat(CASE WHEN {timed} THEN "
+            f"{_us(p)} || ',' || {_us(s)} || ',' || (e.stream != 0) END)",
+        ),
+        ("latency_ratio", "NULL"),
+        ("latency_diff", "NULL"),
+        ("latency_streams", "NULL"),
+    ]
 
 
-def pair_query(where: str, p_cost: str, s_cost: str) -> Query:
+def _ratio_sums(name: str, cond: str, p: str, s: str, binned: bool) -> list[tuple[str, str]]:
+    """The sums a ratio of sums and its delta-method interval need, and in exact mode the
+    pairs themselves, for the bootstrap of a few."""
+
+    def total(expr: str) -> str:
+        return f"total(CASE WHEN {cond} THEN {expr} END)"
+
+    pairs = "NULL" if binned else f"group_concat(CASE WHEN {cond} THEN {p} || ',' || {s} END)"
+    return [
+        (f"{name}_pairs", pairs),
+        (f"{name}_p", total(p)),
+        (f"{name}_s", total(s)),
+        (f"{name}_pp", total(f"({p}) * ({p})")),
+        (f"{name}_ss", total(f"({s}) * ({s})")),
+        (f"{name}_ps", total(f"({p}) * ({s})")),
+    ]
+
+
+def pair_query(where: str, p_cost: str, s_cost: str, *, binned: bool) -> Query:
     ok = "p.error_kind IS NULL AND s.error_kind IS NULL"
     same_class = "p.status / 100 IS s.status / 100"
     p_usage, s_usage = usage_sql("p"), usage_sql("s")
@@ -148,11 +202,13 @@ def pair_query(where: str, p_cost: str, s_cost: str) -> Query:
     )
     text = f"{ok} AND p.text_sha256 IS NOT NULL AND s.text_sha256 IS NOT NULL"
     bodies = "length(p.response_body) > 0 AND length(s.response_body) > 0"
+    if binned:  # a fixed share of the pairs, by a hash of the rowid, for the similarity sample
+        bodies += " AND (s.rowid * 2654435761) % 1000 < :keep"
 
     def both(column: str, value: str, cond: str = "") -> str:
         return (
             f"group_concat(CASE WHEN {ok}{cond} AND p.{column} IS NOT NULL "
-            f"AND s.{column} IS NOT NULL THEN {_us(value)} END)"
+            f"AND s.{column} IS NOT NULL THEN {_value(value, binned)} END)"
         )
 
     def when(cond: str, value: str) -> str:
@@ -178,11 +234,11 @@ def pair_query(where: str, p_cost: str, s_cost: str) -> Query:
         ("s_tokens", when(usage, s_usage)),
         ("p_cached", when(usage, "coalesce(p.cached_tokens, 0)")),
         ("s_cached", when(usage, "coalesce(s.cached_tokens, 0)")),
-        ("token_pairs", f"group_concat(CASE WHEN {usage} THEN {p_usage} || ',' || {s_usage} END)"),
+        *_ratio_sums("token", usage, p_usage, s_usage, binned),
         ("priced_pairs", f"sum({priced})"),
         ("p_cost", f"{when(priced, p_cost)} / 1e6"),
         ("s_cost", f"{when(priced, s_cost)} / 1e6"),
-        ("cost_pairs", f"group_concat(CASE WHEN {priced} THEN {p_cost} || ',' || {s_cost} END)"),
+        *_ratio_sums("cost", priced, p_cost, s_cost, binned),
         ("ttfb_diff", both("ttfb_ms", "s.ttfb_ms - p.ttfb_ms")),
         ("ttft_diff", both("ttft_ms", "s.ttft_ms - p.ttft_ms")),
         ("total_diff", both("total_ms", "s.total_ms - p.total_ms")),
@@ -190,7 +246,7 @@ def pair_query(where: str, p_cost: str, s_cost: str) -> Query:
         ("s_ttft", both("ttft_ms", "s.ttft_ms", " AND e.stream")),
         ("p_total", both("total_ms", "p.total_ms", " AND NOT e.stream")),
         ("s_total", both("total_ms", "s.total_ms", " AND NOT e.stream")),
-        ("latency", _latency_pair(ok)),
+        *_latency_pair(ok, binned),
         ("ex_status", f"group_concat(CASE WHEN NOT {same_class} THEN s.rowid END)"),
         (
             "ex_shape",
@@ -204,8 +260,25 @@ def pair_query(where: str, p_cost: str, s_cost: str) -> Query:
         "FROM responses s\n"
         "  CROSS JOIN responses p ON p.exchange_id = s.exchange_id AND p.role = 'primary'\n"
         "  CROSS JOIN exchanges e ON e.id = s.exchange_id\n"
-        f"WHERE +s.upstream = :upstream AND +s.role = :role{where}\n"
+        f"WHERE {_GROUP_RANGE.format(a='s')}{where}\n"
         f"  AND NOT {_by_app('p')} AND NOT {_by_app('s')}",
+    )
+
+
+def ratio_pairs_sql(where: str, p_cost: str, s_cost: str, kind: str) -> str:
+    """The (primary, copy) values of one range's pairs behind a ratio (`kind` "token" or
+    "cost"): the bootstrap's input when a big recording holds only a few such pairs."""
+    if kind == "token":
+        p, s = usage_sql("p"), usage_sql("s")
+    else:
+        p, s = p_cost, s_cost
+    return (
+        f"SELECT {p}, {s}\nFROM responses s\n"
+        "  CROSS JOIN responses p ON p.exchange_id = s.exchange_id AND p.role = 'primary'\n"
+        "  CROSS JOIN exchanges e ON e.id = s.exchange_id\n"
+        f"WHERE {_GROUP_RANGE.format(a='s')}{where}\n"
+        f"  AND NOT {_by_app('p')} AND NOT {_by_app('s')} AND {p} IS NOT NULL AND {s} IS NOT NULL\n"
+        "ORDER BY s.rowid"
     )
 
 
@@ -298,3 +371,16 @@ class Reading:
 
     def rows(self, sql: str, params: dict[str, Any] | None = None) -> list[Any]:
         return self.con.execute(sql, {**self.params, **(params or {})}).fetchall()
+
+
+class Many:
+    """Several recordings' readings as one: each query runs on every file, rows concatenated,
+    for the caller to pool."""
+
+    def __init__(self, readings: Sequence[Reading]) -> None:
+        self.readings = tuple(readings)
+        first = self.readings[0]
+        self.flt, self.where, self.params = first.flt, first.where, first.params
+
+    def rows(self, sql: str, params: dict[str, Any] | None = None) -> list[Any]:
+        return [row for reading in self.readings for row in reading.rows(sql, params)]

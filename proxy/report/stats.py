@@ -128,8 +128,7 @@ def ratio_of_sums(pairs: Sequence[tuple[float, float]]) -> tuple[float, Interval
         return estimate, Interval(estimate, estimate)
     if n > BOOTSTRAP_MAX_PAIRS:
         residuals = sum((s - estimate * p) ** 2 for p, s in pairs)
-        se = math.sqrt(residuals / (n * (n - 1))) / (total / n)
-        return estimate, Interval(max(estimate - Z * se, 0.0), estimate + Z * se)
+        return estimate, _delta(estimate, residuals, total, n)
     rng = random.Random(SEED + n)
     take_first, take_second = first.__getitem__, second.__getitem__
     everyone = range(n)
@@ -144,6 +143,33 @@ def ratio_of_sums(pairs: Sequence[tuple[float, float]]) -> tuple[float, Interval
         return None
     last = len(ratios) - 1
     return estimate, Interval(ratios[round(0.025 * last)], ratios[round(0.975 * last)])
+
+
+def _delta(estimate: float, residuals: float, total: float, n: int) -> Interval:
+    se = math.sqrt(max(residuals, 0.0) / (n * (n - 1))) / (total / n)
+    return Interval(max(estimate - Z * se, 0.0), estimate + Z * se)
+
+
+class Sums(NamedTuple):
+    """What the delta method needs of pairs (p, s), summed where they are stored."""
+
+    n: int
+    p: float
+    s: float
+    pp: float
+    ss: float
+    ps: float
+
+
+def ratio_from_sums(sums: Sums) -> tuple[float, Interval] | None:
+    """`ratio_of_sums` by the delta method from the pairs' sums, for more than
+    `BOOTSTRAP_MAX_PAIRS` pairs, without holding them: sum((s - r p)^2) expands to
+    ss - 2 r ps + r^2 pp (identical sides give exactly 0)."""
+    if sums.n == 0 or sums.p <= 0:
+        return None
+    estimate = sums.s / sums.p
+    residuals = sums.ss - 2 * estimate * sums.ps + estimate * estimate * sums.pp
+    return estimate, _delta(estimate, residuals, sums.p, sums.n)
 
 
 # --- grading -------------------------------------------------------------------------------
