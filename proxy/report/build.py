@@ -384,9 +384,9 @@ def _groups(db: Reading) -> list[tuple[str, str]]:
 
 def _seen(failovers: bool, dbs: list[Reading]) -> Seen:
     """The exchange-side queries over every recording, and each one's span."""
-    many = Many(dbs)
-    seen = read_seen(many, failovers)
-    seen.spans.extend(traffic_rows(Many([db])) for db in dbs)
+    spans = [traffic_rows(Many([db])) for db in dbs]
+    seen = read_seen(Many(dbs), failovers, [row for rows in spans for row in rows])
+    seen.spans.extend(spans)
     seen.judged.extend(row for db in dbs for row in quality_rows(db.con, db.where, db.params))
     return seen
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import sqlite3
 from collections.abc import Sequence
 from functools import lru_cache
@@ -31,6 +32,29 @@ class Query(NamedTuple):
 def _query(columns: list[tuple[str, str]], rest: str) -> Query:
     select = ",\n  ".join(expr for _, expr in columns)
     return Query(f"SELECT {select}\n{rest}", tuple(name for name, _ in columns))
+
+
+_COLUMN: Final = re.compile(r"\b([epsr])\.(\w+)")
+
+
+def _query_once(columns: list[tuple[str, str]], rest: str, computed: dict[str, str]) -> Query:
+    """`_query`, with each of `computed`'s expressions (named in `columns` by its key)
+    evaluated once per row: in a subquery SQLite runs as a co-routine (LIMIT keeps it from
+    being flattened back into the aggregates). A cost or usage used by five aggregates
+    otherwise costs five evaluations; this took a third off the pair query."""
+    exprs = [expr for _, expr in columns]
+    used = sorted({m.group(0) for expr in exprs for m in _COLUMN.finditer(expr)})
+    inner = [f"{ref} AS {ref.replace('.', '_', 1)}" for ref in used]
+    inner += [f"{expr} AS {name}" for name, expr in computed.items()]
+    outer = [_COLUMN.sub(r"\1_\2", expr) for expr in exprs]
+    sql = (
+        "SELECT "
+        + ",\n  ".join(outer)
+        + "\nFROM (SELECT "
+        + ",\n  ".join(inner)
+        + f"\n{rest}\nLIMIT -1)"
+    )
+    return Query(sql, tuple(name for name, _ in columns))
 
 
 def usage_sql(a: str) -> str:
@@ -92,14 +116,14 @@ def upstream_query(role: str, where: str, cost: str, *, binned: bool, priced: bo
     ok = "r.error_kind IS NULL"
     stream = f"e.stream AND r.status / 100 = 2 AND NOT {_by_app('r')}"
     upstream_error = f"r.error_kind IS NOT NULL AND NOT {_by_app('r')}"
-    bucket = "CAST((e.ts - :t0) / :width AS INTEGER)"
-    usage = usage_sql("r")
+    bucket = "r__bucket"
+    usage = "r__usage"
     # Only primaries are served under a revision's split.
     revisions = "group_concat(e.revision, char(31))" if role == "primary" else "NULL"
     # Successful answers without a price, by the model asked for (char(30): none), whether
     # they carried usage and images: what the notes on report.pricing say.
     unpriced = (
-        f"group_concat(CASE WHEN {ok} AND {cost} IS NULL THEN ifnull(e.model, char(30)) "
+        f"group_concat(CASE WHEN {ok} AND r__cost IS NULL THEN ifnull(e.model, char(30)) "
         "|| char(29) || (r.prompt_tokens IS NOT NULL) || (coalesce(r.images, 0) > 0) END, "
         "char(31))"
         if priced
@@ -116,8 +140,8 @@ def upstream_query(role: str, where: str, cost: str, *, binned: bool, priced: bo
         ("tokens", f"sum({usage})"),
         ("cached", "total(r.cached_tokens)"),
         ("images", "total(r.images)"),
-        ("priced", f"count({cost})"),
-        ("cost", f"sum({cost}) / 1e6"),
+        ("priced", "count(r__cost)"),
+        ("cost", "sum(r__cost) / 1e6"),
         ("streams", f"sum({stream})"),
         ("streams_ok", f"sum({stream} AND r.stream_done = 1 AND {usage} IS NOT NULL)"),
         ("json_answers", f"count(CASE WHEN {ok} THEN r.json_ok END)"),
@@ -130,10 +154,15 @@ def upstream_query(role: str, where: str, cost: str, *, binned: bool, priced: bo
         ("revisions", revisions),
         ("unpriced", unpriced),
     ]
-    return _query(
+    return _query_once(
         columns,
         "FROM responses r CROSS JOIN exchanges e ON e.id = r.exchange_id\n"
         f"WHERE {_GROUP_RANGE.format(a='r')}{where}",
+        {
+            "r__cost": cost,
+            "r__usage": usage_sql("r"),
+            "r__bucket": "CAST((e.ts - :t0) / :width AS INTEGER)",
+        },
     )
 
 
@@ -186,7 +215,13 @@ def _ratio_sums(name: str, cond: str, p: str, s: str, binned: bool) -> list[tupl
 def pair_query(where: str, p_cost: str, s_cost: str, *, binned: bool) -> Query:
     ok = "p.error_kind IS NULL AND s.error_kind IS NULL"
     same_class = "p.status / 100 IS s.status / 100"
-    p_usage, s_usage = usage_sql("p"), usage_sql("s")
+    computed = {
+        "p__usage": usage_sql("p"),
+        "s__usage": usage_sql("s"),
+        "p__cost": p_cost,
+        "s__cost": s_cost,
+    }
+    p_usage, s_usage, p_cost, s_cost = computed
     usage = f"{p_usage} IS NOT NULL AND {s_usage} IS NOT NULL"
     priced = f"{p_cost} IS NOT NULL AND {s_cost} IS NOT NULL"
     # A copy that refused a request the primary answered with tool calls (a 4xx such as
@@ -196,9 +231,12 @@ def pair_query(where: str, p_cost: str, s_cost: str, *, binned: bool) -> Query:
         "p.error_kind IS NULL AND (s.error_kind IS NULL OR s.error_kind = 'http_4xx') "
         "AND (p.tool_calls IS NOT NULL OR (s.error_kind IS NULL AND s.tool_calls IS NOT NULL))"
     )
+    # CASE, not AND: SQLite evaluates both sides of an AND for its value, and these two
+    # call back into Python; most pairs carry no tool calls and need neither.
     tools_same = (
-        "(s.error_kind IS NULL AND tool_sig(p.tool_calls) IS tool_sig(s.tool_calls) "
-        "AND tool_valid(s.tool_calls))"
+        "(CASE WHEN s.error_kind IS NOT NULL THEN 0 "
+        "WHEN tool_sig(p.tool_calls) IS NOT tool_sig(s.tool_calls) THEN 0 "
+        "ELSE tool_valid(s.tool_calls) END)"
     )
     text = f"{ok} AND p.text_sha256 IS NOT NULL AND s.text_sha256 IS NOT NULL"
     bodies = "length(p.response_body) > 0 AND length(s.response_body) > 0"
@@ -222,7 +260,7 @@ def pair_query(where: str, p_cost: str, s_cost: str, *, binned: bool) -> Query:
         ("same_class", f"sum({same_class})"),
         ("same_shape", f"sum({same_class} AND p.shape IS s.shape)"),
         ("tools", f"sum({tools})"),
-        ("tools_same", f"sum({tools} AND {tools_same})"),
+        ("tools_same", f"sum(CASE WHEN {tools} THEN {tools_same} END)"),
         ("texts", f"sum({text})"),
         ("texts_same", f"sum({text} AND p.text_sha256 = s.text_sha256)"),
         ("usage_pairs", f"sum({usage})"),
@@ -252,16 +290,21 @@ def pair_query(where: str, p_cost: str, s_cost: str, *, binned: bool) -> Query:
             "ex_shape",
             f"group_concat(CASE WHEN {same_class} AND p.shape IS NOT s.shape THEN s.rowid END)",
         ),
-        ("ex_tool_calls", f"group_concat(CASE WHEN {tools} AND NOT {tools_same} THEN s.rowid END)"),
+        (
+            "ex_tool_calls",
+            f"group_concat(CASE WHEN {tools} THEN (CASE WHEN {tools_same} THEN NULL "
+            "ELSE s.rowid END) END)",
+        ),
         ("bodies", f"group_concat(CASE WHEN {text} AND {bodies} THEN s.rowid END)"),
     ]
-    return _query(
+    return _query_once(
         columns,
         "FROM responses s\n"
         "  CROSS JOIN responses p ON p.exchange_id = s.exchange_id AND p.role = 'primary'\n"
         "  CROSS JOIN exchanges e ON e.id = s.exchange_id\n"
         f"WHERE {_GROUP_RANGE.format(a='s')}{where}\n"
         f"  AND NOT {_by_app('p')} AND NOT {_by_app('s')}",
+        computed,
     )
 
 

@@ -85,10 +85,11 @@ class Seen:
     judged: list[Any] = field(default_factory=list)  # the judgments' rows, every recording's
 
 
-def read_seen(db: Many, failovers: bool) -> Seen:
-    """The exchange-side queries, in one worker; `failovers`: some recording has any."""
+def read_seen(db: Many, failovers: bool, rows: list[Any]) -> Seen:
+    """The exchange-side queries, in one worker, beside `traffic_rows`' `rows`; `failovers`:
+    some recording has any."""
     return Seen(
-        rows=traffic_rows(db),
+        rows=rows,
         revisions=db.rows(
             "SELECT revision, count(*), min(ts), max(ts) FROM exchanges e "
             f"WHERE 1{db.where} GROUP BY revision"
