@@ -172,31 +172,40 @@ class Retention:
     async def _shrink(self, cap: int) -> int:
         """Over HIGH_WATER of `cap`, deletes the oldest exchanges to LOW_WATER of it."""
         high, low = cap * HIGH_WATER, cap * LOW_WATER
-        size = await self._transact(self._checkpoint)
         deleted = 0
-        while size.total > high or (deleted and size.total > low):
+        while True:
+            size, held = await self._transact(self._checkpoint)
+            # A WAL a reader holds is not held against the exchanges: deleting more could not
+            # shrink it (deletes are written to it too), and it goes once the reader does.
+            total = size.used if held else size.total
+            if total <= low or (total <= high and not deleted):
+                return deleted
             count = await self._transact(_count)
-            if not count:
-                break
             # Rows differ in size (bodies); the average, remeasured after each pass, gets
             # there in a pass or two without deleting much past the mark.
-            per_exchange = max(size.used / count, 1.0)
-            want = math.ceil((size.total - low) / per_exchange)
+            want = math.ceil((total - low) / max(size.used / max(count, 1), 1.0))
             done = 0
             while done < want and (n := await self._delete(_OLDEST, (min(want - done, CHUNK),))):
                 done += n
             if not done:
-                break
+                return deleted
             deleted += done
-            size = await self._transact(self._checkpoint)
-        return deleted
 
-    async def _checkpoint(self, db: aiosqlite.Connection) -> Footprint:
-        # TRUNCATE moves the WAL into the main file and empties it, unless a reader (the
-        # report) still needs it; then it stays, is counted, and the next round tries again.
-        async with db.execute("PRAGMA wal_checkpoint(TRUNCATE)") as cursor:
-            await cursor.fetchone()
-        return await self.measure(db)
+    async def _checkpoint(self, db: aiosqlite.Connection) -> tuple[Footprint, bool]:
+        """Empties the WAL into the main file; the footprint then, and whether a reader held it.
+
+        TRUNCATE waits (SQLite's busy handler) for readers still on the WAL, such as a report
+        or a snapshot being sent; with the writer held up meanwhile, so it is not asked to:
+        a held WAL stays, and the next round tries again.
+        """
+        wait = await _pragma(db, "busy_timeout")
+        await db.execute("PRAGMA busy_timeout = 0")
+        try:
+            async with db.execute("PRAGMA wal_checkpoint(TRUNCATE)") as cursor:
+                row = await cursor.fetchone()
+        finally:
+            await db.execute(f"PRAGMA busy_timeout = {wait}")
+        return await self.measure(db), row is not None and row[0] == 1
 
     async def measure(self, db: aiosqlite.Connection) -> Footprint:
         # The size the cap is held to is the pages in use plus the WAL, not the main file's

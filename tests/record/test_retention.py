@@ -142,6 +142,33 @@ async def test_age_rows_and_size_combine_in_one_round_logged_with_each_reason(
     assert rows(db, "SELECT count(*) FROM guard_trips") == [(1,)]
 
 
+async def test_a_reader_holding_the_wal_neither_holds_retention_up_nor_empties_the_recording(
+    db: Path, recorders: Callable[..., Recorder]
+) -> None:
+    rec = recorders(db, max_size=MiB, retention_interval=1e6, busy_timeout=1.0)
+    await rec.start()
+    await rec.retain()  # the one at start happens too; either way, on an empty file
+    for i in range(300):
+        rec.submit(exchange(i, ts=1000.0 + i, request_body=BODY))
+    await rec.idle()
+    with contextlib.closing(sqlite3.connect(db)) as reader:  # a report, a snapshot being sent
+        reader.execute("BEGIN")
+        reader.execute("SELECT count(*) FROM exchanges").fetchone()
+        for i in range(300, 600):
+            rec.submit(exchange(i, ts=1000.0 + i, request_body=BODY))
+        await rec.idle()
+        began = time.monotonic()
+        await rec.retain()
+        assert time.monotonic() - began < 0.5  # no wait of busy_timeout for the reader
+        held = await rec.footprint()
+        reader.rollback()
+    assert held.wal > 0 and held.used <= MiB * LOW_WATER
+    kept = rows(db, "SELECT count(*) FROM exchanges")[0][0]
+    assert kept > 100  # the WAL it could not shrink was not taken out of the exchanges
+    await rec.retain()
+    assert (await rec.footprint()).wal == 0  # emptied once the reader is gone
+
+
 async def test_the_wal_is_kept_to_a_share_of_a_small_cap(
     db: Path, recorders: Callable[..., Recorder]
 ) -> None:
