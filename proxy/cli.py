@@ -86,12 +86,13 @@ def _report(args: argparse.Namespace) -> int:
     from proxy.report import build as report
     from proxy.report import html as report_html
     from proxy.report import text as report_text
+    from proxy.report.recordings import expand
     from proxy.report.thresholds import ReportSettings
 
     settings, record = (
         config_mod.load_for_report(args.config) if args.config else (ReportSettings(), None)
     )
-    db = args.db or (record.path if record is not None else None)
+    db = args.db or ([[record.path]] if record is not None else None)
     if db is None:
         print(
             "error: name the recording with --db, or give --config to read its record.path",
@@ -110,7 +111,8 @@ def _report(args: argparse.Namespace) -> int:
     except ValueError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
-    rep = report.build_report(db, flt, settings)
+    # Unquoted, the shell expands a glob itself: nargs="+" takes every file it names.
+    rep = report.build_report(expand([p for group in db for p in group]), flt, settings)
     with _reader_may_leave():
         if args.json:
             sys.stdout.buffer.write(report_text.render_json(rep) + b"\n")
@@ -260,7 +262,12 @@ def parser() -> argparse.ArgumentParser:
         "report", help="is the new gateway safe? a report from the recorded database"
     )
     r.add_argument(
-        "--db", help="the SQLite file the sidecar records into (default: the config's record.path)"
+        "--db",
+        nargs="+",
+        action="append",
+        metavar="PATH",
+        help="the SQLite file the sidecar records into (default: the config's record.path); "
+        "several, or a quoted glob such as 'recordings/*.db', are read as one recording",
     )
     r.add_argument(
         "--config",

@@ -24,6 +24,7 @@ from proxy.report.text import (
     filter_text,
     interval_text,
     ms,
+    recordings_text,
     sections,
     settle_text,
     value_text,
@@ -112,7 +113,9 @@ def _header(report: Report) -> str:
     )
     return (
         f'<h1>Migration report</h1><p class="meta">{_e(report.db_path)}, generated '
-        f"{_e(when(report.generated_at))}<br>Filter: {_e(filter_text(report.filter))}<br>"
+        f"{_e(when(report.generated_at))}<br>"
+        + "".join(f"{_e(line)}<br>" for line in recordings_text(report))
+        + f"Filter: {_e(filter_text(report.filter))}<br>"
         f"Window: {_e(window)}</p>"
     )
 

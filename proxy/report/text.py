@@ -10,7 +10,9 @@ from typing import Final
 import orjson
 
 from proxy.judge.section import QUALITY_HELP, quality_tables
+from proxy.record.schema import SCHEMA_VERSION
 from proxy.replay.compare import pairs_of
+from proxy.report.bins import RELATIVE_ERROR
 from proxy.report.data import (
     Agreement,
     Check,
@@ -463,12 +465,31 @@ def filter_text(f: ReportFilter) -> str:
     return ", ".join(shown) if shown else "none"
 
 
+def recordings_text(report: Report) -> list[str]:
+    """The files read, when several were pooled, each with its span; and whether latencies
+    came from bins."""
+    out = []
+    if len(report.recordings) > 1:
+        out.append(f"{len(report.recordings)} recordings, pooled as one:")
+        for r in report.recordings:
+            span = f"{when(r.first_ts)} .. {when(r.last_ts)}" if r.exchanges else "no exchanges"
+            old = f", schema {r.schema}" if r.schema != SCHEMA_VERSION else ""
+            out.append(f"  {r.path}: {r.exchanges:,} exchanges, {span}{old}")
+    if report.binned:
+        out.append(
+            "Latency percentiles and medians are read from log bins: each within "
+            f"{RELATIVE_ERROR:.1%} of the exact value (docs/report.md)."
+        )
+    return out
+
+
 def render_text(report: Report) -> str:
     """Terminal tables, readable in 100 columns."""
     t = report.traffic
     out = [
         f"Migration report, generated {when(report.generated_at)}",
         f"Recording: {report.db_path}",
+        *recordings_text(report),
         f"Filter: {filter_text(report.filter)}",
     ]
     if not t.exchanges:
