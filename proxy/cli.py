@@ -240,6 +240,12 @@ def _demo(args: argparse.Namespace) -> int:
     return demo.main(args.rest)
 
 
+_DB_HELP = (
+    "the SQLite file the sidecar records into (default: the config's record.path); several, "
+    "or a quoted glob such as 'recordings/*.db', are read as one recording"
+)
+
+
 def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="llm-sidecar",
@@ -261,14 +267,7 @@ def parser() -> argparse.ArgumentParser:
     r = sub.add_parser(
         "report", help="is the new gateway safe? a report from the recorded database"
     )
-    r.add_argument(
-        "--db",
-        nargs="+",
-        action="append",
-        metavar="PATH",
-        help="the SQLite file the sidecar records into (default: the config's record.path); "
-        "several, or a quoted glob such as 'recordings/*.db', are read as one recording",
-    )
+    r.add_argument("--db", nargs="+", action="append", metavar="PATH", help=_DB_HELP)
     r.add_argument(
         "--config",
         "-c",

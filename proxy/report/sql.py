@@ -212,6 +212,34 @@ def _ratio_sums(name: str, cond: str, p: str, s: str, binned: bool) -> list[tupl
     ]
 
 
+def _error_counts() -> list[tuple[str, str]]:
+    return [
+        ("pairs", "count(*)"),
+        ("p_errors", "sum(p.error_kind IS NOT NULL)"),
+        ("s_errors", "sum(s.error_kind IS NOT NULL)"),
+        ("both_errors", "sum(p.error_kind IS NOT NULL AND s.error_kind IS NOT NULL)"),
+    ]
+
+
+def _latencies(ok: str, binned: bool) -> list[tuple[str, str]]:
+    def both(column: str, value: str, cond: str = "") -> str:
+        return (
+            f"group_concat(CASE WHEN {ok}{cond} AND p.{column} IS NOT NULL "
+            f"AND s.{column} IS NOT NULL THEN {_value(value, binned)} END)"
+        )
+
+    return [
+        ("ttfb_diff", both("ttfb_ms", "s.ttfb_ms - p.ttfb_ms")),
+        ("ttft_diff", both("ttft_ms", "s.ttft_ms - p.ttft_ms")),
+        ("total_diff", both("total_ms", "s.total_ms - p.total_ms")),
+        ("p_ttft", both("ttft_ms", "p.ttft_ms", " AND e.stream")),
+        ("s_ttft", both("ttft_ms", "s.ttft_ms", " AND e.stream")),
+        ("p_total", both("total_ms", "p.total_ms", " AND NOT e.stream")),
+        ("s_total", both("total_ms", "s.total_ms", " AND NOT e.stream")),
+        *_latency_pair(ok, binned),
+    ]
+
+
 def pair_query(where: str, p_cost: str, s_cost: str, *, binned: bool) -> Query:
     ok = "p.error_kind IS NULL AND s.error_kind IS NULL"
     same_class = "p.status / 100 IS s.status / 100"
@@ -243,20 +271,11 @@ def pair_query(where: str, p_cost: str, s_cost: str, *, binned: bool) -> Query:
     if binned:  # a fixed share of the pairs, by a hash of the rowid, for the similarity sample
         bodies += " AND (s.rowid * 2654435761) % 1000 < :keep"
 
-    def both(column: str, value: str, cond: str = "") -> str:
-        return (
-            f"group_concat(CASE WHEN {ok}{cond} AND p.{column} IS NOT NULL "
-            f"AND s.{column} IS NOT NULL THEN {_value(value, binned)} END)"
-        )
-
     def when(cond: str, value: str) -> str:
         return f"sum(CASE WHEN {cond} THEN {value} END)"
 
     columns = [
-        ("pairs", "count(*)"),
-        ("p_errors", "sum(p.error_kind IS NOT NULL)"),
-        ("s_errors", "sum(s.error_kind IS NOT NULL)"),
-        ("both_errors", "sum(p.error_kind IS NOT NULL AND s.error_kind IS NOT NULL)"),
+        *_error_counts(),
         ("same_class", f"sum({same_class})"),
         ("same_shape", f"sum({same_class} AND p.shape IS s.shape)"),
         ("tools", f"sum({tools})"),
@@ -277,14 +296,7 @@ def pair_query(where: str, p_cost: str, s_cost: str, *, binned: bool) -> Query:
         ("p_cost", f"{when(priced, p_cost)} / 1e6"),
         ("s_cost", f"{when(priced, s_cost)} / 1e6"),
         *_ratio_sums("cost", priced, p_cost, s_cost, binned),
-        ("ttfb_diff", both("ttfb_ms", "s.ttfb_ms - p.ttfb_ms")),
-        ("ttft_diff", both("ttft_ms", "s.ttft_ms - p.ttft_ms")),
-        ("total_diff", both("total_ms", "s.total_ms - p.total_ms")),
-        ("p_ttft", both("ttft_ms", "p.ttft_ms", " AND e.stream")),
-        ("s_ttft", both("ttft_ms", "s.ttft_ms", " AND e.stream")),
-        ("p_total", both("total_ms", "p.total_ms", " AND NOT e.stream")),
-        ("s_total", both("total_ms", "s.total_ms", " AND NOT e.stream")),
-        *_latency_pair(ok, binned),
+        *_latencies(ok, binned),
         ("ex_status", f"group_concat(CASE WHEN NOT {same_class} THEN s.rowid END)"),
         (
             "ex_shape",
