@@ -35,6 +35,7 @@ __all__ = [
     "stream_signature",
     "text_sha256",
     "tool_calls_json",
+    "usage_in",
     "usage_of",
     "wants_json",
 ]
@@ -61,6 +62,35 @@ def usage_of(body: object) -> Usage:
     if not isinstance(body, dict):
         return usage_tokens(None)
     return usage_tokens(body.get("usage"))
+
+
+# OpenAI's chat answer opens its usage with the two counts side by side: read by one
+# anchored match, no parse. Other shapes (Anthropic's cache counts, the Responses API's
+# details in between) are parsed, their usage object alone where it is the last member.
+_USAGE_PAIR = re.compile(
+    rb'"usage"\s*:\s*\{\s*"prompt_tokens"\s*:\s*(\d+)\s*,\s*"completion_tokens"\s*:\s*(\d+)\b'
+)
+
+
+def usage_in(body: bytes | None) -> tuple[int, int]:
+    """Input and output tokens of a plain answer's body, 0 for what it doesn't say; the
+    same counts as `usage_of` reads from the parsed body, found cheaply where possible."""
+    at = body.rfind(b'"usage"') if body else -1
+    if body is None or at < 0:
+        return 0, 0
+    m = _USAGE_PAIR.match(body, at)
+    if m is not None:
+        return int(m[1]), int(m[2])
+    try:
+        usage: Any = orjson.loads(body[body.index(b":", at) + 1 : body.rindex(b"}")])
+    except (ValueError, orjson.JSONDecodeError):
+        try:
+            usage = orjson.loads(body)
+        except orjson.JSONDecodeError:
+            return 0, 0
+        usage = usage.get("usage") if isinstance(usage, dict) else None
+    counts = usage_tokens(usage)
+    return counts.prompt or 0, counts.completion or 0
 
 
 def _first_item(body: object) -> object:

@@ -32,6 +32,7 @@ class Meter:
         "ttfb_ms",
         "ttft_ms",
         "upstream",
+        "usage",
     )
 
     def __init__(self, role: Role, upstream: str, model_sent: str | None, json_mode: bool) -> None:
@@ -52,6 +53,18 @@ class Meter:
         self.body: bytes | None = None
         # The start of a streamed answer, kept when something reads it (see `affinity`).
         self.head: bytearray | None = None
+        self.usage: tuple[int, int] | None = None  # a plain answer's tokens, once read
+
+    def tokens(self) -> tuple[int, int]:
+        """Input and output tokens, 0 for what the answer didn't say: from the stream's tally,
+        or read once from a plain body (the record, metrics and quotas each ask)."""
+        tally = self.tally
+        if tally is not None:
+            return tally.prompt_tokens or 0, tally.completion_tokens or 0
+        usage = self.usage
+        if usage is None:
+            usage = self.usage = answers.usage_in(self.body)
+        return usage
 
     def elapsed_ms(self) -> float:
         return (time.perf_counter() - self._t0) * 1000.0
@@ -114,6 +127,7 @@ class Meter:
             parsed: Any = _loads(body)
             if parsed is not None:
                 usage = answers.usage_of(parsed)
+                self.usage = (usage.prompt or 0, usage.completion or 0)
                 images = answers.images_of(parsed)
                 dims = answers.embedding_dims(parsed)
                 if paired or self.json_mode:

@@ -99,7 +99,7 @@ class Pipeline:
 
     def _plan(self, call: Call, name: str, role: Role) -> Attempt:
         rt = call.arrival.runtime
-        return plan(call, rt.upstreams[name], role, self._recorder(rt) is not None)
+        return plan(call, rt.upstreams[name], role, rt.measure)
 
     async def _try(
         self, attempt: Attempt, relay: Relay, tries: list[tuple[Attempt, Meter]]
@@ -151,12 +151,12 @@ class Pipeline:
             self.counters.requests[name] += 1
             if meter.error_kind is not None:
                 self.counters.errors[name] += 1
+            if recorder is not None:  # first: its parse of the answer gives the rest its usage
+                policy = rt.record.bodies.response
+                recorder.submit(meter.record(call.id, policy, paired and attempt.role == "primary"))
             self._watch(call, name, meter)
             if self.observers.all:
                 self.observers.served(call, attempt, meter)
-            if recorder is not None:
-                policy = rt.record.bodies.response
-                recorder.submit(meter.record(call.id, policy, paired and attempt.role == "primary"))
         attempt, meter = tries[-1]
         if attempt.learn and meter.error_kind is None:
             self._learn(attempt.upstream.name, meter, recorder)

@@ -14,10 +14,7 @@ from collections import deque
 from dataclasses import dataclass, field
 from typing import Any
 
-import orjson
-
 from proxy.config import Config, Quota
-from proxy.record.answers import usage_of
 from proxy.record.meter import Meter
 from proxy.report.thresholds import Price
 
@@ -125,7 +122,7 @@ class Quotas:
         now = time.time() if now is None else now
         use = self._use.setdefault(name, _Use())
         use.prune(now)
-        prompt, completion = _tokens(meter)
+        prompt, completion = meter.tokens()
         use.tokens.append((now, prompt + completion))
         price = self._price(name, model)
         if price is not None and meter.error_kind is None:
@@ -150,19 +147,6 @@ class Quotas:
                 "spent": name in self.spent(now),
             }
         return {"upstreams": out, "rerouted": self.rerouted, "copies_skipped": self.skipped}
-
-
-def _tokens(meter: Meter) -> tuple[int, int]:
-    tally = meter.tally
-    if tally is not None:
-        return tally.prompt_tokens or 0, tally.completion_tokens or 0
-    if meter.body is None:
-        return 0, 0
-    try:
-        usage = usage_of(orjson.loads(meter.body))
-    except orjson.JSONDecodeError:
-        return 0, 0
-    return usage[0] or 0, usage[1] or 0
 
 
 def _cost(price: Price, prompt: int, completion: int) -> float:

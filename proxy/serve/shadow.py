@@ -129,7 +129,7 @@ class Shadower:
                 continue  # counted by the quotas
             rt = call.arrival.runtime
             try:
-                attempt = plan(call, rt.upstreams[name], role, rt.record.enabled)
+                attempt = plan(call, rt.upstreams[name], role, rt.measure)
             except ErrorAnswer:  # a provider of another shape that cannot take this call
                 self.counters.shadow_skipped_shape += 1
                 continue
@@ -193,11 +193,11 @@ class Shadower:
             meter.done()
             if meter.error_kind is not None:
                 self.counters.shadow_failed += 1
+            if self.recorder is not None and policy is not None:  # first: it reads the usage
+                self.recorder.submit(meter.record(call_id, policy))
             self.quotas.used(up.name, None, meter)
             if self.observers.all:
                 self.observers.copied(call_id, attempt, meter)
-            if self.recorder is not None and policy is not None:
-                self.recorder.submit(meter.record(call_id, policy))
 
     async def close(self, grace: float) -> None:
         """Let copies in flight finish for `grace` seconds, then cancel the rest (and record them)."""

@@ -92,3 +92,40 @@ def test_retry_of_links_attempts_by_a_hash_of_the_idempotency_key() -> None:
     assert retry_of(again) == (key, 2)
     assert retry_of(CIMultiDict()) == (None, None)
     assert retry_of(CIMultiDict({"x-stainless-retry-count": "many"})) == (None, None)
+
+
+def answer_meter(body: bytes) -> Meter:
+    meter = Meter("primary", "old", None, json_mode=False)
+    meter.headers(200, stream=False)
+    meter.body = body
+    meter.done()
+    return meter
+
+
+USAGES = [
+    # OpenAI chat, as the API sends it: the pair first, details and more members after.
+    b'{"id":"c","choices":[{"message":{"content":"prompt_tokens: 99"}}],"usage":{"prompt_tokens":12,'
+    b'"completion_tokens":5,"total_tokens":17,"prompt_tokens_details":{"cached_tokens":3}},'
+    b'"system_fingerprint":"fp_1"}',
+    b'{"usage": {"prompt_tokens": 4, "completion_tokens": 6}}',  # spaced
+    b'{"usage":{"completion_tokens":6,"prompt_tokens":4}}',  # the other order
+    # Anthropic: the cache's tokens are prompt tokens too, as the record counts them.
+    b'{"content":[],"usage":{"input_tokens":7,"cache_creation_input_tokens":100,"output_tokens":2}}',
+    # The Responses API: details between the two, members after usage.
+    b'{"output":[],"usage":{"input_tokens":9,"input_tokens_details":{"cached_tokens":0},'
+    b'"output_tokens":3,"total_tokens":12},"user":null}',
+    b'{"object":"list","data":[],"usage":{"prompt_tokens":8,"total_tokens":8}}',  # embeddings
+    b'{"data":[]}',
+    b'{"usage":"nonsense"}',
+    b'not json "usage" at all',
+    b"",
+]
+
+
+def test_tokens_read_from_a_body_agree_with_the_record_for_every_shape() -> None:
+    for body in USAGES:
+        fast = answer_meter(body).tokens()  # read alone, as metrics and quotas read it
+        meter = answer_meter(body)
+        row = meter.record("x1", "full")
+        assert fast == (row.prompt_tokens or 0, row.completion_tokens or 0), body
+        assert meter.tokens() == fast  # and after the record, from what the record read
