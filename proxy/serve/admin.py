@@ -49,7 +49,7 @@ async def answer(sidecar: Sidecar, request: web.BaseRequest) -> web.StreamRespon
         return _json(stats(sidecar))
     if path == "/_proxy/live" and method == "GET":
         state = health(sidecar.live, sidecar.shadower.guard)
-        return _json(live.live_view(sidecar, sidecar.window, state))
+        return _json(live.live_view(sidecar, sidecar.metrics, state))
     if path == "/metrics" and method == "GET":
         if sidecar.metrics is None or not sidecar.live.current.config.metrics.enabled:
             raise NotFound("metrics are off; set metrics.enabled: true in the config")

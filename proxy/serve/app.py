@@ -24,7 +24,6 @@ from proxy.record.schema import StoreError
 from proxy.record.writer import Recorder, WriterSettings
 from proxy.serve import admin, affinity
 from proxy.serve.counters import Counters
-from proxy.serve.live import Window
 from proxy.serve.metrics import Metrics
 from proxy.serve.pipeline import Pipeline
 from proxy.serve.protocol import Server
@@ -86,8 +85,7 @@ class Sidecar:
 
             self.otel = otel.start(cfg.otel, self.live, path)
             self.shadower.observers.add(self.otel)
-        self.metrics: Metrics | None = None  # with `window`: while metrics.enabled (see `_watch`)
-        self.window: Window | None = None
+        self.metrics: Metrics | None = None  # while metrics.enabled (see `_watch`)
         self._watch(cfg)
         self.watcher = ConfigWatcher(path, self._file_changed) if watch else None
         self._reload_lock = asyncio.Lock()
@@ -165,12 +163,12 @@ class Sidecar:
         off and on again by reloads, they are the same objects: counters never go back."""
         observers = self.shadower.observers.all
         if cfg.metrics.enabled and self.metrics is None:
-            self.metrics, self.window = Metrics(self), Window()
-        for o in (self.metrics, self.window):
-            if o is not None and cfg.metrics.enabled and o not in observers:
-                observers.append(o)
-            elif o is not None and not cfg.metrics.enabled and o in observers:
-                observers.remove(o)
+            self.metrics = Metrics(self)
+        o = self.metrics
+        if o is not None and cfg.metrics.enabled and o not in observers:
+            observers.append(o)
+        elif o is not None and not cfg.metrics.enabled and o in observers:
+            observers.remove(o)
 
     def health(self) -> dict[str, Any]:
         return admin.health(self.live, self.shadower.guard)

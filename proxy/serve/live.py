@@ -1,159 +1,173 @@
-"""The dashboard's figures: the last minutes of traffic in 5-second slots, and the JSON view
-`GET /_proxy/live` serves from them with the config's state.
+"""The dashboard's figures: the last minutes of traffic, and the JSON view `GET /_proxy/live`
+serves from them with the config's state.
 
-The observer (`Window`) only counts into the current slot; percentiles, rates and the live
-comparison of shadow copies with their primary are worked out when the page asks.
+Nothing here runs per call. `metrics.Metrics` counts every call once, into counters since
+start; every `SLOT_S` seconds (at the first call after a slot's start) the `Window` takes a
+mark of those counters. A slot's figures are the difference of two marks, the window's the
+difference between now and its first mark: rates, error rates, and percentiles from the
+latency buckets (5% wide, so within 5%). The live comparison of shadow copies with their
+primary is worked out when the page asks.
 """
 
 from __future__ import annotations
 
-import math
 import shlex
 import time
-from collections.abc import Callable, Iterable
-from typing import TYPE_CHECKING, Any, Final
+from collections.abc import Iterable
+from typing import TYPE_CHECKING, Any, Final, NamedTuple
 
 from proxy.report.stats import wilson
 
 if TYPE_CHECKING:
-    from proxy.errors import ErrorAnswer
-    from proxy.record.meter import Meter
     from proxy.serve.app import Sidecar
-    from proxy.serve.call import Arrival, Call
-    from proxy.serve.plan import Attempt
+    from proxy.serve.metrics import Metrics, Series
 
 SLOT_S: Final = 5.0
 SLOTS: Final = 60  # five minutes
-# Latencies kept per slot and series, for the percentiles: the first ones of the slot. At
-# 1,000 calls a second that is 1 in 20, evenly spread enough over a minute of slots.
-SAMPLES: Final = 256
-# The upstream's own failures, as the guard counts them: not a 4xx the request caused, nor
-# the app leaving.
-FAILED: Final = frozenset({"http_5xx", "rate_limit", "connection", "timeout", "broken_stream"})
 
 
-class Slot:
-    __slots__ = ("calls", "failed", "total_ms", "ttft_ms")
+class Counts(NamedTuple):
+    """One (upstream, role)'s counters at a moment, or their difference over a span."""
 
-    def __init__(self) -> None:
-        self.calls = 0
-        self.failed = 0
-        self.total_ms: list[float] = []
-        self.ttft_ms: list[float] = []
+    calls: int
+    failed: int
+    total: tuple[int, ...]  # calls per latency bucket
+    ttft: tuple[int, ...]
+
+    def minus(self, earlier: Counts | None) -> Counts:
+        if earlier is None:
+            return self
+        return Counts(
+            self.calls - earlier.calls,
+            self.failed - earlier.failed,
+            tuple(a - b for a, b in zip(self.total, earlier.total, strict=True)),
+            tuple(a - b for a, b in zip(self.ttft, earlier.ttft, strict=True)),
+        )
+
+
+_NONE: Final = Counts(0, 0, (), ())
+
+
+class Mark(NamedTuple):
+    at: int  # the slot it opens
+    counts: dict[tuple[str, str], Counts]  # (upstream, role)
+    routed: dict[tuple[str, str], int]  # (route, upstream): calls served as primary
+
+
+def snapshot(series: dict[tuple[str, str], Series]) -> Mark:
+    """The counters now, as a mark of no slot (`at` -1)."""
+    counts: dict[tuple[str, str], Counts] = {}
+    routed: dict[tuple[str, str], int] = {}
+    for key, s in series.items():
+        counts[key] = Counts(*s.calls_and_failures(), tuple(s.total.counts), tuple(s.ttft.counts))
+        if key[1] == "primary":
+            for (route, _, _), n in s.calls.items():
+                rk = (route, key[0])
+                routed[rk] = routed.get(rk, 0) + n
+    return Mark(-1, counts, routed)
 
 
 class Window:
-    """Calls, failures and latency samples per (upstream, role) and the served split per
-    route, in slots of `SLOT_S` seconds; slots older than `SLOTS` are let go."""
+    """Marks of the counters at the start of each slot that had calls, for `SLOTS` slots."""
 
-    def __init__(self, clock: Callable[[], float] = time.time) -> None:
-        self.clock = clock
-        self.slots: dict[int, dict[tuple[str, str], Slot]] = {}
-        self.routed: dict[int, dict[tuple[str, str], int]] = {}  # (route, upstream) → calls
-        self._no = -1
-        self._cur: dict[tuple[str, str], Slot] = {}
-        self._routed: dict[tuple[str, str], int] = {}
+    def __init__(self) -> None:
+        self.marks: list[Mark] = []  # oldest first
+        self.ends = 0.0  # when the slot of the last mark ends: the next call past it marks
 
-    def served(self, call: Call, attempt: Attempt, meter: Meter) -> None:
-        self._add(attempt.upstream.name, attempt.role, meter)
-        if attempt.role == "primary":
-            key = (call.route.name, attempt.upstream.name)
-            self._routed[key] = self._routed.get(key, 0) + 1
+    def mark(self, now: float, series: dict[tuple[str, str], Series]) -> None:
+        no = int(now / SLOT_S)
+        self.ends = (no + 1) * SLOT_S
+        self.marks = [m for m in self.marks if m.at > no - SLOTS]
+        self.marks.append(snapshot(series)._replace(at=no))
 
-    def copied(self, call_id: str, attempt: Attempt, meter: Meter) -> None:
-        self._add(attempt.upstream.name, attempt.role, meter)
-
-    def refused(self, arrival: Arrival, error: ErrorAnswer) -> None:
-        pass  # counted in /_proxy/stats and /metrics; no upstream to show it under
-
-    def _add(self, upstream: str, role: str, meter: Meter) -> None:
-        no = int(self.clock() / SLOT_S)
-        if no != self._no:
-            self._turn(no)
-        slot = self._cur.get((upstream, role))
-        if slot is None:
-            slot = self._cur[(upstream, role)] = Slot()
-        slot.calls += 1
-        if meter.error_kind in FAILED:
-            slot.failed += 1
-        if len(slot.total_ms) < SAMPLES:
-            if meter.total_ms is not None:
-                slot.total_ms.append(meter.total_ms)
-            if meter.ttft_ms is not None:
-                slot.ttft_ms.append(meter.ttft_ms)
-
-    def _turn(self, no: int) -> None:
-        self._no = no
-        self._cur = self.slots.setdefault(no, {})
-        self._routed = self.routed.setdefault(no, {})
-        for old in [n for n in self.slots if n <= no - SLOTS]:
-            del self.slots[old]
-            self.routed.pop(old, None)
-
-    def view(self) -> dict[str, Any]:
+    def view(self, metrics: Metrics) -> dict[str, Any]:
         """The figures of the window, as the page draws them."""
-        now_no = int(self.clock() / SLOT_S)
+        now = snapshot(metrics.series)
+        now_no = int(metrics.clock() / SLOT_S)
         first = now_no - SLOTS + 1
-        span = list(range(first, now_no + 1))
-        merged: dict[tuple[str, str], Slot] = {}
-        per_slot: dict[str, list[float]] = {}
-        for i, no in enumerate(span):
-            for key, slot in self.slots.get(no, {}).items():
-                m = merged.setdefault(key, Slot())
-                m.calls += slot.calls
-                m.failed += slot.failed
-                m.total_ms += slot.total_ms
-                m.ttft_ms += slot.ttft_ms
-                if key[1] in ("primary", "failover"):
-                    rates = per_slot.setdefault(key[0], [0.0] * len(span))
-                    rates[i] += slot.calls / SLOT_S
-        seconds = min(SLOTS * SLOT_S, max(SLOT_S, self._age(first) + SLOT_S))
-        rows = [_row(up, role, m, seconds) for (up, role), m in sorted(merged.items())]
+        inside = [m for m in self.marks if m.at >= first]
+        # No call came between the window's start and its first mark: the counters then were
+        # what that mark holds. No mark inside: no call in the window at all.
+        base = inside[0] if inside else now
+        bounds = next(iter(metrics.series.values())).total.bounds if metrics.series else ()
+        rows = []
+        rates: dict[str, list[float]] = {}
+        for key in sorted(now.counts):
+            c = now.counts[key].minus(base.counts.get(key))
+            if c.calls:
+                rows.append(_row(*key, c, bounds, _seconds(inside, now_no)))
+            if key[1] in ("primary", "failover"):
+                per = rates.setdefault(key[0], [0.0] * SLOTS)
+                for i, n in enumerate(_per_slot(inside, now, key, first)):
+                    per[i] += n / SLOT_S
         routed: dict[str, dict[str, int]] = {}
-        for no in span:
-            for (route, up), n in self.routed.get(no, {}).items():
-                routed.setdefault(route, {})[up] = routed.setdefault(route, {}).get(up, 0) + n
+        for (route, up), n in now.routed.items():
+            if served := n - base.routed.get((route, up), 0):
+                routed.setdefault(route, {})[up] = served
+        merged = {k: v.minus(base.counts.get(k)) for k, v in now.counts.items()}
         return {
             "slot_s": SLOT_S,
             "window_s": SLOTS * SLOT_S,
             "upstreams": rows,
-            "rates": {"slot_s": SLOT_S, "per_upstream": per_slot},
+            "rates": {"slot_s": SLOT_S, "per_upstream": rates},
             "routed": routed,
-            "merged": merged,
+            "merged": (merged, bounds),
         }
 
-    def _age(self, first: int) -> float:
-        """Seconds since the oldest slot in the window that has calls (a fresh sidecar's
-        rates are over its life so far, not five minutes)."""
-        have = [n for n in self.slots if n >= first and self.slots[n]]
-        return (self._no - min(have)) * SLOT_S if have else 0.0
+
+def _per_slot(inside: list[Mark], now: Mark, key: tuple[str, str], first: int) -> list[int]:
+    """Calls of `key` in each slot of the window: the difference of consecutive marks."""
+    out = [0] * SLOTS
+    for i, m in enumerate(inside):
+        nxt = inside[i + 1].counts if i + 1 < len(inside) else now.counts
+        after, before = nxt.get(key), m.counts.get(key)
+        if after is not None:
+            out[m.at - first] = after.calls - (before.calls if before is not None else 0)
+    return out
 
 
-def percentile(values: list[float], q: float) -> float | None:
-    if not values:
+def _seconds(inside: list[Mark], now_no: int) -> float:
+    """The span rates are over: since the window's first call, at least a slot (a fresh
+    sidecar's rates are over its life so far, not five minutes)."""
+    age = (now_no - inside[0].at) * SLOT_S if inside else 0.0
+    return min(SLOTS * SLOT_S, max(SLOT_S, age + SLOT_S))
+
+
+def percentile(counts: tuple[int, ...], bounds: tuple[float, ...], q: float) -> float | None:
+    """Nearest rank over bucket counts: the upper bound of the bucket it falls in."""
+    n = sum(counts)
+    if not n:
         return None
-    ordered = sorted(values)
-    return round(ordered[min(len(ordered) - 1, math.ceil(q * len(ordered)) - 1)], 1)
+    rank, seen = max(1, -(-n * q // 1)), 0
+    for i, c in enumerate(counts):
+        seen += c
+        if seen >= rank:
+            return round(bounds[min(i, len(bounds) - 1)], 1)
+    return None
 
 
-def _row(upstream: str, role: str, m: Slot, seconds: float) -> dict[str, Any]:
+def _row(
+    upstream: str, role: str, c: Counts, bounds: tuple[float, ...], seconds: float
+) -> dict[str, Any]:
     return {
         "upstream": upstream,
         "role": role,
-        "calls": m.calls,
-        "per_s": round(m.calls / seconds, 2),
-        "failed": m.failed,
-        "error_rate": round(m.failed / m.calls, 4) if m.calls else None,
-        "p50_ms": percentile(m.total_ms, 0.5),
-        "p95_ms": percentile(m.total_ms, 0.95),
-        "p99_ms": percentile(m.total_ms, 0.99),
-        "ttft_p50_ms": percentile(m.ttft_ms, 0.5),
-        "ttft_p95_ms": percentile(m.ttft_ms, 0.95),
+        "calls": c.calls,
+        "per_s": round(c.calls / seconds, 2),
+        "failed": c.failed,
+        "error_rate": round(c.failed / c.calls, 4) if c.calls else None,
+        "p50_ms": percentile(c.total, bounds, 0.5),
+        "p95_ms": percentile(c.total, bounds, 0.95),
+        "p99_ms": percentile(c.total, bounds, 0.99),
+        "ttft_p50_ms": percentile(c.ttft, bounds, 0.5),
+        "ttft_p95_ms": percentile(c.ttft, bounds, 0.95),
     }
 
 
 def compare(
-    pairs: Iterable[tuple[str, str]], merged: dict[tuple[str, str], Slot]
+    pairs: Iterable[tuple[str, str]],
+    merged: dict[tuple[str, str], Counts],
+    bounds: tuple[float, ...],
 ) -> list[dict[str, Any]]:
     """Per shadowed upstream, its copies beside the primary's calls over the same window.
 
@@ -163,8 +177,8 @@ def compare(
     """
     out = []
     for shadow, primary in sorted(set(pairs)):
-        copies = merged.get((shadow, "shadow"), Slot())
-        served = merged.get((primary, "primary"), Slot())
+        copies = merged.get((shadow, "shadow"), _NONE)
+        served = merged.get((primary, "primary"), _NONE)
         c_lo, c_hi = wilson(copies.failed, copies.calls)
         p_lo, p_hi = wilson(served.failed, served.calls)
         if not copies.calls or not served.calls:
@@ -175,7 +189,7 @@ def compare(
             failures = "fewer failures"
         else:
             failures = "no difference seen"
-        p50_c, p50_p = percentile(copies.total_ms, 0.5), percentile(served.total_ms, 0.5)
+        p50_c, p50_p = percentile(copies.total, bounds, 0.5), percentile(served.total, bounds, 0.5)
         out.append(
             {
                 "shadow": shadow,
@@ -188,8 +202,8 @@ def compare(
                 else None,
                 "copy_p50_ms": p50_c,
                 "primary_p50_ms": p50_p,
-                "copy_p95_ms": percentile(copies.total_ms, 0.95),
-                "primary_p95_ms": percentile(served.total_ms, 0.95),
+                "copy_p95_ms": percentile(copies.total, bounds, 0.95),
+                "primary_p95_ms": percentile(served.total, bounds, 0.95),
                 "latency_ratio": round(p50_c / p50_p, 2) if p50_c and p50_p else None,
                 "failures": failures,
             }
@@ -207,7 +221,7 @@ def rollback_command(path: str) -> str:
     )
 
 
-def live_view(sidecar: Sidecar, window: Window | None, state: dict[str, Any]) -> dict[str, Any]:
+def live_view(sidecar: Sidecar, metrics: Metrics | None, state: dict[str, Any]) -> dict[str, Any]:
     """`GET /_proxy/live`: the config's state (`state`: as `/_proxy/health` has it), and the
     window's figures when metrics are on."""
     rt = sidecar.live.current
@@ -219,12 +233,12 @@ def live_view(sidecar: Sidecar, window: Window | None, state: dict[str, Any]) ->
         "shadow": {**sidecar.counters.as_dict()["shadow"], "in_flight": sidecar.shadower.in_flight},
         "traffic": None,
     }
-    if window is None:
+    if metrics is None:
         return out
-    figures = window.view()
-    merged = figures.pop("merged")
+    figures = metrics.window.view(metrics)
+    merged, bounds = figures.pop("merged")
     pairs = [(r.shadow.upstream, r.primary) for r in rt.table.routes if r.shadow is not None]
-    figures["compare"] = compare(pairs, merged)
+    figures["compare"] = compare(pairs, merged, bounds)
     figures["routes"] = [
         {
             "route": r.name,

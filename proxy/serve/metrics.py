@@ -9,13 +9,11 @@ call, several per attempt: about what the 5% budget of a proxied call allows in 
 
 from __future__ import annotations
 
-import re
 from bisect import bisect_left
-from collections.abc import Iterator
-from time import perf_counter
+from collections.abc import Callable, Iterator
+from time import perf_counter, time
 from typing import TYPE_CHECKING, Final
 
-import orjson
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 from prometheus_client.core import (
     CounterMetricFamily,
@@ -24,6 +22,8 @@ from prometheus_client.core import (
     InfoMetricFamily,
     Metric,
 )
+
+from proxy.serve.live import Window
 
 if TYPE_CHECKING:
     from proxy.errors import ErrorAnswer
@@ -56,13 +56,27 @@ LATENCY_MS: Final = (
     120_000,
 )
 OVERHEAD_MS: Final = (0.1, 0.25, 0.5, 1, 2.5, 5, 10, 25, 50, 100)
+# The upstream's own failures, as the guard counts them: not a 4xx the request caused, nor
+# the app leaving.
+FAILED: Final = frozenset({"http_5xx", "rate_limit", "connection", "timeout", "broken_stream"})
 _CLASS: Final = ("0xx", "1xx", "2xx", "3xx", "4xx", "5xx")
 _CLASS_OF: Final = {status: _CLASS[status // 100] for status in range(100, 600)}
-# Token counts of a plain answer, read from its "usage" object without parsing the body:
-# OpenAI's names and the Responses/Anthropic ones; "_details" objects do not match.
-_TOKENS: Final = re.compile(
-    rb'"(prompt_tokens|input_tokens|completion_tokens|output_tokens)"\s*:\s*(\d+)'
-)
+
+
+def _fine() -> tuple[float, ...]:
+    """Latencies are counted in buckets 5% wide from 0.1 ms to ten minutes, the exported
+    bounds among them: the dashboard's percentiles come from these counts (within 5%), and
+    /metrics sums them into `LATENCY_MS`."""
+    bounds: set[float] = set(LATENCY_MS)
+    b = 0.1
+    while b < 600_000:
+        bounds.add(round(b, 4))
+        b *= 1.05
+    return tuple(sorted(bounds))
+
+
+FINE: Final = _fine()
+_EXPORTED: Final = tuple(FINE.index(b) for b in LATENCY_MS)
 
 
 class Hist:
@@ -79,57 +93,35 @@ class Hist:
         self.counts[bisect_left(self.bounds, ms)] += 1  # `le`: a value on a bound is in it
         self.sum += ms
 
-    def buckets(self) -> list[tuple[str, float]]:
+    def buckets(self, at: tuple[int, ...] | None = None) -> list[tuple[str, float]]:
+        """Cumulative counts at each bound (`at`: at these bounds' positions only), in seconds."""
         out: list[tuple[str, float]] = []
-        n = 0
-        for bound, count in zip(self.bounds, self.counts, strict=False):
-            n += count
-            out.append((repr(bound / 1000.0), n))
-        out.append(("+Inf", n + self.counts[-1]))
+        n = i = 0
+        for k in range(len(self.bounds)) if at is None else at:
+            n += sum(self.counts[i : k + 1])
+            i = k + 1
+            out.append((repr(self.bounds[k] / 1000.0), n))
+        out.append(("+Inf", n + sum(self.counts[i:])))
         return out
 
 
 class Series:
-    """What one upstream did in one role: calls, errors, latencies, tokens."""
+    """What one upstream did in one role: calls, errors, latencies, tokens; all since start."""
 
     __slots__ = ("calls", "errors", "input", "output", "total", "ttfb", "ttft")
 
     def __init__(self) -> None:
         self.calls: dict[tuple[str, str, str], int] = {}  # (route, model, status class)
         self.errors: dict[str, int] = {}  # by error kind
-        self.ttfb = Hist(LATENCY_MS)
-        self.ttft = Hist(LATENCY_MS)
-        self.total = Hist(LATENCY_MS)
+        self.ttfb = Hist(FINE)
+        self.ttft = Hist(FINE)
+        self.total = Hist(FINE)
         self.input = 0
         self.output = 0
 
-
-def tokens(meter: Meter) -> tuple[int, int]:
-    """Input and output tokens of an answer: the stream's tally, or a plain answer's usage."""
-    tally = meter.tally
-    if tally is not None:
-        return tally.prompt_tokens or 0, tally.completion_tokens or 0
-    body = meter.body
-    at = body.rfind(b'"usage"') if body else -1  # usage comes last, or nearly, everywhere
-    if body is None or at < 0:
-        return 0, 0
-    try:
-        # Where usage is the answer's last member, its object is the rest of the body less
-        # the closing brace: orjson reads that in a third of the time the search below takes.
-        usage = orjson.loads(body[body.index(b":", at) + 1 : body.rindex(b"}")])
-    except (ValueError, orjson.JSONDecodeError):
-        usage = None
-    if isinstance(usage, dict):
-        i = usage.get("prompt_tokens", usage.get("input_tokens"))
-        o = usage.get("completion_tokens", usage.get("output_tokens"))
-        return (i if type(i) is int else 0), (o if type(o) is int else 0)
-    found: dict[bytes, int] = {}
-    for m in _TOKENS.finditer(body, at):
-        found.setdefault(m.group(1), int(m.group(2)))
-    return (
-        found.get(b"prompt_tokens", found.get(b"input_tokens", 0)),
-        found.get(b"completion_tokens", found.get(b"output_tokens", 0)),
-    )
+    def calls_and_failures(self) -> tuple[int, int]:
+        """All calls, and those that failed of the upstream's own doing (`FAILED`)."""
+        return sum(self.calls.values()), sum(n for k, n in self.errors.items() if k in FAILED)
 
 
 def known_models(rt: Runtime) -> frozenset[str]:
@@ -143,15 +135,20 @@ def known_models(rt: Runtime) -> frozenset[str]:
 
 
 class Metrics:
-    """The observer behind `/metrics` (see `observe.Observer`), and its collector."""
+    """The observer behind `/metrics` and the dashboard (see `observe.Observer`), and the
+    collector of `/metrics`. One observer for both: each call is counted once, into counters
+    since start; the dashboard's window is marks of those counters every few seconds."""
 
-    def __init__(self, sidecar: Sidecar) -> None:
+    def __init__(self, sidecar: Sidecar, clock: Callable[[], float] = time) -> None:
         self.sidecar = sidecar
+        self.clock = clock
         self.series: dict[tuple[str, str], Series] = {}  # (upstream, role)
+        self.window = Window()
         self.overhead = Hist(OVERHEAD_MS)
         self.refusals: dict[str, int] = {}  # by status class
         self._rt: Runtime | None = None
         self._models: frozenset[str] = frozenset()
+        self._none = "none"  # the model label of a call that names none (see `served`)
         # The last call's overhead waits here until it is known no failover follows (see
         # `served`), with its attempts' upstream milliseconds so far.
         self._call: Call | None = None
@@ -166,6 +163,7 @@ class Metrics:
         rt = call.arrival.runtime
         if rt is not self._rt:
             self._rt, self._models = rt, known_models(rt)
+            self._none = "none" if rt.inspect_bodies else "unread"
         self._count(attempt, meter, call.route.name)
         # The sidecar's own time for the call: from arrival to now (its answer complete, or a
         # plain one about to be written) less every attempt's upstream time. `settle` tells
@@ -175,7 +173,9 @@ class Metrics:
         if self._call is call:
             upstream_ms += self._upstream_ms
         elif self._call is not None:
-            self.overhead.observe(self._overhead_ms)
+            h = self.overhead
+            h.counts[bisect_left(OVERHEAD_MS, self._overhead_ms)] += 1
+            h.sum += self._overhead_ms
         self._call = call
         self._upstream_ms = upstream_ms
         self._overhead_ms = (perf_counter() - call.arrival.t0) * 1000.0 - upstream_ms
@@ -188,16 +188,18 @@ class Metrics:
         self.refusals[cls] = self.refusals.get(cls, 0) + 1
 
     def _count(self, attempt: Attempt, meter: Meter, route: str) -> None:
+        now = self.clock()
+        if now >= self.window.ends:
+            self.window.mark(now, self.series)
         key = (attempt.upstream.name, attempt.role)
         s = self.series.get(key)
         if s is None:
             s = self.series[key] = Series()
-        status = meter.status
         model = attempt.model_sent
         label = (
             route,
-            model if model in self._models else "other" if model else "none",
-            _CLASS_OF.get(status, "none") if status is not None else "none",
+            model if model in self._models else "other" if model else self._none,
+            _CLASS_OF.get(meter.status, "none"),  # type: ignore[arg-type]
         )
         calls = s.calls
         calls[label] = calls.get(label, 0) + 1
@@ -208,20 +210,20 @@ class Metrics:
         ms = meter.ttfb_ms
         if ms is not None:
             h = s.ttfb
-            h.counts[bisect_left(LATENCY_MS, ms)] += 1
+            h.counts[bisect_left(FINE, ms)] += 1
             h.sum += ms
         ms = meter.ttft_ms
         if ms is not None:
             h = s.ttft
-            h.counts[bisect_left(LATENCY_MS, ms)] += 1
+            h.counts[bisect_left(FINE, ms)] += 1
             h.sum += ms
         ms = meter.total_ms
         if ms is not None:
             h = s.total
-            h.counts[bisect_left(LATENCY_MS, ms)] += 1
+            h.counts[bisect_left(FINE, ms)] += 1
             h.sum += ms
         if kind is None:
-            i, o = tokens(meter)
+            i, o = meter.tokens()
             s.input += i
             s.output += o
 
@@ -282,7 +284,7 @@ class Metrics:
             toks.add_metric([up, role, "output"], s.output)
             for name, fam in hists.items():
                 h: Hist = getattr(s, name)
-                fam.add_metric([up, role], h.buckets(), h.sum / 1000.0)
+                fam.add_metric([up, role], h.buckets(_EXPORTED), h.sum / 1000.0)
         overhead = HistogramMetricFamily(
             f"{PREFIX}_overhead_seconds",
             "The sidecar's own time per app call: its time less the upstreams'.",

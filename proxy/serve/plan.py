@@ -39,7 +39,7 @@ class Attempt(NamedTuple):
     body: bytes
     model_sent: str | None
     json_mode: bool
-    parse_stream: bool  # a streamed answer is parsed (usage, text), for the record
+    parse_stream: bool  # a streamed answer is parsed (usage, text), to be recorded or counted
     strip_usage: bool  # the sidecar asked for the usage chunk: the app did not, and won't see it
     unmap: Unmap | None  # puts the app's model ids back where the answer names the upstream's
     learn: bool  # the answer names an object the app will name again (see `affinity`)
@@ -47,8 +47,9 @@ class Attempt(NamedTuple):
     rooted: bool  # `tail` is a path from the upstream's origin, not from its base_url
 
 
-def plan(call: Call, up: UpstreamClient, role: Role, recording: bool) -> Attempt:
-    """The attempt for `up`; `recording`: the answer will be recorded (usage is asked for).
+def plan(call: Call, up: UpstreamClient, role: Role, measure: bool) -> Attempt:
+    """The attempt for `up`; `measure`: the answer's contents are read, to be recorded or
+    counted (a stream's usage is asked for, and the stream parsed).
 
     Raises `ErrorAnswer` when `up` cannot take the call: its provider shape has no such
     call (501), or the call asks for what the shape cannot express (400).
@@ -71,9 +72,9 @@ def plan(call: Call, up: UpstreamClient, role: Role, recording: bool) -> Attempt
         tail, body, sent = moved
         strip = False
     else:
-        # Usage is asked for only to be recorded: with recording off the request goes as
+        # Usage is asked for only to be recorded or counted: otherwise the request goes as
         # sent, and the stream is relayed without being parsed at all.
-        want_usage = recording and call.stream and tail in USAGE_OPT_IN_PATHS
+        want_usage = measure and call.stream and tail in USAGE_OPT_IN_PATHS
         body, sent, strip = upstream_body(
             up.models, up.inject_usage, call.json, body, model, want_usage
         )
@@ -90,7 +91,7 @@ def plan(call: Call, up: UpstreamClient, role: Role, recording: bool) -> Attempt
         body,
         sent,
         call.json_mode,
-        strip or recording or not primary,
+        strip or measure or not primary,
         strip,
         _unmap(call, up, sent),
         primary and (creates(call.method, call.tail) or stores_completion(call.tail, call.json, call.body)),

@@ -36,6 +36,9 @@ class Runtime:
     # model maps, a body sticky key, shadowing, recording or the request log. If not, the
     # body is forwarded without being parsed.
     inspect_bodies: bool
+    # Whether an answer's contents are read: recorded, or counted by metrics or OpenTelemetry
+    # (a stream is parsed for its usage and first token, and asked for its usage).
+    measure: bool
     keys: tuple[bytes, ...]  # the app's keys (`listen.keys`); empty: calls need none
 
     def effective_split(self) -> dict[str, float]:
@@ -78,6 +81,9 @@ class Live:
                 prev if prev is not None and prev.cfg == ucfg else UpstreamClient(name, ucfg)
             )
         table = build_table(cfg)
+        measure = cfg.record.enabled or cfg.metrics.enabled or cfg.otel is not None
+        # Metrics and OpenTelemetry read answers, not requests: a call's model is labelled
+        # only where something else reads the body anyway (parsing it costs more than both).
         inspect = (
             cfg.record.enabled
             or cfg.log.requests
@@ -97,6 +103,7 @@ class Live:
             record=cfg.record,
             log_requests=cfg.log.requests,
             inspect_bodies=inspect,
+            measure=measure,
             keys=tuple(k.get_secret_value().encode() for k in cfg.listen.keys),
         )
 

@@ -10,7 +10,8 @@ import yaml
 
 from proxy.record.meter import Meter
 from proxy.serve.app import Sidecar
-from proxy.serve.live import SLOT_S, SLOTS, Window, rollback_command
+from proxy.serve.live import SLOT_S, SLOTS, rollback_command
+from proxy.serve.metrics import Metrics
 from tests.conftest import base_config
 from tests.report.browser import chromium
 
@@ -119,23 +120,68 @@ class Up:
 class Try:
     upstream = Up()
     role = "shadow"
+    model_sent = None
+
+
+def copy_of(ms: float, kind: str | None = None) -> Meter:
+    meter = Meter("shadow", "old", None, False)
+    meter.status, meter.total_ms, meter.error_kind = (500 if kind else 200), ms, kind  # type: ignore[assignment]
+    return meter
+
+
+def watching(clock: Clock) -> Metrics:
+    return Metrics(None, clock)  # type: ignore[arg-type]  # no collector is asked for here
 
 
 def test_the_window_lets_go_of_calls_older_than_its_span() -> None:
     clock = Clock()
-    window = Window(clock)
-    meter = Meter("shadow", "old", None, False)
-    meter.total_ms = 12.0
+    metrics = watching(clock)
     for _ in range(10):
-        window.copied("req_1", Try(), meter)  # type: ignore[arg-type]
-    assert window.view()["upstreams"][0]["calls"] == 10
+        metrics.copied("req_1", Try(), copy_of(12.0))  # type: ignore[arg-type]
+    assert metrics.window.view(metrics)["upstreams"][0]["calls"] == 10
     clock.now += SLOT_S * (SLOTS - 1)
-    assert window.view()["upstreams"][0]["calls"] == 10  # still inside
+    assert metrics.window.view(metrics)["upstreams"][0]["calls"] == 10  # still inside
     clock.now += SLOT_S
-    window.copied("req_1", Try(), meter)  # type: ignore[arg-type]
-    (row,) = window.view()["upstreams"]
+    assert metrics.window.view(metrics)["upstreams"] == []  # gone, though counted since start
+    metrics.copied("req_1", Try(), copy_of(12.0))  # type: ignore[arg-type]
+    (row,) = metrics.window.view(metrics)["upstreams"]
     assert row["calls"] == 1
-    assert row["p50_ms"] == 12.0
+    assert 12.0 <= row["p50_ms"] <= 12.0 * 1.05  # the upper bound of its 5% bucket
+    assert metrics.series[("old", "shadow")].calls_and_failures() == (11, 0)
+
+
+def test_the_window_counts_each_slot_and_takes_percentiles_from_its_buckets() -> None:
+    clock = Clock()
+    metrics = watching(clock)
+    for ms in range(1, 101):  # 1..100 ms in the first slot, one in five failing
+        metrics.copied("r", Try(), copy_of(float(ms), "http_5xx" if ms % 5 == 0 else None))  # type: ignore[arg-type]
+    clock.now += 2 * SLOT_S  # a slot with no calls, then three calls
+    for _ in range(3):
+        metrics.copied("r", Try(), copy_of(1000.0))  # type: ignore[arg-type]
+    view = metrics.window.view(metrics)
+    (row,) = view["upstreams"]
+    assert (row["calls"], row["failed"], row["error_rate"]) == (103, 20, round(20 / 103, 4))
+    assert 52.0 <= row["p50_ms"] <= 52.0 * 1.05  # nearest rank: the 52nd of 103
+    assert 1000.0 <= row["p99_ms"] <= 1050.0
+    assert row["per_s"] == round(103 / (3 * SLOT_S), 2)  # over the three slots it has seen
+    assert view["rates"]["per_upstream"] == {}  # copies are not the app's calls: no rate line
+
+
+class Served(Try):
+    role = "primary"
+
+
+def test_the_rate_of_each_slot_is_the_difference_of_its_marks() -> None:
+    clock = Clock()
+    metrics = watching(clock)
+    for _ in range(4):
+        metrics.copied("r", Served(), copy_of(10.0))  # type: ignore[arg-type]
+    clock.now += 2 * SLOT_S
+    for _ in range(2):
+        metrics.copied("r", Served(), copy_of(10.0))  # type: ignore[arg-type]
+    rates = metrics.window.view(metrics)["rates"]["per_upstream"]["old"]
+    assert rates[-3:] == [4 / SLOT_S, 0.0, 2 / SLOT_S]
+    assert sum(rates[:-3]) == 0
 
 
 async def test_the_dashboard_draws_live_figures_in_chromium_and_they_move(

@@ -8,13 +8,12 @@ from typing import Any
 
 import aiohttp
 import openai
+import pytest
 import yaml
 from prometheus_client.parser import text_string_to_metric_families
 
 from proxy.fakes.provider import Behaviour
-from proxy.record.meter import Meter
 from proxy.serve.app import Sidecar
-from proxy.serve.metrics import tokens
 from tests.conftest import CLIENT_KEY, base_config
 
 MESSAGES = [{"role": "user", "content": "hi"}]
@@ -80,12 +79,13 @@ async def test_counters_per_upstream_move_by_exactly_what_was_sent(
     assert m.labels("llm_sidecar_calls_total", "route") == {"default"}
 
 
-async def test_recorded_streams_count_time_to_first_token_and_tokens_by_kind(
-    old, new, make_sidecar, sdk, tmp_path
+@pytest.mark.parametrize("recording", [True, False])
+async def test_streams_count_time_to_first_token_and_tokens_by_kind(
+    old, new, make_sidecar, sdk, tmp_path, recording
 ) -> None:
-    # A stream is parsed (its first token seen, its usage read) when it is recorded; with
-    # recording off it is relayed unread, and only its bytes' timings are known.
-    record = {"enabled": True, "path": str(tmp_path / "rec.db")}
+    # With metrics on, a stream is parsed (its first token seen, its usage read) whether or
+    # not it is recorded.
+    record = {"enabled": recording, "path": str(tmp_path / "rec.db")}
     sc = await make_sidecar(base_config(old, new, **on(record=record)))
     used = [0, 0]
     for _ in range(3):
@@ -109,6 +109,22 @@ async def test_recorded_streams_count_time_to_first_token_and_tokens_by_kind(
     assert m.value("llm_sidecar_tokens_total", upstream="old", kind="output") == (
         used[1] + plain.usage.completion_tokens
     )
+
+
+async def test_a_stream_that_did_not_ask_for_usage_is_counted_and_gets_none(
+    old, new, make_sidecar, sdk
+) -> None:
+    sc = await make_sidecar(base_config(old, new, **on()))
+    stream = await sdk(sc).chat.completions.create(
+        model="gpt-4o-mini",
+        messages=MESSAGES,  # type: ignore[arg-type]
+        stream=True,
+    )
+    chunks = [chunk async for chunk in stream]
+    assert chunks and all(c.usage is None for c in chunks)  # as if sent straight upstream
+    m = await metrics(sc)
+    assert m.value("llm_sidecar_time_to_first_token_seconds_count", upstream="old") == 1
+    assert m.value("llm_sidecar_tokens_total", upstream="old", kind="output") > 0
 
 
 async def test_shadow_copies_are_counted_under_their_role_and_as_sent(
@@ -151,6 +167,19 @@ async def test_a_model_nobody_configured_is_labelled_other(old, new, make_sideca
             await sdk(sc).chat.completions.create(model=model, messages=MESSAGES)  # type: ignore[arg-type]
     m = await metrics(sc)
     assert m.labels("llm_sidecar_calls_total", "model") == {"gpt-4o-mini", "other"}
+
+
+async def test_where_nothing_else_reads_request_bodies_the_model_is_labelled_unread(
+    old, new, make_sidecar, sdk
+) -> None:
+    cfg = base_config(old, new, **on())
+    cfg["upstreams"] = {"old": cfg["upstreams"]["old"]}  # no model map: bodies go unread
+    cfg["split"] = {"old": 100}
+    sc = await make_sidecar(cfg)
+    await sdk(sc).chat.completions.create(model="gpt-4o-mini", messages=MESSAGES)  # type: ignore[arg-type]
+    m = await metrics(sc)
+    assert m.labels("llm_sidecar_calls_total", "model") == {"unread"}
+    assert m.value("llm_sidecar_tokens_total", upstream="old", kind="input") > 0  # answers are
 
 
 async def test_state_shows_revision_rollback_split_and_the_guard(old, new, make_sidecar) -> None:
@@ -223,22 +252,3 @@ async def test_two_sidecars_in_one_process_keep_their_own_series(
         await sdk(one).chat.completions.create(model="gpt-4o-mini", messages=MESSAGES)  # type: ignore[arg-type]
     assert (await metrics(one)).value("llm_sidecar_calls_total") == 3
     assert (await metrics(two)).value("llm_sidecar_calls_total") == 0
-
-
-def test_tokens_are_read_from_a_plain_answers_usage_in_either_naming() -> None:
-    def meter(body: bytes) -> Meter:
-        m = Meter("primary", "old", None, False)
-        m.body = body
-        return m
-
-    openai_body = (
-        b'{"choices":[{"message":{"content":"prompt_tokens: 99"}}],"usage":{"prompt_tokens":12,'
-        b'"completion_tokens":5,"total_tokens":17,"prompt_tokens_details":{"cached_tokens":3}}}'
-    )
-    anthropic_body = (
-        b'{"content":[],"usage":{"input_tokens":7,"cache_creation_input_tokens":100,'
-        b'"output_tokens":2}}'
-    )
-    assert tokens(meter(openai_body)) == (12, 5)
-    assert tokens(meter(anthropic_body)) == (7, 2)
-    assert tokens(meter(b'{"data":[]}')) == (0, 0)
