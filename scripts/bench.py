@@ -125,6 +125,12 @@ SETUPS: Final = (
     ),
     Setup("record", "recording on (SQLite, full bodies), no shadow", record=True),
     Setup(
+        "record+metrics",
+        "as `record` (the defaults, but for the log), plus metrics on",
+        record=True,
+        metrics=True,
+    ),
+    Setup(
         "record+shadow",
         "recording on, and every request also shadowed to a second fake upstream",
         record=True,
@@ -1301,6 +1307,17 @@ def targets(
                 "x",
                 f"{met.get('sidecar_cpu_us')} us vs {off.get('sidecar_cpu_us')} us; round by "
                 f"round {_per_round(windows, int(c), 'sidecar+metrics', 'sidecar')}",
+            )
+        )
+        met = rows.get("record+metrics", {})
+        out.append(
+            _target(
+                f"metrics on vs off, recording on: CPU/request (c={c})",
+                _ratio(met.get("sidecar_cpu_us"), rec.get("sidecar_cpu_us")),
+                1.05,
+                "x",
+                f"{met.get('sidecar_cpu_us')} us vs {rec.get('sidecar_cpu_us')} us; round by "
+                f"round {_per_round(windows, int(c), 'record+metrics', 'record')}",
             )
         )
         out.append(

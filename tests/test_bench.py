@@ -20,6 +20,7 @@ CONFIGS = (
     "sidecar+log",
     "sidecar+metrics",
     "record",
+    "record+metrics",
     "record+shadow",
     "split",
     "bare",
