@@ -322,9 +322,24 @@ class StreamTally:
     reassembled; `events` counts the events that carried data.
     """
 
-    __slots__ = ("_counts", "_done", "_error", "_events", "_finish", "_text", "_tools", "_usage")
+    __slots__ = (
+        "_counts",
+        "_done",
+        "_error",
+        "_events",
+        "_finish",
+        "_light",
+        "_started",
+        "_text",
+        "_tools",
+        "_usage",
+    )
 
-    def __init__(self) -> None:
+    def __init__(self, light: bool = False) -> None:
+        # `light`: only the counts are wanted (metrics), not the answer (the record): once the
+        # first content has come, deltas without usage or an error go unparsed.
+        self._light = light
+        self._started = False
         self._text: list[str] = []
         self._tools: dict[int, _ToolDraft] = {}
         self._finish: str | None = None
@@ -390,6 +405,20 @@ class StreamTally:
         if data is None:
             return Kind.OTHER
         self._events += 1
+        if (
+            self._started
+            and b'"delta"' in data
+            and b'"usage":{' not in data
+            and b'"usage": {' not in data
+            and b'"error"' not in data
+        ):
+            return Kind.OTHER  # light: a delta after the first content, only text or tools
+        kind = self._add(ev, data)
+        if kind is Kind.CONTENT and self._light:
+            self._started = True
+        return kind
+
+    def _add(self, ev: Event, data: bytes) -> Kind:
         if data == b"[DONE]":
             self._done = True
             return Kind.DONE

@@ -746,3 +746,30 @@ def test_anthropic_usage_in_message_delta_updates_what_it_states() -> None:
     )
     tally, _ = tally_of(stream)
     assert tally.usage == (500 + 2048, 7, None, 2048)
+
+
+# --- the light tally: counts only ------------------------------------------------------------
+
+
+def test_a_light_tally_counts_as_the_full_one_does_in_every_dialect() -> None:
+    # Metrics read only the first token, the usage, the end and errors: the light tally
+    # leaves the later deltas unparsed, and must agree with the full one on all four.
+    error_midway = CHAT_TEXT.replace(
+        b"data: [DONE]", b'data: {"error":{"message":"overloaded"}}\n\ndata: [DONE]'
+    )
+    streams = [CHAT_TEXT, CHAT_TOOLS, RESPONSES_TEXT, RESPONSES_TOOL, ANTHROPIC_TOOL, error_midway]
+    for stream in streams:
+        full, light = StreamTally(), StreamTally(light=True)
+        events = decode(stream)
+        full_kinds = [full.add(ev) for ev in events]
+        light_kinds = [light.add(ev) for ev in events]
+        first = full_kinds.index(Kind.CONTENT)
+        assert light_kinds.index(Kind.CONTENT) == first, stream
+        ends = (Kind.USAGE_ONLY, Kind.DONE, Kind.ERROR)  # a usage chunk is held back by them
+        assert [k for k in light_kinds if k in ends] == [k for k in full_kinds if k in ends]
+        assert (light.usage, light.done, light.error, light.events) == (
+            full.usage,
+            full.done,
+            full.error,
+            full.events,
+        ), stream

@@ -10,7 +10,7 @@ import orjson
 
 from proxy.config import BodyPolicy
 from proxy.record import answers
-from proxy.record.rows import ErrorKind, Response, Role
+from proxy.record.rows import ErrorKind, Reading, Response, Role
 from proxy.sse import Kind, StreamTally
 
 
@@ -69,13 +69,14 @@ class Meter:
     def elapsed_ms(self) -> float:
         return (time.perf_counter() - self._t0) * 1000.0
 
-    def headers(self, status: int, stream: bool, tally: bool = True) -> None:
-        """`tally=False`: nobody will read the stream's contents, so it is not parsed."""
+    def headers(self, status: int, stream: bool, reading: Reading = "all") -> None:
+        """`reading`: how much of a stream is parsed: all of it (to be recorded), its counts
+        only (first token, usage: for metrics, guard, quotas), or none of it."""
         self.ttfb_ms = self.elapsed_ms()
         self.status = status
         self.error_kind = answers.error_kind_for_status(status)
-        if stream and tally:
-            self.tally = StreamTally()
+        if stream and reading != "none":
+            self.tally = StreamTally(light=reading == "counts")
 
     def event(self, kind: Kind) -> None:
         if kind is Kind.CONTENT and self.ttft_ms is None:

@@ -11,6 +11,9 @@ import builtins
 from typing import Literal, NamedTuple
 
 Role = Literal["primary", "shadow", "noise", "failover", "replay"]
+# How much of an answer is read: all of it (it is recorded), its counts only (first token and
+# usage, for metrics, the guard and quotas), or none of it (relayed unread).
+Reading = Literal["all", "counts", "none"]
 
 # Error kinds, shared by the recorder and the report. `None` means success (2xx).
 ErrorKind = Literal[

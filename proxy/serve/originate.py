@@ -62,7 +62,7 @@ def attempt(
             headers.setdefault(name, value)
     headers.update(up.headers)
     return Attempt(
-        role, up, method, tail, "", headers, raw, sent, False, True, False, None, False,
+        role, up, method, tail, "", headers, raw, sent, False, "all", False, None, False,
         translation, False,
     )  # fmt: skip
 

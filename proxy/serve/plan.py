@@ -13,7 +13,7 @@ from multidict import CIMultiDict
 from proxy.adapters import registry
 from proxy.adapters.base import AppCall, Translation, Unsupported
 from proxy.errors import BadRequest, NotImplementedHere
-from proxy.record.rows import Role
+from proxy.record.rows import Reading, Role
 from proxy.serve.affinity import creates, stores_completion
 from proxy.serve.call import Call
 from proxy.serve.rewrite import (
@@ -39,7 +39,7 @@ class Attempt(NamedTuple):
     body: bytes
     model_sent: str | None
     json_mode: bool
-    parse_stream: bool  # a streamed answer is parsed (usage, text), to be recorded or counted
+    parse_stream: Reading  # how much of a streamed answer is parsed: a copy's, all of it
     strip_usage: bool  # the sidecar asked for the usage chunk: the app did not, and won't see it
     unmap: Unmap | None  # puts the app's model ids back where the answer names the upstream's
     learn: bool  # the answer names an object the app will name again (see `affinity`)
@@ -47,9 +47,9 @@ class Attempt(NamedTuple):
     rooted: bool  # `tail` is a path from the upstream's origin, not from its base_url
 
 
-def plan(call: Call, up: UpstreamClient, role: Role, measure: bool) -> Attempt:
-    """The attempt for `up`; `measure`: the answer's contents are read, to be recorded or
-    counted (a stream's usage is asked for, and the stream parsed).
+def plan(call: Call, up: UpstreamClient, role: Role, reading: Reading) -> Attempt:
+    """The attempt for `up`; `reading`: how much of the answer is read (a stream read at all
+    is asked for its usage).
 
     Raises `ErrorAnswer` when `up` cannot take the call: its provider shape has no such
     call (501), or the call asks for what the shape cannot express (400).
@@ -74,7 +74,7 @@ def plan(call: Call, up: UpstreamClient, role: Role, measure: bool) -> Attempt:
     else:
         # Usage is asked for only to be recorded or counted: otherwise the request goes as
         # sent, and the stream is relayed without being parsed at all.
-        want_usage = measure and call.stream and tail in USAGE_OPT_IN_PATHS
+        want_usage = reading != "none" and call.stream and tail in USAGE_OPT_IN_PATHS
         body, sent, strip = upstream_body(
             up.models, up.inject_usage, call.json, body, model, want_usage
         )
@@ -91,7 +91,7 @@ def plan(call: Call, up: UpstreamClient, role: Role, measure: bool) -> Attempt:
         body,
         sent,
         call.json_mode,
-        strip or measure or not primary,
+        "all" if not primary else "counts" if strip and reading == "none" else reading,
         strip,
         _unmap(call, up, sent),
         primary and (creates(call.method, call.tail) or stores_completion(call.tail, call.json, call.body)),
@@ -121,7 +121,7 @@ def _translated(call: Call, up: UpstreamClient, role: Role, translation: Transla
     strip = call.stream and not (isinstance(opts, dict) and opts.get("include_usage") is True)
     return Attempt(
         role, up, asked.method, asked.tail, call.query, headers, asked.body, sent,
-        call.json_mode, True, strip, _unmap(call, up, sent), False, asked.answer or translation, False,
+        call.json_mode, "all", strip, _unmap(call, up, sent), False, asked.answer or translation, False,
     )  # fmt: skip
 
 

@@ -11,7 +11,7 @@ import orjson
 import structlog
 
 from proxy.config import Config, RecordConfig
-from proxy.record.rows import Revision
+from proxy.record.rows import Reading, Revision
 from proxy.serve.router import Table, build_table
 from proxy.serve.upstream import UpstreamClient
 
@@ -36,9 +36,9 @@ class Runtime:
     # model maps, a body sticky key, shadowing, recording or the request log. If not, the
     # body is forwarded without being parsed.
     inspect_bodies: bool
-    # Whether an answer's contents are read: recorded, or counted by metrics or OpenTelemetry
-    # (a stream is parsed for its usage and first token, and asked for its usage).
-    measure: bool
+    # How much of an answer is read (see `rows.Reading`): all when recorded; the counts when
+    # metrics, OpenTelemetry, the guard or a token/dollar quota watch it; else none.
+    reading: Reading
     keys: tuple[bytes, ...]  # the app's keys (`listen.keys`); empty: calls need none
 
     def effective_split(self) -> dict[str, float]:
@@ -81,7 +81,16 @@ class Live:
                 prev if prev is not None and prev.cfg == ucfg else UpstreamClient(name, ucfg)
             )
         table = build_table(cfg)
-        measure = cfg.record.enabled or cfg.metrics.enabled or cfg.otel is not None
+        counted = (
+            cfg.metrics.enabled
+            or cfg.otel is not None
+            or cfg.guard is not None
+            or any(
+                u.quota is not None and (u.quota.tokens_per_minute or u.quota.usd_per_day)
+                for u in cfg.upstreams.values()
+            )
+        )
+        reading: Reading = "all" if cfg.record.enabled else "counts" if counted else "none"
         # Metrics and OpenTelemetry read answers, not requests: a call's model is labelled
         # only where something else reads the body anyway (parsing it costs more than both).
         inspect = (
@@ -103,7 +112,7 @@ class Live:
             record=cfg.record,
             log_requests=cfg.log.requests,
             inspect_bodies=inspect,
-            measure=measure,
+            reading=reading,
             keys=tuple(k.get_secret_value().encode() for k in cfg.listen.keys),
         )
 
