@@ -23,11 +23,16 @@ _SHIFT: Final = 2000
 
 
 def bin_sql(expr: str) -> str:
-    """SQL for the bin key of a value in milliseconds (or a ratio); NULL stays NULL."""
-    mag = f"CAST(round(ln(max(abs({expr}), {FLOOR})) * {BINS_PER_E}) AS INTEGER)"
+    """SQL for the bin key of a value in milliseconds (or a ratio); NULL stays NULL. `expr`
+    should be a column (it is read up to five times). One ln() and a CAST per value: the
+    cast truncates a positive number, so adding 0.5 rounds it (half up, where Python's
+    round() goes half to even: the two differ only on exact ties)."""
+    floor = _SHIFT + round(math.log(FLOOR) * BINS_PER_E)
     return (
-        f"(CASE WHEN ({expr}) > 0 THEN {_SHIFT} + {mag} "
-        f"WHEN ({expr}) < 0 THEN -{_SHIFT} - {mag} WHEN ({expr}) = 0 THEN 0 END)"
+        f"(CASE WHEN {expr} >= {FLOOR} THEN CAST(ln({expr}) * {BINS_PER_E} + {_SHIFT + 0.5} "
+        f"AS INTEGER) WHEN {expr} > 0 THEN {floor} WHEN {expr} = 0 THEN 0 "
+        f"WHEN {expr} > -{FLOOR} THEN -{floor} "
+        f"ELSE -CAST(ln(-{expr}) * {BINS_PER_E} + {_SHIFT + 0.5} AS INTEGER) END)"
     )
 
 

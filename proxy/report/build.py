@@ -95,7 +95,7 @@ def parse_time(s: str, *, now: float | None = None) -> float:
 # Up to this many responses in all, every latency is kept exactly; beyond, in bins of 0.5%
 # (see bins.py). Either way memory is bounded by distinct values, not rows.
 EXACT_LIMIT: Final = 100_000
-CHUNK: Final = 1 << 18  # rowids per query: bounds a query's lists, and splits the work
+CHUNK: Final = 1 << 17  # rowids per query: bounds a query's lists, and splits the work
 
 
 def build_report(
@@ -147,22 +147,41 @@ class _Reader:
             sum(g.last for g in {(g.source, g.last): g for g in self.groups}.values()) > exact_limit
         )
 
-    def _ranges(self, group: _Group) -> list[tuple[int, int]]:
-        return [(lo, lo + CHUNK) for lo in range(0, group.last + 1, CHUNK)]
+    def _ranges(self) -> list[tuple[int, tuple[int, int]]]:
+        """(recording, rowids) of every range of responses the report reads."""
+        last = {g.source: g.last for g in self.groups}
+        return [
+            (i, (lo, lo + CHUNK)) for i, n in sorted(last.items()) for lo in range(0, n + 1, CHUNK)
+        ]
+
+    def _range(
+        self, source: int, rows: tuple[int, int], win: Window, dbs: list[Reading]
+    ) -> list[Any]:
+        """Every query over one range of one recording's responses, one after another on one
+        connection: each reads the pages of the range (and of its exchanges) that the one
+        before read, from SQLite's cache rather than the file."""
+        mine = [g for g in self.groups if g.source == source]
+        found = [self._answers(g, rows, win, dbs) for g in mine]
+        compared = [g for g in mine if g.role in (*COMPARED, "noise")]
+        return found + [self._pairs(g, rows, dbs) for g in compared]
 
     def report(self) -> Report:
         db = self.db
         win = window(*span(db))
         jobs: list[Any] = [partial(_seen, self.failovers)]
-        jobs += [partial(self._answers, g, r, win) for g in self.groups for r in self._ranges(g)]
-        compared = [g for g in self.groups if g.role in (*COMPARED, "noise")]
-        jobs += [partial(self._pairs, g, r) for g in compared for r in self._ranges(g)]
+        jobs += [partial(self._range, source, r, win) for source, r in self._ranges()]
         results = self.files.map(jobs)
         seen: Seen = results[0]
         sums: dict[tuple[str, str], UpstreamSums] = {}
         raws: dict[tuple[str, str], PairSums] = {}
-        for result in results[1:]:
-            kind, group, row = result
+        # in the order of a read group by group, range by range: the pairs a bootstrap
+        # resamples come in the same order whether the recordings are read apart or as one
+        rank = {g: i for i, g in enumerate(self.groups)}
+        found = sorted(
+            (r for ranges in results[1:] for r in ranges),
+            key=lambda r: (r[0] != "answers", rank[r[1]], r[2]),
+        )
+        for kind, group, _, row in found:
             if kind == "answers":
                 key = (group.upstream, group.role)
                 if key not in sums:
@@ -267,7 +286,7 @@ class _Reader:
             binned=self.binned,
             priced=bool(pricing),
         )
-        return "answers", group, query.named(db.rows(query.sql, params)[0])
+        return "answers", group, rows[0], query.named(db.rows(query.sql, params)[0])
 
     def _pair_sql(self, group: _Group, params: dict[str, Any]) -> tuple[str, str, str]:
         pricing = self.settings.pricing
@@ -288,7 +307,7 @@ class _Reader:
         }
         where, p_cost, s_cost = self._pair_sql(group, params)
         query = pair_query(where, p_cost, s_cost, binned=self.binned)
-        return "pairs", group, query.named(db.rows(query.sql, params)[0])
+        return "pairs", group, rows[0], query.named(db.rows(query.sql, params)[0])
 
     def _few_ratio_pairs(self, raws: list[PairSums]) -> None:
         """A binned read keeps sums, not pairs; a ratio over few pairs is bootstrapped from

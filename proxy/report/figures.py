@@ -10,6 +10,7 @@ from typing import Any, Final, get_args
 import orjson
 
 from proxy.record.rows import ErrorKind
+from proxy.report import sql
 from proxy.report.bins import Histogram, at_ranks
 from proxy.report.data import (
     NO_ESTIMATE,
@@ -90,6 +91,13 @@ _UPSTREAM_COUNTS: Final = (
     "responses", "ok", "upstream_errors", "with_usage", "prompt", "completion", "tokens",
     "cached", "images", "priced", "streams", "streams_ok", "json_answers", "json_ok",
 )  # fmt: skip
+_UPSTREAM_SUMS: Final = ("prompt", "completion", "tokens", "cached", "images", "priced")
+# the counts read off an answer's flags (see sql.OK), and the bit each one counts
+_UPSTREAM_FLAGS: Final = (
+    ("ok", sql.OK), ("upstream_errors", sql.UPSTREAM_ERROR), ("streams", sql.STREAM),
+    ("streams_ok", sql.STREAM_OK), ("json_answers", sql.JSON), ("json_ok", sql.JSON_OK),
+    ("with_usage", sql.USAGE),
+)  # fmt: skip
 _UPSTREAM_LISTS: Final = ("ttfb", "ttft", "total")
 
 
@@ -109,16 +117,24 @@ class UpstreamSums:
         self.unpriced: Counter[tuple[str | None, bool, bool]] = Counter()
 
     def add(self, row: dict[str, Any]) -> None:
-        for name in _UPSTREAM_COUNTS:
-            self.counts[name] += _n(row[name])
+        counts = self.counts
+        for name in _UPSTREAM_SUMS:
+            counts[name] += _n(row[name])
+        for key, n in Counter(ints(row["flags"])).items():
+            bucket, flags = divmod(key, sql.ANSWER_BUCKET)
+            counts["responses"] += n
+            for name, bit in _UPSTREAM_FLAGS:
+                if flags & bit:
+                    counts[name] += n
+            self.buckets[bucket] += n
+            if flags & sql.UPSTREAM_ERROR:
+                self.error_buckets[bucket] += n
         if row["cost"] is not None:
             self.cost = (self.cost or 0.0) + row["cost"]
         if row["kinds"]:
             self.kinds.update(row["kinds"].split(","))
         for name in _UPSTREAM_LISTS:
             self.latency[name].add_values(ints(row[name]))
-        self.buckets.update(ints(row["buckets"]))
-        self.error_buckets.update(ints(row["error_buckets"]))
         if row["revisions"]:
             self.revisions.update(row["revisions"].split("\x1f"))
         if row["unpriced"]:
@@ -154,6 +170,17 @@ _COUNTS: Final = (
 _HISTOGRAMS: Final = (
     "ttfb_diff", "ttft_diff", "total_diff", "p_ttft", "s_ttft", "p_total", "s_total",
 )  # fmt: skip
+_PAIR_SUMS: Final = (
+    "p_prompt", "p_completion", "s_prompt", "s_completion", "p_cached", "s_cached",
+)  # fmt: skip
+# the counts read off a pair's flags (see sql.P_ERROR): each counts the pairs with all its bits
+_PAIR_FLAGS: Final = (
+    ("p_errors", sql.P_ERROR), ("s_errors", sql.S_ERROR),
+    ("both_errors", sql.P_ERROR | sql.S_ERROR), ("same_class", sql.SAME_CLASS),
+    ("same_shape", sql.SAME_SHAPE), ("tools", sql.TOOLS), ("tools_same", sql.TOOLS_SAME),
+    ("texts", sql.TEXTS), ("texts_same", sql.TEXTS_SAME), ("usage_pairs", sql.USAGE_BOTH),
+    ("priced_pairs", sql.PRICED_BOTH), ("latency_streams", sql.TIMED_STREAM),
+)  # fmt: skip
 _SUMS: Final = ("p", "s", "pp", "ss", "ps")
 EXAMPLES_KEPT: Final = 5  # per reason and recording: the most recent mismatches
 
@@ -183,26 +210,53 @@ class PairSums:
 
     def add(self, row: dict[str, Any], source: int = 0) -> None:
         """One query's row, read from recording number `source`."""
-        for name in _COUNTS:
-            self.counts[name] += _n(row[name])
-        for name in self.costs:
-            if row[name] is not None:
-                self.costs[name] = (self.costs[name] or 0.0) + row[name]
-        for name in _HISTOGRAMS:
-            self.histograms[name].add_values(ints(row[name]))
-        self.latency += ints(row["latency"])
-        self.latency_ratio.add_values(ints(row["latency_ratio"]))
-        self.latency_diff.add_values(ints(row["latency_diff"]))
+        counts = self.counts
+        for name in _PAIR_SUMS:
+            counts[name] += _n(row[name])
+        priced = counts["priced_pairs"]
+        for key, n in Counter(ints(row["flags"])).items():
+            counts["pairs"] += n
+            for name, bits in _PAIR_FLAGS:
+                if key & bits == bits:
+                    counts[name] += n
         for kind, sums in self.sums.items():
             self.pairs[kind] += floats(row[f"{kind}_pairs"])
             for name in _SUMS:
                 sums[name] += row[f"{kind}_{name}"] or 0.0
+        counts["p_tokens"] = round(self.sums["token"]["p"])
+        counts["s_tokens"] = round(self.sums["token"]["s"])
+        if counts["priced_pairs"] > priced:  # the range had pairs priced on both sides
+            for name, a in (("p_cost", "p"), ("s_cost", "s")):
+                self.costs[name] = (self.costs[name] or 0.0) + (row[f"cost_{a}"] or 0.0) / 1e6
+        for name in ("ttfb_diff", "ttft_diff", "total_diff"):
+            self.histograms[name].add_values(ints(row[name]))
+        for side in ("p", "s"):
+            for key, n in Counter(ints(row[f"{side}_lat"])).items():
+                kind = "total" if key & 1 else "ttft"  # 1: not a stream
+                self.histograms[f"{side}_{kind}"].counts[key >> 1] += n
+        self.latency += ints(row["latency"])
+        self.latency_ratio.add_values(ints(row["latency_ratio"]))
+        self.latency_diff.add_values(ints(row["latency_diff"]))
+        self._marks(ints(row["marks"]), source)
+
+    def _marks(self, marks: list[int], source: int) -> None:
+        """The mismatches' and the sampled bodies' rowids, from a range's marks."""
+        found: dict[str, list[int]] = {reason: [] for reason in self.examples}
+        for mark in marks:
+            rowid, flags = divmod(mark, sql.PAIR_ROWID)
+            if not flags & sql.SAME_CLASS:
+                found["status"].append(rowid)
+            elif not flags & sql.SAME_SHAPE:
+                found["shape"].append(rowid)
+            if flags & (sql.TOOLS | sql.TOOLS_SAME) == sql.TOOLS:
+                found["tool_calls"].append(rowid)
+            if flags & sql.BODIES:
+                self.bodies.append((source, rowid))
         for reason, by_source in self.examples.items():
             kept = by_source.setdefault(source, [])
-            kept += ints(row[f"ex_{reason}"])
+            kept += found[reason]
             kept.sort()
             del kept[:-EXAMPLES_KEPT]
-        self.bodies += [(source, rowid) for rowid in ints(row["bodies"])]
 
     def ratio_sums(self, kind: str) -> Sums:
         n = self.counts["usage_pairs" if kind == "token" else "priced_pairs"]

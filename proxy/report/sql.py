@@ -37,24 +37,18 @@ def _query(columns: list[tuple[str, str]], rest: str) -> Query:
 _COLUMN: Final = re.compile(r"\b([epsr])\.(\w+)")
 
 
-def _query_once(columns: list[tuple[str, str]], rest: str, computed: dict[str, str]) -> Query:
-    """`_query`, with each of `computed`'s expressions (named in `columns` by its key)
-    evaluated once per row: in a subquery SQLite runs as a co-routine (LIMIT keeps it from
-    being flattened back into the aggregates). A cost or usage used by five aggregates
-    otherwise costs five evaluations; this took a third off the pair query."""
-    exprs = [expr for _, expr in columns]
-    used = sorted({m.group(0) for expr in exprs for m in _COLUMN.finditer(expr)})
-    inner = [f"{ref} AS {ref.replace('.', '_', 1)}" for ref in used]
-    inner += [f"{expr} AS {name}" for name, expr in computed.items()]
-    outer = [_COLUMN.sub(r"\1_\2", expr) for expr in exprs]
+def _two_level(inner: dict[str, str], outer: list[tuple[str, str]], rest: str) -> Query:
+    """A query whose aggregates (`outer`) read the values `inner` computes once per row, in a
+    subquery SQLite runs as a co-routine (LIMIT keeps it from being flattened back into the
+    aggregates, which would evaluate a value once for each aggregate that reads it)."""
     sql = (
         "SELECT "
-        + ",\n  ".join(outer)
+        + ",\n  ".join(expr for _, expr in outer)
         + "\nFROM (SELECT "
-        + ",\n  ".join(inner)
+        + ",\n  ".join(f"{expr} AS {name}" for name, expr in inner.items())
         + f"\n{rest}\nLIMIT -1)"
     )
-    return Query(sql, tuple(name for name, _ in columns))
+    return Query(sql, tuple(name for name, _ in outer))
 
 
 def usage_sql(a: str) -> str:
@@ -73,6 +67,12 @@ def _us(expr: str) -> str:
 def _by_app(a: str) -> str:
     kinds = ", ".join(f"'{k}'" for k in NOT_UPSTREAM)
     return f"coalesce({a}.error_kind, '') IN ({kinds})"
+
+
+def _upstream_side(a: str) -> str:
+    """Not ended by the app nor refused by the sidecar; the IN list only for the few errors."""
+    kinds = ", ".join(f"'{k}'" for k in NOT_UPSTREAM)
+    return f"({a}.error_kind IS NULL OR {a}.error_kind NOT IN ({kinds}))"
 
 
 def where_clause(flt: ReportFilter) -> tuple[str, dict[str, Any]]:
@@ -112,146 +112,114 @@ _GROUP_RANGE: Final = (
 )
 
 
-def upstream_query(role: str, where: str, cost: str, *, binned: bool, priced: bool) -> Query:
-    ok = "r.error_kind IS NULL"
-    stream = f"e.stream AND r.status / 100 = 2 AND NOT {_by_app('r')}"
-    upstream_error = f"r.error_kind IS NOT NULL AND NOT {_by_app('r')}"
-    bucket = "r__bucket"
-    usage = "r__usage"
-    # Only primaries are served under a revision's split.
-    revisions = "group_concat(e.revision, char(31))" if role == "primary" else "NULL"
-    # Successful answers without a price, by the model asked for (char(30): none), whether
-    # they carried usage and images: what the notes on report.pricing say.
-    unpriced = (
-        f"group_concat(CASE WHEN {ok} AND r__cost IS NULL THEN ifnull(e.model, char(30)) "
-        "|| char(29) || (r.prompt_tokens IS NOT NULL) || (coalesce(r.images, 0) > 0) END, "
-        "char(31))"
-        if priced
-        else "NULL"
+# An answer's counts travel as one small integer per row: these bits, plus its timeline bucket
+# times ANSWER_BUCKET. Python counts the distinct integers (a few hundred) and reads every
+# count off them: one aggregate where there were ten, the cheapest thing SQLite can do per row.
+OK: Final = 1  # no error of any kind
+UPSTREAM_ERROR: Final = 2  # an error neither the app nor the sidecar caused
+STREAM: Final = 4  # a stream answered 2xx (not cut by the app)
+STREAM_OK: Final = 8  # ... that ended with [DONE] and usage
+JSON: Final = 16  # a successful answer in JSON mode
+JSON_OK: Final = 32  # ... that parsed
+USAGE: Final = 64  # it reported usage
+ANSWER_BUCKET: Final = 128
+
+
+def _answer_flags(usage: str) -> str:
+    """`OK` to `JSON_OK` of response r (`USAGE` is added outside); the IN list of the
+    app's and the sidecar's error kinds only reached by the few errors."""
+    kinds = ", ".join(f"'{k}'" for k in NOT_UPSTREAM)
+    stream = (
+        f"(CASE WHEN e.stream AND r.status / 100 = 2 THEN {STREAM} + {STREAM_OK} * "
+        f"(r.stream_done IS 1 AND {usage} IS NOT NULL) ELSE 0 END)"
     )
-    columns = [
-        ("responses", "count(*)"),
-        ("ok", f"sum({ok})"),
-        ("upstream_errors", f"sum({upstream_error})"),
-        ("kinds", "group_concat(r.error_kind)"),
-        ("with_usage", f"count({usage})"),
-        ("prompt", "sum(r.prompt_tokens)"),
-        ("completion", "sum(r.completion_tokens)"),
-        ("tokens", f"sum({usage})"),
-        ("cached", "total(r.cached_tokens)"),
-        ("images", "total(r.images)"),
-        ("priced", "count(r__cost)"),
-        ("cost", "sum(r__cost) / 1e6"),
-        ("streams", f"sum({stream})"),
-        ("streams_ok", f"sum({stream} AND r.stream_done = 1 AND {usage} IS NOT NULL)"),
-        ("json_answers", f"count(CASE WHEN {ok} THEN r.json_ok END)"),
-        ("json_ok", f"total(CASE WHEN {ok} THEN r.json_ok END)"),
-        ("ttfb", f"group_concat(CASE WHEN {ok} THEN {_value('r.ttfb_ms', binned)} END)"),
-        ("ttft", f"group_concat(CASE WHEN {ok} THEN {_value('r.ttft_ms', binned)} END)"),
-        ("total", f"group_concat(CASE WHEN {ok} THEN {_value('r.total_ms', binned)} END)"),
-        ("buckets", f"group_concat({bucket})"),
-        ("error_buckets", f"group_concat(CASE WHEN {upstream_error} THEN {bucket} END)"),
+    json = (
+        f"(CASE WHEN r.json_ok IS NULL THEN 0 WHEN r.json_ok THEN {JSON + JSON_OK} ELSE {JSON} END)"
+    )
+    return (
+        f"(CASE WHEN r.error_kind IS NULL THEN {OK} + {stream} + {json} "
+        f"WHEN r.error_kind IN ({kinds}) THEN 0 ELSE {UPSTREAM_ERROR} + {stream} END)"
+    )
+
+
+def upstream_query(role: str, where: str, cost: str, *, binned: bool, priced: bool) -> Query:
+    """One range of one (upstream, role)'s answers: their flags (see `OK`), token sums,
+    latencies, error kinds, and, for primaries, the revisions they were served under."""
+    usage = usage_sql("r")
+    inner = {
+        "k": f"CAST((e.ts - :t0) / :width AS INTEGER) * {ANSWER_BUCKET} + {_answer_flags(usage)}",
+        "u": usage,
+        "kind": "r.error_kind",
+        "pt": "r.prompt_tokens",
+        "ct": "r.completion_tokens",
+        "cached": "r.cached_tokens",
+        "images": "r.images",
+        **{
+            name: f"CASE WHEN r.error_kind IS NULL THEN r.{name}_ms END"
+            for name in ("ttfb", "ttft", "total")
+        },
+    }
+    # Only primaries are served under a revision's split.
+    revisions = "NULL"
+    if role == "primary":
+        inner["rev"] = "e.revision"
+        revisions = "group_concat(rev, char(31))"
+    priced_n = total_cost = unpriced = "NULL"
+    if cost != "NULL":
+        inner["cost"] = cost
+        priced_n, total_cost = "count(cost)", "sum(cost) / 1e6"
+    if priced:
+        # Successful answers without a price, by the model asked for (char(30): none),
+        # whether they carried usage and images: what the notes on report.pricing say.
+        inner["model"] = "e.model"
+        paid = "cost" if cost != "NULL" else "NULL"
+        unpriced = (
+            f"group_concat(CASE WHEN kind IS NULL AND {paid} IS NULL THEN "
+            "ifnull(model, char(30)) || char(29) || (pt IS NOT NULL) || "
+            "(coalesce(images, 0) > 0) END, char(31))"
+        )
+    outer = [
+        ("flags", f"group_concat(k + {USAGE} * (u IS NOT NULL))"),
+        ("kinds", "group_concat(kind)"),
+        ("prompt", "sum(pt)"),
+        ("completion", "sum(ct)"),
+        ("tokens", "sum(u)"),
+        ("cached", "total(cached)"),
+        ("images", "total(images)"),
+        ("priced", priced_n),
+        ("cost", total_cost),
+        *((name, f"group_concat({_value(name, binned)})") for name in ("ttfb", "ttft", "total")),
         ("revisions", revisions),
         ("unpriced", unpriced),
     ]
-    return _query_once(
-        columns,
+    return _two_level(
+        inner,
+        outer,
         "FROM responses r CROSS JOIN exchanges e ON e.id = r.exchange_id\n"
         f"WHERE {_GROUP_RANGE.format(a='r')}{where}",
-        {
-            "r__cost": cost,
-            "r__usage": usage_sql("r"),
-            "r__bucket": "CAST((e.ts - :t0) / :width AS INTEGER)",
-        },
     )
 
 
-def _latency_pair(ok: str, binned: bool) -> list[tuple[str, str]]:
-    """Per pair, time to first token for a stream, total time otherwise, so one distribution
-    holds every pair the latency check compares: exact, "primary,copy,stream" in
-    microseconds; binned, the ratio's and the difference's bins and the streams counted."""
-    p = "(CASE WHEN e.stream THEN p.ttft_ms ELSE p.total_ms END)"
-    s = "(CASE WHEN e.stream THEN s.ttft_ms ELSE s.total_ms END)"
-    timed = f"{ok} AND {p} IS NOT NULL AND {s} IS NOT NULL"
-    if binned:
-        # A primary under half a microsecond has no ratio, as exact microseconds have none.
-        timed += f" AND {p} >= 0.0005"
-        return [
-            ("latency", "NULL"),
-            ("latency_ratio", f"group_concat(CASE WHEN {timed} THEN {bin_sql(f'{s} / {p}')} END)"),
-            ("latency_diff", f"group_concat(CASE WHEN {timed} THEN {bin_sql(f'{s} - {p}')} END)"),
-            ("latency_streams", f"sum({timed} AND e.stream)"),
-        ]
-    return [
-        (
-            "latency",
-            f"group_concat(CASE WHEN {timed} THEN "
-            f"{_us(p)} || ',' || {_us(s)} || ',' || (e.stream != 0) END)",
-        ),
-        ("latency_ratio", "NULL"),
-        ("latency_diff", "NULL"),
-        ("latency_streams", "NULL"),
-    ]
+# A pair's counts, as an answer's (see `OK`): one small integer per pair, these bits.
+P_ERROR: Final = 1  # the primary failed (an upstream error)
+S_ERROR: Final = 2  # the copy did
+SAME_CLASS: Final = 4  # the same status class (2xx/4xx/5xx/none)
+SAME_SHAPE: Final = 8  # ... and the same response shape
+TOOLS: Final = 16  # tool calls to compare (see `pair_query`)
+TOOLS_SAME: Final = 32  # ... the same names and argument keys, the copy's arguments valid
+TEXTS: Final = 64  # both answered with text
+TEXTS_SAME: Final = 128  # ... the same normalised text
+USAGE_BOTH: Final = 256  # both reported usage
+PRICED_BOTH: Final = 512  # both have a price
+TIMED_STREAM: Final = 1024  # a stream both sides timed (binned reads only)
+BODIES: Final = 2048  # texts with both bodies recorded, in the similarity sample
+PAIR_ROWID: Final = 4096  # marks: the copy's rowid times this, plus its flags
 
 
-def _ratio_sums(name: str, cond: str, p: str, s: str, binned: bool) -> list[tuple[str, str]]:
-    """The sums a ratio of sums and its delta-method interval need, and in exact mode the
-    pairs themselves, for the bootstrap of a few."""
-
-    def total(expr: str) -> str:
-        return f"total(CASE WHEN {cond} THEN {expr} END)"
-
-    pairs = "NULL" if binned else f"group_concat(CASE WHEN {cond} THEN {p} || ',' || {s} END)"
-    return [
-        (f"{name}_pairs", pairs),
-        (f"{name}_p", total(p)),
-        (f"{name}_s", total(s)),
-        (f"{name}_pp", total(f"({p}) * ({p})")),
-        (f"{name}_ss", total(f"({s}) * ({s})")),
-        (f"{name}_ps", total(f"({p}) * ({s})")),
-    ]
-
-
-def _error_counts() -> list[tuple[str, str]]:
-    return [
-        ("pairs", "count(*)"),
-        ("p_errors", "sum(p.error_kind IS NOT NULL)"),
-        ("s_errors", "sum(s.error_kind IS NOT NULL)"),
-        ("both_errors", "sum(p.error_kind IS NOT NULL AND s.error_kind IS NOT NULL)"),
-    ]
-
-
-def _latencies(ok: str, binned: bool) -> list[tuple[str, str]]:
-    def both(column: str, value: str, cond: str = "") -> str:
-        return (
-            f"group_concat(CASE WHEN {ok}{cond} AND p.{column} IS NOT NULL "
-            f"AND s.{column} IS NOT NULL THEN {_value(value, binned)} END)"
-        )
-
-    return [
-        ("ttfb_diff", both("ttfb_ms", "s.ttfb_ms - p.ttfb_ms")),
-        ("ttft_diff", both("ttft_ms", "s.ttft_ms - p.ttft_ms")),
-        ("total_diff", both("total_ms", "s.total_ms - p.total_ms")),
-        ("p_ttft", both("ttft_ms", "p.ttft_ms", " AND e.stream")),
-        ("s_ttft", both("ttft_ms", "s.ttft_ms", " AND e.stream")),
-        ("p_total", both("total_ms", "p.total_ms", " AND NOT e.stream")),
-        ("s_total", both("total_ms", "s.total_ms", " AND NOT e.stream")),
-        *_latency_pair(ok, binned),
-    ]
-
-
-def pair_query(where: str, p_cost: str, s_cost: str, *, binned: bool) -> Query:
+def _pair_flags(binned: bool) -> str:
+    """`P_ERROR` to `BODIES` but `USAGE_BOTH`, `PRICED_BOTH` and `TIMED_STREAM` (added
+    outside, from the values the pair's subquery computes)."""
     ok = "p.error_kind IS NULL AND s.error_kind IS NULL"
-    same_class = "p.status / 100 IS s.status / 100"
-    computed = {
-        "p__usage": usage_sql("p"),
-        "s__usage": usage_sql("s"),
-        "p__cost": p_cost,
-        "s__cost": s_cost,
-    }
-    p_usage, s_usage, p_cost, s_cost = computed
-    usage = f"{p_usage} IS NOT NULL AND {s_usage} IS NOT NULL"
-    priced = f"{p_cost} IS NOT NULL AND {s_cost} IS NOT NULL"
     # A copy that refused a request the primary answered with tool calls (a 4xx such as
     # "function calling is not supported") disagrees on them; its 5xx and timeouts are the
     # errors check's, not this one's.
@@ -270,53 +238,125 @@ def pair_query(where: str, p_cost: str, s_cost: str, *, binned: bool) -> Query:
     bodies = "length(p.response_body) > 0 AND length(s.response_body) > 0"
     if binned:  # a fixed share of the pairs, by a hash of the rowid, for the similarity sample
         bodies += " AND (s.rowid * 2654435761) % 1000 < :keep"
+    return (
+        f"(p.error_kind IS NOT NULL) * {P_ERROR} + (s.error_kind IS NOT NULL) * {S_ERROR}\n"
+        f"  + (CASE WHEN p.status / 100 IS s.status / 100 THEN {SAME_CLASS} + {SAME_SHAPE} * "
+        "(p.shape IS s.shape) ELSE 0 END)\n"
+        f"  + (CASE WHEN {tools} THEN {TOOLS} + {TOOLS_SAME} * {tools_same} ELSE 0 END)\n"
+        f"  + (CASE WHEN {text} THEN {TEXTS} + {TEXTS_SAME} * (p.text_sha256 = s.text_sha256) "
+        f"+ (CASE WHEN {bodies} THEN {BODIES} ELSE 0 END) ELSE 0 END)"
+    )
 
-    def when(cond: str, value: str) -> str:
-        return f"sum(CASE WHEN {cond} THEN {value} END)"
 
+def _pair_latencies(binned: bool) -> list[tuple[str, str]]:
+    """Per pair, from the subquery's differences and its `pl` and `sl` (time to first token
+    for a stream, total time otherwise, NULL unless both answered): the distributions of
+    the differences, of each side's time (times 2, plus 1 for a non-stream: one list holds
+    both kinds), and of the latency check's ratio and difference. Exact, "primary,copy,stream"
+    in microseconds instead of the last two; binned, the streams among them are a flag."""
+    both = "sl IS NOT NULL AND pl IS NOT NULL"
     columns = [
-        *_error_counts(),
-        ("same_class", f"sum({same_class})"),
-        ("same_shape", f"sum({same_class} AND p.shape IS s.shape)"),
-        ("tools", f"sum({tools})"),
-        ("tools_same", f"sum(CASE WHEN {tools} THEN {tools_same} END)"),
-        ("texts", f"sum({text})"),
-        ("texts_same", f"sum({text} AND p.text_sha256 = s.text_sha256)"),
-        ("usage_pairs", f"sum({usage})"),
-        ("p_prompt", when(usage, "coalesce(p.prompt_tokens, 0)")),
-        ("p_completion", when(usage, "coalesce(p.completion_tokens, 0)")),
-        ("p_tokens", when(usage, p_usage)),
-        ("s_prompt", when(usage, "coalesce(s.prompt_tokens, 0)")),
-        ("s_completion", when(usage, "coalesce(s.completion_tokens, 0)")),
-        ("s_tokens", when(usage, s_usage)),
-        ("p_cached", when(usage, "coalesce(p.cached_tokens, 0)")),
-        ("s_cached", when(usage, "coalesce(s.cached_tokens, 0)")),
-        *_ratio_sums("token", usage, p_usage, s_usage, binned),
-        ("priced_pairs", f"sum({priced})"),
-        ("p_cost", f"{when(priced, p_cost)} / 1e6"),
-        ("s_cost", f"{when(priced, s_cost)} / 1e6"),
-        *_ratio_sums("cost", priced, p_cost, s_cost, binned),
-        *_latencies(ok, binned),
-        ("ex_status", f"group_concat(CASE WHEN NOT {same_class} THEN s.rowid END)"),
-        (
-            "ex_shape",
-            f"group_concat(CASE WHEN {same_class} AND p.shape IS NOT s.shape THEN s.rowid END)",
-        ),
-        (
-            "ex_tool_calls",
-            f"group_concat(CASE WHEN {tools} THEN (CASE WHEN {tools_same} THEN NULL "
-            "ELSE s.rowid END) END)",
-        ),
-        ("bodies", f"group_concat(CASE WHEN {text} AND {bodies} THEN s.rowid END)"),
+        *((f"{name}_diff", f"group_concat({_value(name, binned)})") for name in ("ttfb", "ttft", "total")),
+        ("p_lat", f"group_concat(CASE WHEN sl IS NOT NULL THEN {_value('pl', binned)} * 2 + (NOT stream) END)"),
+        ("s_lat", f"group_concat(CASE WHEN pl IS NOT NULL THEN {_value('sl', binned)} * 2 + (NOT stream) END)"),
+    ]  # fmt: skip
+    if binned:
+        # A primary under half a microsecond has no ratio, as exact microseconds have none.
+        timed = f"{both} AND pl >= 0.0005"
+        return [
+            *columns,
+            ("latency", "NULL"),
+            ("latency_ratio", f"group_concat(CASE WHEN {timed} THEN {bin_sql('(sl / pl)')} END)"),
+            ("latency_diff", f"group_concat(CASE WHEN {timed} THEN {bin_sql('(sl - pl)')} END)"),
+        ]
+    return [
+        *columns,
+        ("latency", f"group_concat(CASE WHEN {both} THEN {_us('pl')} || ',' || {_us('sl')} || ',' || (stream != 0) END)"),
+        ("latency_ratio", "NULL"),
+        ("latency_diff", "NULL"),
+    ]  # fmt: skip
+
+
+def _pair_sums(kind: str, both: str, p: str, s: str, binned: bool) -> list[tuple[str, str]]:
+    """The sums a ratio of sums and its delta-method interval need (`both` is 1 when both
+    sides have a value, NULL otherwise), and in exact mode the pairs themselves, for the
+    bootstrap of a few."""
+    pairs = "NULL" if binned else f"group_concat(CASE WHEN {both} THEN {p} || ',' || {s} END)"
+    return [
+        (f"{kind}_pairs", pairs),
+        (f"{kind}_p", f"total({both} * {p})"),
+        (f"{kind}_s", f"total({both} * {s})"),
+        (f"{kind}_pp", f"total({both} * {p} * {p})"),
+        (f"{kind}_ss", f"total({both} * {s} * {s})"),
+        (f"{kind}_ps", f"total({both} * {p} * {s})"),
     ]
-    return _query_once(
-        columns,
+
+
+def pair_query(where: str, p_cost: str, s_cost: str, *, binned: bool) -> Query:
+    """One range of one upstream's copies (shadow, noise or replay) against the primary
+    answers: the pairs' flags (see `P_ERROR`), token and cost sums, latencies, and the rowids
+    of mismatches and of the similarity sample."""
+    ok = "p.error_kind IS NULL AND s.error_kind IS NULL"
+    p_usage, s_usage = usage_sql("p"), usage_sql("s")
+    inner = {
+        "rid": "s.rowid",
+        "f": _pair_flags(binned),
+        "stream": "e.stream",
+        "pu": p_usage,
+        "su": s_usage,
+        "tu": f"CASE WHEN {p_usage} IS NOT NULL AND {s_usage} IS NOT NULL THEN 1 END",
+        **{
+            f"{a}_{name}": f"{a}.{name}_tokens"
+            for a in ("p", "s")
+            for name in ("prompt", "completion", "cached")
+        },
+        **{
+            name: f"CASE WHEN {ok} THEN s.{name}_ms - p.{name}_ms END"
+            for name in ("ttfb", "ttft", "total")
+        },
+        **{
+            f"{a}l": f"CASE WHEN {ok} THEN (CASE WHEN e.stream THEN {a}.ttft_ms "
+            f"ELSE {a}.total_ms END) END"
+            for a in ("p", "s")
+        },
+    }
+    priced = p_cost != "NULL" and s_cost != "NULL"
+    if priced:
+        inner["pc"], inner["sc"] = p_cost, s_cost
+        inner["tc"] = f"CASE WHEN {p_cost} IS NOT NULL AND {s_cost} IS NOT NULL THEN 1 END"
+    timed = "(stream AND sl IS NOT NULL AND pl >= 0.0005)" if binned else "0"
+    costs = (
+        _pair_sums("cost", "tc", "pc", "sc", binned)
+        if priced
+        else [(f"cost_{name}", "NULL") for name in ("pairs", "p", "s", "pp", "ss", "ps")]
+    )
+    marks = f"(f & {SAME_SHAPE}) = 0 OR (f & {TOOLS + TOOLS_SAME}) = {TOOLS} OR f & {BODIES}"
+    outer = [
+        (
+            "flags",
+            f"group_concat(f + {USAGE_BOTH} * (tu IS NOT NULL) + "
+            + (f"{PRICED_BOTH} * (tc IS NOT NULL)" if priced else "0")
+            + f" + {TIMED_STREAM} * {timed})",
+        ),
+        ("p_prompt", "sum(tu * coalesce(p_prompt, 0))"),
+        ("p_completion", "sum(tu * coalesce(p_completion, 0))"),
+        ("s_prompt", "sum(tu * coalesce(s_prompt, 0))"),
+        ("s_completion", "sum(tu * coalesce(s_completion, 0))"),
+        ("p_cached", "sum(tu * coalesce(p_cached, 0))"),
+        ("s_cached", "sum(tu * coalesce(s_cached, 0))"),
+        *_pair_sums("token", "tu", "pu", "su", binned),
+        *costs,
+        *_pair_latencies(binned),
+        ("marks", f"group_concat(CASE WHEN {marks} THEN rid * {PAIR_ROWID} + f END)"),
+    ]
+    return _two_level(
+        inner,
+        outer,
         "FROM responses s\n"
         "  CROSS JOIN responses p ON p.exchange_id = s.exchange_id AND p.role = 'primary'\n"
         "  CROSS JOIN exchanges e ON e.id = s.exchange_id\n"
         f"WHERE {_GROUP_RANGE.format(a='s')}{where}\n"
-        f"  AND NOT {_by_app('p')} AND NOT {_by_app('s')}",
-        computed,
+        f"  AND {_upstream_side('p')} AND {_upstream_side('s')}",
     )
 
 
