@@ -33,7 +33,14 @@ from proxy.report.data import (
     UpstreamStats,
 )
 from proxy.report.examples import SIMILARITY_SAMPLE, examples, similarities
-from proxy.report.figures import PairSums, UpstreamSums, pair_stats, upstream_stats
+from proxy.report.figures import (
+    PairSums,
+    UpstreamSums,
+    pair_stats,
+    parsed_answers,
+    parsed_pairs,
+    upstream_stats,
+)
 from proxy.report.prices import cost_sql, price_sql, unpriced_notes
 from proxy.report.recordings import Recordings
 from proxy.report.sql import (
@@ -286,7 +293,8 @@ class _Reader:
             binned=self.binned,
             priced=bool(pricing),
         )
-        return "answers", group, rows[0], query.named(db.rows(query.sql, params)[0])
+        row = query.named(db.rows(query.sql, params)[0])
+        return "answers", group, rows[0], parsed_answers(row)
 
     def _pair_sql(self, group: _Group, params: dict[str, Any]) -> tuple[str, str, str]:
         pricing = self.settings.pricing
@@ -307,7 +315,8 @@ class _Reader:
         }
         where, p_cost, s_cost = self._pair_sql(group, params)
         query = pair_query(where, p_cost, s_cost, binned=self.binned)
-        return "pairs", group, rows[0], query.named(db.rows(query.sql, params)[0])
+        row = query.named(db.rows(query.sql, params)[0])
+        return "pairs", group, rows[0], parsed_pairs(row)
 
     def _few_ratio_pairs(self, raws: list[PairSums]) -> None:
         """A binned read keeps sums, not pairs; a ratio over few pairs is bootstrapped from

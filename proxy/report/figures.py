@@ -101,6 +101,31 @@ _UPSTREAM_FLAGS: Final = (
 _UPSTREAM_LISTS: Final = ("ttfb", "ttft", "total")
 
 
+def parsed(
+    row: dict[str, Any], counted: tuple[str, ...], listed: tuple[str, ...] = ()
+) -> dict[str, Any]:
+    """A query's row with its lists parsed: `counted` ones into counts of each value, `listed`
+    ones into lists. Done in the worker that read it, beside the other worker's SQL, rather
+    than after both, on one core."""
+    for name in counted:
+        row[name] = Counter(ints(row[name]))
+    for name in listed:
+        row[name] = ints(row[name])
+    return row
+
+
+def parsed_answers(row: dict[str, Any]) -> dict[str, Any]:
+    """`UpstreamSums.add`'s input from `sql.upstream_query`'s row."""
+    return parsed(row, ("flags", *_UPSTREAM_LISTS))
+
+
+def parsed_pairs(row: dict[str, Any]) -> dict[str, Any]:
+    """`PairSums.add`'s input from `sql.pair_query`'s row."""
+    for kind in ("token", "cost"):
+        row[f"{kind}_pairs"] = floats(row[f"{kind}_pairs"])
+    return parsed(row, _PAIR_COUNTED, ("latency", "marks"))
+
+
 class UpstreamSums:
     """One (upstream, role)'s figures, summed over the ranges and recordings it was read in."""
 
@@ -120,7 +145,7 @@ class UpstreamSums:
         counts = self.counts
         for name in _UPSTREAM_SUMS:
             counts[name] += _n(row[name])
-        for key, n in Counter(ints(row["flags"])).items():
+        for key, n in row["flags"].items():
             bucket, flags = divmod(key, sql.ANSWER_BUCKET)
             counts["responses"] += n
             for name, bit in _UPSTREAM_FLAGS:
@@ -134,7 +159,7 @@ class UpstreamSums:
         if row["kinds"]:
             self.kinds.update(row["kinds"].split(","))
         for name in _UPSTREAM_LISTS:
-            self.latency[name].add_values(ints(row[name]))
+            self.latency[name].counts.update(row[name])
         if row["revisions"]:
             self.revisions.update(row["revisions"].split("\x1f"))
         if row["unpriced"]:
@@ -182,6 +207,10 @@ _PAIR_FLAGS: Final = (
     ("priced_pairs", sql.PRICED_BOTH), ("latency_streams", sql.TIMED_STREAM),
 )  # fmt: skip
 _SUMS: Final = ("p", "s", "pp", "ss", "ps")
+_PAIR_COUNTED: Final = (
+    "flags", "ttfb_diff", "ttft_diff", "total_diff", "p_lat", "s_lat", "latency_ratio",
+    "latency_diff",
+)  # fmt: skip
 EXAMPLES_KEPT: Final = 5  # per reason and recording: the most recent mismatches
 
 
@@ -214,13 +243,13 @@ class PairSums:
         for name in _PAIR_SUMS:
             counts[name] += _n(row[name])
         priced = counts["priced_pairs"]
-        for key, n in Counter(ints(row["flags"])).items():
+        for key, n in row["flags"].items():
             counts["pairs"] += n
             for name, bits in _PAIR_FLAGS:
                 if key & bits == bits:
                     counts[name] += n
         for kind, sums in self.sums.items():
-            self.pairs[kind] += floats(row[f"{kind}_pairs"])
+            self.pairs[kind] += row[f"{kind}_pairs"]
             for name in _SUMS:
                 sums[name] += row[f"{kind}_{name}"] or 0.0
         counts["p_tokens"] = round(self.sums["token"]["p"])
@@ -229,15 +258,15 @@ class PairSums:
             for name, a in (("p_cost", "p"), ("s_cost", "s")):
                 self.costs[name] = (self.costs[name] or 0.0) + (row[f"cost_{a}"] or 0.0) / 1e6
         for name in ("ttfb_diff", "ttft_diff", "total_diff"):
-            self.histograms[name].add_values(ints(row[name]))
+            self.histograms[name].counts.update(row[name])
         for side in ("p", "s"):
-            for key, n in Counter(ints(row[f"{side}_lat"])).items():
+            for key, n in row[f"{side}_lat"].items():
                 kind = "total" if key & 1 else "ttft"  # 1: not a stream
                 self.histograms[f"{side}_{kind}"].counts[key >> 1] += n
-        self.latency += ints(row["latency"])
-        self.latency_ratio.add_values(ints(row["latency_ratio"]))
-        self.latency_diff.add_values(ints(row["latency_diff"]))
-        self._marks(ints(row["marks"]), source)
+        self.latency += row["latency"]
+        self.latency_ratio.counts.update(row["latency_ratio"])
+        self.latency_diff.counts.update(row["latency_diff"])
+        self._marks(row["marks"], source)
 
     def _marks(self, marks: list[int], source: int) -> None:
         """The mismatches' and the sampled bodies' rowids, from a range's marks."""
