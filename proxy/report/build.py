@@ -44,9 +44,10 @@ from proxy.report.figures import (
 from proxy.report.prices import cost_sql, price_sql, unpriced_notes
 from proxy.report.recordings import Recordings
 from proxy.report.sql import (
+    ANSWER,
     Many,
     Reading,
-    pair_query,
+    copy_query,
     ratio_pairs_sql,
     since_clause,
     upstream_query,
@@ -167,10 +168,15 @@ class _Reader:
         """Every query over one range of one recording's responses, one after another on one
         connection: each reads the pages of the range (and of its exchanges) that the one
         before read, from SQLite's cache rather than the file."""
-        mine = [g for g in self.groups if g.source == source]
-        found = [self._answers(g, rows, win, dbs) for g in mine]
-        compared = [g for g in mine if g.role in (*COMPARED, "noise")]
-        return found + [self._pairs(g, rows, dbs) for g in compared]
+        found = []
+        for g in self.groups:
+            if g.source != source:
+                continue
+            if g.role in (*COMPARED, "noise"):
+                found += self._copies(g, rows, win, dbs)
+            else:
+                found.append(self._answers(g, rows, win, dbs))
+        return found
 
     def report(self) -> Report:
         db = self.db
@@ -302,21 +308,37 @@ class _Reader:
         s_cost = cost_sql("s", price_sql(pricing, "s", group.upstream, params))
         return self.dbs[group.source].where + since_clause(self.db.flt, "s"), p_cost, s_cost
 
-    def _pairs(self, group: _Group, rows: tuple[int, int], dbs: list[Reading]) -> Any:
+    def _copies(
+        self, group: _Group, rows: tuple[int, int], win: Window, dbs: list[Reading]
+    ) -> list[Any]:
+        """One range of copies: their answers' figures, and their pairs' with the primaries."""
         db = dbs[group.source]
         params: dict[str, Any] = {
             "upstream": group.upstream,
             "role": group.role,
             "lo": rows[0],
             "hi": rows[1],
+            "t0": win.start,
+            "width": win.width,
             # per mille of the pairs with bodies kept for the similarity sample: some 4 times
             # the sample from a group this size
             "keep": min(1000, 1 + 4000 * SIMILARITY_SAMPLE // max(group.last, 1)),
         }
         where, p_cost, s_cost = self._pair_sql(group, params)
-        query = pair_query(where, p_cost, s_cost, binned=self.binned)
+        query = copy_query(
+            group.role,
+            where,
+            p_cost,
+            s_cost,
+            binned=self.binned,
+            priced=bool(self.settings.pricing),
+        )
         row = query.named(db.rows(query.sql, params)[0])
-        return "pairs", group, rows[0], parsed_pairs(row)
+        answers = {k[len(ANSWER) :]: row.pop(k) for k in list(row) if k.startswith(ANSWER)}
+        return [
+            ("answers", group, rows[0], parsed_answers(answers)),
+            ("pairs", group, rows[0], parsed_pairs(row)),
+        ]
 
     def _few_ratio_pairs(self, raws: list[PairSums]) -> None:
         """A binned read keeps sums, not pairs; a ratio over few pairs is bootstrapped from

@@ -125,73 +125,88 @@ USAGE: Final = 64  # it reported usage
 ANSWER_BUCKET: Final = 128
 
 
-def _answer_flags(usage: str) -> str:
-    """`OK` to `JSON_OK` of response r (`USAGE` is added outside); the IN list of the
+def _answer_flags(a: str, usage: str) -> str:
+    """`OK` to `JSON_OK` of response `a` (`USAGE` is added outside); the IN list of the
     app's and the sidecar's error kinds only reached by the few errors."""
     kinds = ", ".join(f"'{k}'" for k in NOT_UPSTREAM)
     stream = (
-        f"(CASE WHEN e.stream AND r.status / 100 = 2 THEN {STREAM} + {STREAM_OK} * "
-        f"(r.stream_done IS 1 AND {usage} IS NOT NULL) ELSE 0 END)"
+        f"(CASE WHEN e.stream AND {a}.status / 100 = 2 THEN {STREAM} + {STREAM_OK} * "
+        f"({a}.stream_done IS 1 AND {usage} IS NOT NULL) ELSE 0 END)"
     )
     json = (
-        f"(CASE WHEN r.json_ok IS NULL THEN 0 WHEN r.json_ok THEN {JSON + JSON_OK} ELSE {JSON} END)"
+        f"(CASE WHEN {a}.json_ok IS NULL THEN 0 WHEN {a}.json_ok THEN {JSON + JSON_OK} "
+        f"ELSE {JSON} END)"
     )
     return (
-        f"(CASE WHEN r.error_kind IS NULL THEN {OK} + {stream} + {json} "
-        f"WHEN r.error_kind IN ({kinds}) THEN 0 ELSE {UPSTREAM_ERROR} + {stream} END)"
+        f"(CASE WHEN {a}.error_kind IS NULL THEN {OK} + {stream} + {json} "
+        f"WHEN {a}.error_kind IN ({kinds}) THEN 0 ELSE {UPSTREAM_ERROR} + {stream} END)"
     )
 
 
-def upstream_query(role: str, where: str, cost: str, *, binned: bool, priced: bool) -> Query:
-    """One range of one (upstream, role)'s answers: their flags (see `OK`), token sums,
-    latencies, error kinds, and, for primaries, the revisions they were served under."""
-    usage = usage_sql("r")
+Parts = tuple[dict[str, str], list[tuple[str, str]]]
+
+
+def _answer_parts(a: str, role: str, cost: str, *, binned: bool, priced: bool) -> Parts:
+    """What `upstream_query` reads of response `a`, as the subquery's values (named r_...)
+    and the aggregates over them: the answers' flags (see `OK`), token sums, latencies,
+    error kinds, and, for primaries, the revisions they were served under."""
+    usage = usage_sql(a)
+    flags = _answer_flags(a, usage)
     inner = {
-        "k": f"CAST((e.ts - :t0) / :width AS INTEGER) * {ANSWER_BUCKET} + {_answer_flags(usage)}",
-        "u": usage,
-        "kind": "r.error_kind",
-        "pt": "r.prompt_tokens",
-        "ct": "r.completion_tokens",
-        "cached": "r.cached_tokens",
-        "images": "r.images",
+        "r_k": f"CAST((e.ts - :t0) / :width AS INTEGER) * {ANSWER_BUCKET} + {flags}",
+        "r_u": usage,
+        "r_kind": f"{a}.error_kind",
+        "r_pt": f"{a}.prompt_tokens",
+        "r_ct": f"{a}.completion_tokens",
+        "r_cached": f"{a}.cached_tokens",
+        "r_images": f"{a}.images",
         **{
-            name: f"CASE WHEN r.error_kind IS NULL THEN r.{name}_ms END"
+            f"r_{name}": f"CASE WHEN {a}.error_kind IS NULL THEN {a}.{name}_ms END"
             for name in ("ttfb", "ttft", "total")
         },
     }
     # Only primaries are served under a revision's split.
     revisions = "NULL"
     if role == "primary":
-        inner["rev"] = "e.revision"
-        revisions = "group_concat(rev, char(31))"
+        inner["r_rev"] = "e.revision"
+        revisions = "group_concat(r_rev, char(31))"
     priced_n = total_cost = unpriced = "NULL"
     if cost != "NULL":
-        inner["cost"] = cost
-        priced_n, total_cost = "count(cost)", "sum(cost) / 1e6"
+        inner["r_cost"] = cost
+        priced_n, total_cost = "count(r_cost)", "sum(r_cost) / 1e6"
     if priced:
         # Successful answers without a price, by the model asked for (char(30): none),
         # whether they carried usage and images: what the notes on report.pricing say.
-        inner["model"] = "e.model"
-        paid = "cost" if cost != "NULL" else "NULL"
+        inner["r_model"] = "e.model"
+        paid = "r_cost" if cost != "NULL" else "NULL"
         unpriced = (
-            f"group_concat(CASE WHEN kind IS NULL AND {paid} IS NULL THEN "
-            "ifnull(model, char(30)) || char(29) || (pt IS NOT NULL) || "
-            "(coalesce(images, 0) > 0) END, char(31))"
+            f"group_concat(CASE WHEN r_kind IS NULL AND {paid} IS NULL THEN "
+            "ifnull(r_model, char(30)) || char(29) || (r_pt IS NOT NULL) || "
+            "(coalesce(r_images, 0) > 0) END, char(31))"
         )
     outer = [
-        ("flags", f"group_concat(k + {USAGE} * (u IS NOT NULL))"),
-        ("kinds", "group_concat(kind)"),
-        ("prompt", "sum(pt)"),
-        ("completion", "sum(ct)"),
-        ("tokens", "sum(u)"),
-        ("cached", "total(cached)"),
-        ("images", "total(images)"),
+        ("flags", f"group_concat(r_k + {USAGE} * (r_u IS NOT NULL))"),
+        ("kinds", "group_concat(r_kind)"),
+        ("prompt", "sum(r_pt)"),
+        ("completion", "sum(r_ct)"),
+        ("tokens", "sum(r_u)"),
+        ("cached", "total(r_cached)"),
+        ("images", "total(r_images)"),
         ("priced", priced_n),
         ("cost", total_cost),
-        *((name, f"group_concat({_value(name, binned)})") for name in ("ttfb", "ttft", "total")),
+        *(
+            (name, f"group_concat({_value(f'r_{name}', binned)})")
+            for name in ("ttfb", "ttft", "total")
+        ),
         ("revisions", revisions),
         ("unpriced", unpriced),
     ]
+    return inner, outer
+
+
+def upstream_query(role: str, where: str, cost: str, *, binned: bool, priced: bool) -> Query:
+    """One range of one (upstream, role)'s answers: see `_answer_parts`."""
+    inner, outer = _answer_parts("r", role, cost, binned=binned, priced=priced)
     return _two_level(
         inner,
         outer,
@@ -292,19 +307,22 @@ def _pair_sums(kind: str, both: str, p: str, s: str, binned: bool) -> list[tuple
     ]
 
 
-def pair_query(where: str, p_cost: str, s_cost: str, *, binned: bool) -> Query:
-    """One range of one upstream's copies (shadow, noise or replay) against the primary
-    answers: the pairs' flags (see `P_ERROR`), token and cost sums, latencies, and the rowids
-    of mismatches and of the similarity sample."""
-    ok = "p.error_kind IS NULL AND s.error_kind IS NULL"
+def _pair_parts(p_cost: str, s_cost: str, *, binned: bool) -> Parts:
+    """What `copy_query` reads of a pair (copy s, primary p, NULL when the copy has none):
+    the subquery's values and the aggregates over them, counting only the pairs (neither
+    side ended by the app nor refused by the sidecar): the pairs' flags (see `P_ERROR`),
+    token and cost sums, latencies, and the rowids of mismatches and of the similarity
+    sample."""
+    paired = f"p.rowid IS NOT NULL AND {_upstream_side('p')} AND {_upstream_side('s')}"
+    ok = "p.rowid IS NOT NULL AND p.error_kind IS NULL AND s.error_kind IS NULL"
     p_usage, s_usage = usage_sql("p"), usage_sql("s")
     inner = {
         "rid": "s.rowid",
-        "f": _pair_flags(binned),
+        "f": f"CASE WHEN {paired} THEN {_pair_flags(binned)} END",
         "stream": "e.stream",
         "pu": p_usage,
         "su": s_usage,
-        "tu": f"CASE WHEN {p_usage} IS NOT NULL AND {s_usage} IS NOT NULL THEN 1 END",
+        "tu": f"CASE WHEN {p_usage} IS NOT NULL AND {s_usage} IS NOT NULL AND {paired} THEN 1 END",
         **{
             f"{a}_{name}": f"{a}.{name}_tokens"
             for a in ("p", "s")
@@ -323,7 +341,9 @@ def pair_query(where: str, p_cost: str, s_cost: str, *, binned: bool) -> Query:
     priced = p_cost != "NULL" and s_cost != "NULL"
     if priced:
         inner["pc"], inner["sc"] = p_cost, s_cost
-        inner["tc"] = f"CASE WHEN {p_cost} IS NOT NULL AND {s_cost} IS NOT NULL THEN 1 END"
+        inner["tc"] = (
+            f"CASE WHEN {p_cost} IS NOT NULL AND {s_cost} IS NOT NULL AND {paired} THEN 1 END"
+        )
     timed = "(stream AND sl IS NOT NULL AND pl >= 0.0005)" if binned else "0"
     costs = (
         _pair_sums("cost", "tc", "pc", "sc", binned)
@@ -338,25 +358,37 @@ def pair_query(where: str, p_cost: str, s_cost: str, *, binned: bool) -> Query:
             + (f"{PRICED_BOTH} * (tc IS NOT NULL)" if priced else "0")
             + f" + {TIMED_STREAM} * {timed})",
         ),
-        ("p_prompt", "sum(tu * coalesce(p_prompt, 0))"),
-        ("p_completion", "sum(tu * coalesce(p_completion, 0))"),
-        ("s_prompt", "sum(tu * coalesce(s_prompt, 0))"),
-        ("s_completion", "sum(tu * coalesce(s_completion, 0))"),
-        ("p_cached", "sum(tu * coalesce(p_cached, 0))"),
-        ("s_cached", "sum(tu * coalesce(s_cached, 0))"),
+        *(
+            (f"{a}_{name}", f"sum(tu * coalesce({a}_{name}, 0))")
+            for a in ("p", "s")
+            for name in ("prompt", "completion", "cached")
+        ),
         *_pair_sums("token", "tu", "pu", "su", binned),
         *costs,
         *_pair_latencies(binned),
         ("marks", f"group_concat(CASE WHEN {marks} THEN rid * {PAIR_ROWID} + f END)"),
     ]
+    return inner, outer
+
+
+ANSWER: Final = "answer_"  # copy_query's columns of the copies' own answers start with this
+
+
+def copy_query(
+    role: str, where: str, p_cost: str, s_cost: str, *, binned: bool, priced: bool
+) -> Query:
+    """One range of one upstream's copies (shadow, noise or replay): their answers, as
+    `upstream_query` reads them (columns named with `ANSWER` first), and their pairs with
+    the primary answers (`_pair_parts`), in one read of the copies and their exchanges."""
+    answer_inner, answer_outer = _answer_parts("s", role, s_cost, binned=binned, priced=priced)
+    pair_inner, pair_outer = _pair_parts(p_cost, s_cost, binned=binned)
     return _two_level(
-        inner,
-        outer,
+        {**answer_inner, **pair_inner},
+        [(ANSWER + name, expr) for name, expr in answer_outer] + pair_outer,
         "FROM responses s\n"
-        "  CROSS JOIN responses p ON p.exchange_id = s.exchange_id AND p.role = 'primary'\n"
+        "  LEFT JOIN responses p ON p.exchange_id = s.exchange_id AND p.role = 'primary'\n"
         "  CROSS JOIN exchanges e ON e.id = s.exchange_id\n"
-        f"WHERE {_GROUP_RANGE.format(a='s')}{where}\n"
-        f"  AND {_upstream_side('p')} AND {_upstream_side('s')}",
+        f"WHERE {_GROUP_RANGE.format(a='s')}{where}",
     )
 
 
