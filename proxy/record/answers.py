@@ -14,7 +14,7 @@ from typing import Any, NamedTuple
 import orjson
 
 from proxy.record.rows import ErrorKind
-from proxy.sse import StreamTally, ToolCall, Usage, usage_tokens
+from proxy.tally import StreamTally, ToolCall, Usage, usage_tokens
 
 __all__ = [
     "Answer",

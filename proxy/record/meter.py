@@ -11,7 +11,7 @@ import orjson
 from proxy.config import BodyPolicy
 from proxy.record import answers
 from proxy.record.rows import ErrorKind, Reading, Response, Role
-from proxy.sse import Kind, StreamTally
+from proxy.tally import Kind, StreamTally
 
 
 class Meter:

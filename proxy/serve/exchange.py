@@ -24,7 +24,8 @@ from proxy.record.rows import ErrorKind
 from proxy.serve.affinity import HEAD_BYTES
 from proxy.serve.plan import Attempt
 from proxy.serve.upstream import BUFFER_LIMIT, push_deadline, read_upto
-from proxy.sse import Event, Kind, SSEDecoder
+from proxy.sse import Event, SSEDecoder
+from proxy.tally import Kind
 
 
 class ClientGone(Exception):

@@ -9,7 +9,8 @@ import pytest
 
 from proxy.adapters.anthropic import ChatToMessages
 from proxy.adapters.base import AppCall, Unsupported
-from proxy.sse import SSEDecoder, StreamTally
+from proxy.sse import SSEDecoder
+from proxy.tally import StreamTally
 
 T = ChatToMessages()
 WEATHER = {

@@ -11,7 +11,8 @@ import pytest
 
 from proxy.record import answers
 from proxy.record.answers import Answer
-from proxy.sse import SSEDecoder, StreamTally, ToolCall
+from proxy.sse import SSEDecoder
+from proxy.tally import StreamTally, ToolCall
 
 
 def openai_text(**overrides: Any) -> dict[str, Any]:
