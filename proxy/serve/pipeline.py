@@ -99,7 +99,7 @@ class Pipeline:
 
     def _plan(self, call: Call, name: str, role: Role) -> Attempt:
         rt = call.arrival.runtime
-        return plan(call, rt.upstreams[name], role, rt.measure)
+        return plan(call, rt.upstreams[name], role, rt.reading)
 
     async def _try(
         self, attempt: Attempt, relay: Relay, tries: list[tuple[Attempt, Meter]]

@@ -129,7 +129,7 @@ class Shadower:
                 continue  # counted by the quotas
             rt = call.arrival.runtime
             try:
-                attempt = plan(call, rt.upstreams[name], role, rt.measure)
+                attempt = plan(call, rt.upstreams[name], role, rt.reading)
             except ErrorAnswer:  # a provider of another shape that cannot take this call
                 self.counters.shadow_skipped_shape += 1
                 continue
