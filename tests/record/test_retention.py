@@ -8,7 +8,7 @@ import contextlib
 import sqlite3
 import sys
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -20,9 +20,9 @@ from proxy.config import RecordConfig
 from proxy.errors import ConfigError
 from proxy.record.retention import HIGH_WATER, LOW_WATER, wal_limit
 from proxy.record.rows import GuardTrip, Revision
-from proxy.record.writer import Recorder, WriterSettings
+from proxy.record.writer import Recorder
 from proxy.serve.app import _new_recorder
-from tests.record.test_writer import FAST, exchange, response, rows, wait_until
+from tests.record.test_writer import exchange, response, rows, wait_until
 
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT / "scripts"))
@@ -30,24 +30,6 @@ import simulate_day  # noqa: E402  (scripts/ is not a package)
 
 MiB = 1 << 20
 BODY = b'{"content":"' + b"x" * 3000 + b'"}'  # a full answer of a few KB
-
-
-@pytest.fixture
-def db(tmp_path: Path) -> Path:
-    return tmp_path / "sidecar.db"
-
-
-@pytest.fixture
-async def recorders() -> AsyncIterator[Callable[..., Recorder]]:
-    made: list[Recorder] = []
-
-    def make(path: Path, **options: Any) -> Recorder:
-        made.append(Recorder(str(path), WriterSettings(**{**FAST, **options})))
-        return made[-1]
-
-    yield make
-    for recorder in made:
-        await recorder.close(timeout=1.0)
 
 
 def on_disk(db: Path) -> int:

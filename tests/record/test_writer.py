@@ -5,7 +5,7 @@ import contextlib
 import shutil
 import sqlite3
 import time
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -17,7 +17,6 @@ from proxy.record.schema import MIGRATIONS, SCHEMA_VERSION, StoreError, open_rea
 from proxy.record.writer import Recorder, RecorderStats, WriterSettings
 
 # Short waits everywhere: a failing batch costs _ATTEMPTS x (busy_timeout + retry_interval).
-FAST: dict[str, Any] = {"busy_timeout": 0.1, "retry_interval": 0.02, "linger": 0.0}
 
 
 def exchange(i: int = 0, *, ts: float | None = None, **changes: Any) -> Exchange:
@@ -107,27 +106,9 @@ def replace_with_directory(db: Path) -> None:
 
 
 @pytest.fixture
-def db(tmp_path: Path) -> Path:
-    return tmp_path / "sidecar.db"
-
-
-@pytest.fixture
 def empty_db(db: Path) -> Path:
     db.touch()
     return db
-
-
-@pytest.fixture
-async def recorders() -> AsyncIterator[Callable[..., Recorder]]:
-    made: list[Recorder] = []
-
-    def make(path: Path, **options: Any) -> Recorder:
-        made.append(Recorder(str(path), WriterSettings(**{**FAST, **options})))
-        return made[-1]
-
-    yield make
-    for recorder in made:
-        await recorder.close(timeout=1.0)
 
 
 async def started(make: Callable[..., Recorder], path: Path, **options: Any) -> Recorder:
