@@ -1298,28 +1298,21 @@ def targets(
                 f"round {_per_round(windows, int(c), 'record', 'sidecar')}",
             )
         )
-        met = rows.get("sidecar+metrics", {})
-        out.append(
-            _target(
-                f"metrics on vs off: CPU/request (c={c})",
-                _ratio(met.get("sidecar_cpu_us"), off.get("sidecar_cpu_us")),
-                1.05,
-                "x",
-                f"{met.get('sidecar_cpu_us')} us vs {off.get('sidecar_cpu_us')} us; round by "
-                f"round {_per_round(windows, int(c), 'sidecar+metrics', 'sidecar')}",
+        for on, off_name, label in (
+            ("sidecar+metrics", "sidecar", "metrics on vs off"),
+            ("record+metrics", "record", "metrics on vs off, recording on"),
+        ):
+            met, base = rows.get(on, {}), rows.get(off_name, {})
+            out.append(
+                _target(
+                    f"{label}: CPU/request (c={c})",
+                    _ratio(met.get("sidecar_cpu_us"), base.get("sidecar_cpu_us")),
+                    1.05,
+                    "x",
+                    f"{met.get('sidecar_cpu_us')} us vs {base.get('sidecar_cpu_us')} us; round "
+                    f"by round {_per_round(windows, int(c), on, off_name)}",
+                )
             )
-        )
-        met = rows.get("record+metrics", {})
-        out.append(
-            _target(
-                f"metrics on vs off, recording on: CPU/request (c={c})",
-                _ratio(met.get("sidecar_cpu_us"), rec.get("sidecar_cpu_us")),
-                1.05,
-                "x",
-                f"{met.get('sidecar_cpu_us')} us vs {rec.get('sidecar_cpu_us')} us; round by "
-                f"round {_per_round(windows, int(c), 'record+metrics', 'record')}",
-            )
-        )
         out.append(
             _target(
                 f"100% shadow vs unshadowed (both recording): CPU/request (c={c})",
