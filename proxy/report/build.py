@@ -45,6 +45,7 @@ from proxy.report.prices import cost_sql, price_sql, unpriced_notes
 from proxy.report.recordings import Recordings
 from proxy.report.sql import (
     ANSWER,
+    REVISIONS,
     Many,
     Reading,
     copy_query,
@@ -151,6 +152,8 @@ class _Reader:
                 if role in order:
                     self.groups.append(_Group(source, upstream, role, last))
         self.groups.sort(key=lambda g: (order[g.role], g.upstream, g.source))
+        names = sorted({name for db in self.dbs for name in _revisions(db)})
+        self.revision_names = tuple(names) if len(names) <= REVISIONS else ()
         self.binned = (
             sum(g.last for g in {(g.source, g.last): g for g in self.groups}.values()) > exact_limit
         )
@@ -292,15 +295,19 @@ class _Reader:
         }
         pricing = self.settings.pricing
         cost = cost_sql("r", price_sql(pricing, "r", group.upstream, params))
+        names = self.revision_names if group.role == "primary" else ()
+        params.update((f"rev{i}", name) for i, name in enumerate(names))
         query = upstream_query(
             group.role,
             db.where + since_clause(db.flt, "r"),
             cost,
             binned=self.binned,
             priced=bool(pricing),
+            revisions=len(names),
         )
-        row = query.named(db.rows(query.sql, params)[0])
-        return "answers", group, rows[0], parsed_answers(row)
+        row = parsed_answers(query.named(db.rows(query.sql, params)[0]))
+        row["revision_names"] = names
+        return "answers", group, rows[0], row
 
     def _pair_sql(self, group: _Group, params: dict[str, Any]) -> tuple[str, str, str]:
         pricing = self.settings.pricing
@@ -429,6 +436,18 @@ def _groups(db: Reading) -> list[tuple[str, str]]:
             "ORDER BY upstream, role LIMIT 1",
             row,
         ).fetchone()
+    return found
+
+
+def _revisions(db: Reading) -> list[str]:
+    """The distinct revisions the exchanges were served under, by seeking through their
+    index (a few seeks, where reading the column costs every row)."""
+    found: list[str] = []
+    con = db.con
+    row = con.execute("SELECT min(revision) FROM exchanges").fetchone()
+    while row is not None and row[0] is not None and len(found) <= REVISIONS:
+        found.append(str(row[0]))
+        row = con.execute("SELECT min(revision) FROM exchanges WHERE revision > ?", row).fetchone()
     return found
 
 

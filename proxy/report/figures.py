@@ -145,8 +145,12 @@ class UpstreamSums:
         counts = self.counts
         for name in _UPSTREAM_SUMS:
             counts[name] += _n(row[name])
+        names = row.get("revision_names")  # the revisions in the flags, by place
         for key, n in row["flags"].items():
-            bucket, flags = divmod(key, sql.ANSWER_BUCKET)
+            slot, flags = divmod(key, sql.ANSWER_BUCKET)
+            bucket, place = divmod(slot, sql.REVISIONS)
+            if names:
+                self.revisions[names[place]] += n
             counts["responses"] += n
             for name, bit in _UPSTREAM_FLAGS:
                 if flags & bit:

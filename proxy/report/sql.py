@@ -123,6 +123,16 @@ JSON: Final = 16  # a successful answer in JSON mode
 JSON_OK: Final = 32  # ... that parsed
 USAGE: Final = 64  # it reported usage
 ANSWER_BUCKET: Final = 128
+# A primary's config revision travels in the same integer, as its place in a list of up to
+# this many (read through the index on revision before the answers): the name itself, group
+# concatenated, cost a fifth of the primaries' query. Beyond, names it is.
+REVISIONS: Final = 16
+
+
+def revision_index(names: int) -> str:
+    """SQL for the exchange's revision's place among :rev0 .. :rev{names - 1}."""
+    whens = " ".join(f"WHEN :rev{i} THEN {i}" for i in range(names))
+    return f"(CASE e.revision {whens} END)"
 
 
 def _answer_flags(a: str, usage: str) -> str:
@@ -146,14 +156,23 @@ def _answer_flags(a: str, usage: str) -> str:
 Parts = tuple[dict[str, str], list[tuple[str, str]]]
 
 
-def _answer_parts(a: str, role: str, cost: str, *, binned: bool, priced: bool) -> Parts:
+def _answer_parts(
+    a: str, role: str, cost: str, *, binned: bool, priced: bool, revisions: int = 0
+) -> Parts:
     """What `upstream_query` reads of response `a`, as the subquery's values (named r_...)
-    and the aggregates over them: the answers' flags (see `OK`), token sums, latencies,
-    error kinds, and, for primaries, the revisions they were served under."""
+    and the aggregates over them: the answers' flags (see `OK`: bucket, revision's place,
+    flags), token sums, latencies, error kinds, and, for primaries, the revisions they were
+    served under (by place among `revisions` names given as :rev0.., or by name)."""
     usage = usage_sql(a)
     flags = _answer_flags(a, usage)
+    bucket = "CAST((e.ts - :t0) / :width AS INTEGER)"
+    by_place = role == "primary" and 0 < revisions <= REVISIONS
+    if by_place:
+        bucket = f"({bucket} * {REVISIONS} + {revision_index(revisions)})"
+    else:
+        bucket = f"{bucket} * {REVISIONS}"
     inner = {
-        "r_k": f"CAST((e.ts - :t0) / :width AS INTEGER) * {ANSWER_BUCKET} + {flags}",
+        "r_k": f"{bucket} * {ANSWER_BUCKET} + {flags}",
         "r_u": usage,
         "r_kind": f"{a}.error_kind",
         "r_pt": f"{a}.prompt_tokens",
@@ -166,10 +185,10 @@ def _answer_parts(a: str, role: str, cost: str, *, binned: bool, priced: bool) -
         },
     }
     # Only primaries are served under a revision's split.
-    revisions = "NULL"
-    if role == "primary":
+    by_name = "NULL"
+    if role == "primary" and not by_place:
         inner["r_rev"] = "e.revision"
-        revisions = "group_concat(r_rev, char(31))"
+        by_name = "group_concat(r_rev, char(31))"
     priced_n = total_cost = unpriced = "NULL"
     if cost != "NULL":
         inner["r_cost"] = cost
@@ -198,15 +217,17 @@ def _answer_parts(a: str, role: str, cost: str, *, binned: bool, priced: bool) -
             (name, f"group_concat({_value(f'r_{name}', binned)})")
             for name in ("ttfb", "ttft", "total")
         ),
-        ("revisions", revisions),
+        ("revisions", by_name),
         ("unpriced", unpriced),
     ]
     return inner, outer
 
 
-def upstream_query(role: str, where: str, cost: str, *, binned: bool, priced: bool) -> Query:
+def upstream_query(
+    role: str, where: str, cost: str, *, binned: bool, priced: bool, revisions: int = 0
+) -> Query:
     """One range of one (upstream, role)'s answers: see `_answer_parts`."""
-    inner, outer = _answer_parts("r", role, cost, binned=binned, priced=priced)
+    inner, outer = _answer_parts("r", role, cost, binned=binned, priced=priced, revisions=revisions)
     return _two_level(
         inner,
         outer,

@@ -301,6 +301,22 @@ def test_revisions_show_first_and_last_use_rollback_split_and_share_served(basic
     assert [(s.upstream, s.weight) for s in r2.served] == [("new", 0.25), ("old", 0.75)]
 
 
+@pytest.mark.parametrize("revisions", [10, 20])
+def test_each_revision_gets_the_share_served_under_it_however_many_there_are(
+    tmp_path: Path, revisions: int
+) -> None:
+    # Up to sql.REVISIONS (16) revisions are counted by their place in a list, more by name.
+    xs = [ex(f"x{i:02d}", T0 + i, revision=f"v{i % revisions:02d}") for i in range(2 * revisions)]
+    rs = [resp(x, upstream="new" if i % revisions % 4 == 0 else "old") for i, x in enumerate(xs)]
+    seen = build_report(write(tmp_path / "r.db", xs, rs), ReportFilter(), SETTINGS).traffic
+    assert [(r.revision, r.requests) for r in seen.revisions] == [
+        (f"v{k:02d}", 2) for k in range(revisions)
+    ]
+    assert [[(s.upstream, s.weight) for s in r.served] for r in seen.revisions] == [
+        [("new" if k % 4 == 0 else "old", 1.0)] for k in range(revisions)
+    ]
+
+
 def test_reliability_counts_error_kinds_and_keeps_app_errors_out_of_error_rates(
     basic: str,
 ) -> None:
