@@ -57,11 +57,16 @@ def main() -> int:
         asyncio.run(record(path, "x", args.exchanges, seed=1))
         lines.append(f"recorded {args.exchanges:,} exchanges through the Recorder in "
                      f"{time.perf_counter() - started:.1f} s")  # fmt: skip
+    else:
+        lines.append("recording reused (--keep): made earlier by this script's recorder")
     lines.append(f"recording: {path}, {Path(path).stat().st_size / 1e6:,.0f} MB")
     for run in range(args.runs):
+        # Other jobs on the machine take cores from the report's two threads: the load
+        # average before each run says how shared it was; CPU seconds don't depend on it.
+        load = os.getloadavg()[0]
         wall, cpu, rss = _report(path)
         lines.append(f"report run {run + 1}: {wall:.2f} s wall, {cpu:.2f} s CPU, "
-                     f"peak RSS {rss / 1024:,.0f} MiB")  # fmt: skip
+                     f"peak RSS {rss / 1024:,.0f} MiB (load average {load:.1f} before)")  # fmt: skip
     print("\n".join(lines))
     if args.out:
         Path(args.out).write_text("\n".join(lines) + "\n")
