@@ -186,32 +186,35 @@ class _Reader:
         win = window(*span(db))
         jobs: list[Any] = [partial(_seen, self.failovers)]
         jobs += [partial(self._range, source, r, win) for source, r in self._ranges()]
-        results = self.files.map(jobs)
-        seen: Seen = results[0]
+        results = self.files.each(jobs)
+        seen: Seen = next(results)
         sums: dict[tuple[str, str], UpstreamSums] = {}
         raws: dict[tuple[str, str], PairSums] = {}
-        # in the order of a read group by group, range by range: the pairs a bootstrap
-        # resamples come in the same order whether the recordings are read apart or as one
-        rank = {g: i for i, g in enumerate(self.groups)}
-        found = sorted(
-            (r for ranges in results[1:] for r in ranges),
-            key=lambda r: (r[0] != "answers", rank[r[1]], r[2]),
-        )
-        for kind, group, _, row in found:
-            if kind == "answers":
+        # folded in as they come, recording by recording and range by range, so each
+        # (upstream, role) sums its ranges in order, whatever the threads did
+        for found in results:
+            for kind, group, row in found:
                 key = (group.upstream, group.role)
-                if key not in sums:
-                    sums[key] = UpstreamSums(*key, binned=self.binned)
-                sums[key].add(row)
+                if kind == "answers":
+                    if key not in sums:
+                        sums[key] = UpstreamSums(*key, binned=self.binned)
+                    sums[key].add(row)
+                else:
+                    if key not in raws:
+                        raws[key] = PairSums(group.role, group.upstream, binned=self.binned)
+                    raws[key].add(row, group.source)
+        order = list(dict.fromkeys((g.upstream, g.role) for g in self.groups))
+        sums = {key: sums[key] for key in order if key in sums}
+        pooled: dict[tuple[str, str], PairSums] = {}
+        for raw in (raws[key] for key in order if key in raws):
+            key = (raw.upstream, raw.role)
+            if raw.role != "noise":
+                pooled[key] = raw
+            elif ("", "noise") not in pooled:
+                pooled[("", "noise")] = raw
             else:
-                # noise copies pooled: the floor is the primary's, whichever upstream it was
-                key = ("", "noise") if group.role == "noise" else (group.upstream, group.role)
-                if key not in raws:
-                    raws[key] = PairSums(group.role, group.upstream, binned=self.binned)
-                elif group.role == "noise" and group.upstream not in raws[key].upstream.split("+"):
-                    raws[key].upstream += "+" + group.upstream
-                raws[key].add(row, group.source)
-        return self._assemble(seen, win, sums, [r for r in raws.values() if r.counts["pairs"]])
+                pooled[("", "noise")].absorb(raw)
+        return self._assemble(seen, win, sums, [r for r in pooled.values() if r.counts["pairs"]])
 
     def _assemble(
         self,
@@ -307,7 +310,7 @@ class _Reader:
         )
         row = parsed_answers(query.named(db.rows(query.sql, params)[0]))
         row["revision_names"] = names
-        return "answers", group, rows[0], row
+        return "answers", group, row
 
     def _pair_sql(self, group: _Group, params: dict[str, Any]) -> tuple[str, str, str]:
         pricing = self.settings.pricing
@@ -343,8 +346,8 @@ class _Reader:
         row = query.named(db.rows(query.sql, params)[0])
         answers = {k[len(ANSWER) :]: row.pop(k) for k in list(row) if k.startswith(ANSWER)}
         return [
-            ("answers", group, rows[0], parsed_answers(answers)),
-            ("pairs", group, rows[0], parsed_pairs(row)),
+            ("answers", group, parsed_answers(answers)),
+            ("pairs", group, parsed_pairs(row)),
         ]
 
     def _few_ratio_pairs(self, raws: list[PairSums]) -> None:

@@ -272,6 +272,35 @@ class PairSums:
         self.latency_diff.counts.update(row["latency_diff"])
         self._marks(row["marks"], source)
 
+    def absorb(self, other: PairSums) -> None:
+        """Pools another upstream's pairs into these (noise copies: the floor is the
+        primary's, whichever upstream the copy went to)."""
+        if other.upstream not in self.upstream.split("+"):
+            self.upstream += "+" + other.upstream
+        for name, n in other.counts.items():
+            self.counts[name] += n
+        for name, cost in other.costs.items():
+            if cost is not None:
+                self.costs[name] = (self.costs[name] or 0.0) + cost
+        for name, h in other.histograms.items():
+            self.histograms[name].counts.update(h.counts)
+        self.latency += other.latency
+        self.latency_ratio.counts.update(other.latency_ratio.counts)
+        self.latency_diff.counts.update(other.latency_diff.counts)
+        for kind, sums in other.sums.items():
+            self.pairs[kind] += other.pairs[kind]
+            for name, value in sums.items():
+                self.sums[kind][name] += value
+        self.counts["p_tokens"] = round(self.sums["token"]["p"])
+        self.counts["s_tokens"] = round(self.sums["token"]["s"])
+        for reason, by_source in other.examples.items():
+            for source, rowids in by_source.items():
+                kept = self.examples[reason].setdefault(source, [])
+                kept += rowids
+                kept.sort()
+                del kept[:-EXAMPLES_KEPT]
+        self.bodies += other.bodies
+
     def _marks(self, marks: list[int], source: int) -> None:
         """The mismatches' and the sampled bodies' rowids, from a range's marks."""
         found: dict[str, list[int]] = {reason: [] for reason in self.examples}

@@ -14,7 +14,8 @@ import os
 import queue
 import sqlite3
 import threading
-from collections.abc import Callable, Iterable, Sequence
+from collections import deque
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Final, TypeVar
@@ -175,8 +176,14 @@ class Recordings:
 
     def map(self, jobs: Iterable[Callable[[list[Reading]], T]]) -> list[T]:
         """Runs each job with the worker's readings (one per file); results in job order."""
-        futures = [self._pool.submit(self._run, job) for job in jobs]
-        return [f.result() for f in futures]
+        return list(self.each(jobs))
+
+    def each(self, jobs: Iterable[Callable[[list[Reading]], T]]) -> Iterator[T]:
+        """`map`, each result yielded as soon as it and those before it are done, and
+        dropped here: a caller that folds them in holds a few, not one per job."""
+        futures = deque(self._pool.submit(self._run, job) for job in jobs)
+        while futures:
+            yield futures.popleft().result()
 
     def close(self) -> None:
         pool = getattr(self, "_pool", None)
