@@ -120,7 +120,7 @@ def parsed_answers(row: dict[str, Any]) -> dict[str, Any]:
 
 
 def parsed_pairs(row: dict[str, Any]) -> dict[str, Any]:
-    """`PairSums.add`'s input from `sql.pair_query`'s row."""
+    """`PairSums.add`'s input from `sql.copy_query`'s row (its pairs' columns)."""
     for kind in ("token", "cost"):
         row[f"{kind}_pairs"] = floats(row[f"{kind}_pairs"])
     return parsed(row, _PAIR_COUNTED, ("latency", "marks"))

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import re
 import sqlite3
 from collections.abc import Sequence
 from functools import lru_cache
@@ -27,14 +26,6 @@ class Query(NamedTuple):
 
     def named(self, row: Sequence[Any]) -> dict[str, Any]:
         return dict(zip(self.columns, row, strict=True))
-
-
-def _query(columns: list[tuple[str, str]], rest: str) -> Query:
-    select = ",\n  ".join(expr for _, expr in columns)
-    return Query(f"SELECT {select}\n{rest}", tuple(name for name, _ in columns))
-
-
-_COLUMN: Final = re.compile(r"\b([epsr])\.(\w+)")
 
 
 def _two_level(inner: dict[str, str], outer: list[tuple[str, str]], rest: str) -> Query:
@@ -112,9 +103,10 @@ _GROUP_RANGE: Final = (
 )
 
 
-# An answer's counts travel as one small integer per row: these bits, plus its timeline bucket
-# times ANSWER_BUCKET. Python counts the distinct integers (a few hundred) and reads every
-# count off them: one aggregate where there were ten, the cheapest thing SQLite can do per row.
+# An answer's counts travel as one small integer per row: these bits, plus ANSWER_BUCKET times
+# (its timeline bucket times REVISIONS plus its revision's place). Python counts the distinct
+# integers (a few hundred) and reads every count off them: one aggregate where there were
+# ten, and SQLite's cost is per row and per aggregate.
 OK: Final = 1  # no error of any kind
 UPSTREAM_ERROR: Final = 2  # an error neither the app nor the sidecar caused
 STREAM: Final = 4  # a stream answered 2xx (not cut by the app)
@@ -241,7 +233,7 @@ P_ERROR: Final = 1  # the primary failed (an upstream error)
 S_ERROR: Final = 2  # the copy did
 SAME_CLASS: Final = 4  # the same status class (2xx/4xx/5xx/none)
 SAME_SHAPE: Final = 8  # ... and the same response shape
-TOOLS: Final = 16  # tool calls to compare (see `pair_query`)
+TOOLS: Final = 16  # tool calls to compare (see `_pair_flags`)
 TOOLS_SAME: Final = 32  # ... the same names and argument keys, the copy's arguments valid
 TEXTS: Final = 64  # both answered with text
 TEXTS_SAME: Final = 128  # ... the same normalised text
