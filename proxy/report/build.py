@@ -153,7 +153,7 @@ class _Reader:
                     self.groups.append(_Group(source, upstream, role, last))
         self.groups.sort(key=lambda g: (order[g.role], g.upstream, g.source))
         names = sorted({name for db in self.dbs for name in _revisions(db)})
-        self.revision_names = tuple(names) if len(names) <= REVISIONS else ()
+        self.revision_names = tuple(names) if len(names) < REVISIONS else ()
         self.binned = (
             sum(g.last for g in {(g.source, g.last): g for g in self.groups}.values()) > exact_limit
         )
@@ -448,7 +448,7 @@ def _revisions(db: Reading) -> list[str]:
     found: list[str] = []
     con = db.con
     row = con.execute("SELECT min(revision) FROM exchanges").fetchone()
-    while row is not None and row[0] is not None and len(found) <= REVISIONS:
+    while row is not None and row[0] is not None and len(found) < REVISIONS:
         found.append(str(row[0]))
         row = con.execute("SELECT min(revision) FROM exchanges WHERE revision > ?", row).fetchone()
     return found

@@ -150,7 +150,7 @@ class UpstreamSums:
             slot, flags = divmod(key, sql.ANSWER_BUCKET)
             bucket, place = divmod(slot, sql.REVISIONS)
             if names:
-                self.revisions[names[place]] += n
+                self.revisions[names[place] if place < len(names) else "?"] += n
             counts["responses"] += n
             for name, bit in _UPSTREAM_FLAGS:
                 if flags & bit:

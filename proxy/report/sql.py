@@ -116,15 +116,16 @@ JSON_OK: Final = 32  # ... that parsed
 USAGE: Final = 64  # it reported usage
 ANSWER_BUCKET: Final = 128
 # A primary's config revision travels in the same integer, as its place in a list of up to
-# this many (read through the index on revision before the answers): the name itself, group
-# concatenated, cost a fifth of the primaries' query. Beyond, names it is.
+# REVISIONS - 1 (read through the index on revision before the answers; the last place is a
+# revision not in it, which one snapshot rules out): the name itself, group concatenated,
+# cost a fifth of the primaries' query. Beyond, names it is.
 REVISIONS: Final = 16
 
 
 def revision_index(names: int) -> str:
     """SQL for the exchange's revision's place among :rev0 .. :rev{names - 1}."""
     whens = " ".join(f"WHEN :rev{i} THEN {i}" for i in range(names))
-    return f"(CASE e.revision {whens} END)"
+    return f"(CASE e.revision {whens} ELSE {REVISIONS - 1} END)"
 
 
 def _answer_flags(a: str, usage: str) -> str:
@@ -158,7 +159,7 @@ def _answer_parts(
     usage = usage_sql(a)
     flags = _answer_flags(a, usage)
     bucket = "CAST((e.ts - :t0) / :width AS INTEGER)"
-    by_place = role == "primary" and 0 < revisions <= REVISIONS
+    by_place = role == "primary" and 0 < revisions < REVISIONS
     if by_place:
         bucket = f"({bucket} * {REVISIONS} + {revision_index(revisions)})"
     else:
