@@ -169,6 +169,7 @@ class Sidecar:
             observers.append(o)
         elif o is not None and not cfg.metrics.enabled and o in observers:
             observers.remove(o)
+            o.flush()
 
     def health(self) -> dict[str, Any]:
         return admin.health(self.live, self.shadower.guard)

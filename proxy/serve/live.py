@@ -82,6 +82,7 @@ class Window:
 
     def view(self, metrics: Metrics) -> dict[str, Any]:
         """The figures of the window, as the page draws them."""
+        metrics.flush()
         now = snapshot(metrics.series)
         now_no = int(metrics.clock() / SLOT_S)
         first = now_no - SLOTS + 1

@@ -55,6 +55,8 @@ LATENCY_MS: Final = (
     60_000,
     120_000,
 )
+BATCH: Final = 64  # attempts noted before they are counted, at most (see `Metrics.served`)
+HELD_BYTES: Final = 4 << 20  # bytes of their bodies the notes may keep alive, at most
 OVERHEAD_MS: Final = (0.1, 0.25, 0.5, 1, 2.5, 5, 10, 25, 50, 100)
 # The upstream's own failures, as the guard counts them: not a 4xx the request caused, nor
 # the app leaving.
@@ -154,21 +156,61 @@ class Metrics:
         self._call: Call | None = None
         self._upstream_ms = 0.0
         self._overhead_ms = 0.0
+        self._notes: list[tuple[Call | None, Attempt, Meter, float]] = []  # see `served`
+        self._held = 0  # bytes of bodies the notes keep
         self.registry = CollectorRegistry(auto_describe=False)
         self.registry.register(self)
 
-    # --- the observer: on the request path, plain arithmetic only -------------------------
+    # --- the observer: a note on the request path, counted in batches ---------------------
 
     def served(self, call: Call, attempt: Attempt, meter: Meter) -> None:
+        # A call's counting touches a dozen objects that the rest of a request has pushed out
+        # of the CPU's caches by then: counted together, a batch finds them warm, which costs
+        # a third of counting each on its own (the bench's CPU per request). At most `BATCH`
+        # attempts or `HELD_BYTES` of their bodies wait; every read of the figures counts
+        # what waits first, and so does a call in the dashboard's next slot.
+        if self.clock() >= self.window.ends:
+            self.flush()
+        self._notes.append((call, attempt, meter, perf_counter()))
+        self._held += 2 * len(call.body) + (len(meter.body) if meter.body else 0)
+        if len(self._notes) >= BATCH or self._held >= HELD_BYTES:
+            self.flush()
+
+    def copied(self, call_id: str, attempt: Attempt, meter: Meter) -> None:
+        if self.clock() >= self.window.ends:
+            self.flush()
+        self._notes.append((None, attempt, meter, 0.0))
+        self._held += len(meter.body) if meter.body else 0
+        if len(self._notes) >= BATCH or self._held >= HELD_BYTES:
+            self.flush()
+
+    def refused(self, arrival: Arrival, error: ErrorAnswer) -> None:
+        cls = _CLASS_OF.get(error.status, "none")
+        self.refusals[cls] = self.refusals.get(cls, 0) + 1
+
+    def flush(self) -> None:
+        """Counts the attempts noted so far, then marks the window if a new slot has begun
+        (the notes belong to the slots before it)."""
+        notes, self._notes, self._held = self._notes, [], 0
+        for call, attempt, meter, at in notes:
+            if call is None:
+                self._count(attempt, meter, "-")  # a copy belongs to no route of the app's
+            else:
+                self._count_call(call, attempt, meter, at)
+        now = self.clock()
+        if now >= self.window.ends:
+            self.window.mark(now, self.series)
+
+    def _count_call(self, call: Call, attempt: Attempt, meter: Meter, at: float) -> None:
         rt = call.arrival.runtime
         if rt is not self._rt:
             self._rt, self._models = rt, known_models(rt)
             self._none = "none" if rt.inspect_bodies else "unread"
         self._count(attempt, meter, call.route.name)
-        # The sidecar's own time for the call: from arrival to now (its answer complete, or a
-        # plain one about to be written) less every attempt's upstream time. `settle` tells
+        # The sidecar's own time for the call: from arrival to `at` (its answer complete, or
+        # a plain one about to be written) less every attempt's upstream time. `settle` tells
         # of a call's attempts one after another with nothing in between, so a failover
-        # replaces its call's pending figure, and any other event settles it.
+        # replaces its call's pending figure, and any other call settles it.
         upstream_ms = meter.total_ms or 0.0
         if self._call is call:
             upstream_ms += self._upstream_ms
@@ -178,19 +220,9 @@ class Metrics:
             h.sum += self._overhead_ms
         self._call = call
         self._upstream_ms = upstream_ms
-        self._overhead_ms = (perf_counter() - call.arrival.t0) * 1000.0 - upstream_ms
-
-    def copied(self, call_id: str, attempt: Attempt, meter: Meter) -> None:
-        self._count(attempt, meter, "-")  # a copy belongs to no route of the app's
-
-    def refused(self, arrival: Arrival, error: ErrorAnswer) -> None:
-        cls = _CLASS_OF.get(error.status, "none")
-        self.refusals[cls] = self.refusals.get(cls, 0) + 1
+        self._overhead_ms = (at - call.arrival.t0) * 1000.0 - upstream_ms
 
     def _count(self, attempt: Attempt, meter: Meter, route: str) -> None:
-        now = self.clock()
-        if now >= self.window.ends:
-            self.window.mark(now, self.series)
         key = (attempt.upstream.name, attempt.role)
         s = self.series.get(key)
         if s is None:
@@ -234,6 +266,7 @@ class Metrics:
         return generate_latest(self.registry)
 
     def collect(self) -> Iterator[Metric]:
+        self.flush()
         if self._call is not None:
             self.overhead.observe(self._overhead_ms)
             self._call = None

@@ -11,7 +11,7 @@ import yaml
 from proxy.record.meter import Meter
 from proxy.serve.app import Sidecar
 from proxy.serve.live import SLOT_S, SLOTS, rollback_command
-from proxy.serve.metrics import Metrics
+from proxy.serve.metrics import BATCH, HELD_BYTES, Metrics
 from tests.conftest import base_config
 from tests.report.browser import chromium
 
@@ -226,3 +226,18 @@ async def test_with_keys_the_page_asks_for_one_and_then_shows_the_figures(
     # The 401 of the first try is the one error a browser logs, and it is the point.
     assert all("401" in e.text for e in page.errors)
     assert asked and shown and kept == KEY
+
+
+def test_calls_are_counted_in_batches_and_every_read_counts_what_waits() -> None:
+    metrics = watching(Clock())
+    for _ in range(BATCH - 1):
+        metrics.copied("r", Try(), copy_of(10.0))  # type: ignore[arg-type]
+    assert metrics.series == {}  # noted, not yet counted
+    metrics.copied("r", Try(), copy_of(10.0))  # type: ignore[arg-type]
+    assert metrics.series[("old", "shadow")].calls_and_failures() == (BATCH, 0)
+    metrics.copied("r", Try(), copy_of(10.0))  # type: ignore[arg-type]
+    assert metrics.window.view(metrics)["upstreams"][0]["calls"] == BATCH + 1  # a read counts
+    big = copy_of(10.0)
+    big.body = b"x" * HELD_BYTES  # a large answer is not kept waiting for the batch
+    metrics.copied("r", Try(), big)  # type: ignore[arg-type]
+    assert metrics.series[("old", "shadow")].calls_and_failures() == (BATCH + 2, 0)
