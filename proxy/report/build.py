@@ -288,14 +288,7 @@ class _Reader:
         self, group: _Group, rows: tuple[int, int], win: Window, dbs: list[Reading]
     ) -> Any:
         db = dbs[group.source]
-        params: dict[str, Any] = {
-            "upstream": group.upstream,
-            "role": group.role,
-            "lo": rows[0],
-            "hi": rows[1],
-            "t0": win.start,
-            "width": win.width,
-        }
+        params = _range_params(group, rows, win)
         pricing = self.settings.pricing
         cost = cost_sql("r", price_sql(pricing, "r", group.upstream, params))
         names = self.revision_names if group.role == "primary" else ()
@@ -323,13 +316,8 @@ class _Reader:
     ) -> list[Any]:
         """One range of copies: their answers' figures, and their pairs' with the primaries."""
         db = dbs[group.source]
-        params: dict[str, Any] = {
-            "upstream": group.upstream,
-            "role": group.role,
-            "lo": rows[0],
-            "hi": rows[1],
-            "t0": win.start,
-            "width": win.width,
+        params = {
+            **_range_params(group, rows, win),
             # per mille of the pairs with bodies kept for the similarity sample: some 4 times
             # the sample from a group this size
             "keep": min(1000, 1 + 4000 * SIMILARITY_SAMPLE // max(group.last, 1)),
@@ -487,6 +475,18 @@ def _recording(rows: list[Any], schema: int, path: str) -> Recording:
         first_ts=min((r[4] for r in rows), default=None),
         last_ts=max((r[5] for r in rows), default=None),
     )
+
+
+def _range_params(group: _Group, rows: tuple[int, int], win: Window) -> dict[str, Any]:
+    """The parameters every query over one range of a group's rows takes."""
+    return {
+        "upstream": group.upstream,
+        "role": group.role,
+        "lo": rows[0],
+        "hi": rows[1],
+        "t0": win.start,
+        "width": win.width,
+    }
 
 
 def _find(stats: list[UpstreamStats], upstream: str, role: str) -> UpstreamStats | None:
