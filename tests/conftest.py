@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 from typing import Any
@@ -10,10 +11,17 @@ import openai
 import pytest
 import yaml
 from aiohttp import web
+from hypothesis import settings
 
 from proxy import config as config_mod
 from proxy.fakes.provider import FakeProvider
 from proxy.serve.app import Sidecar
+
+# Property tests draw the same examples on every run and have no deadline: CI must fail on a
+# behaviour, never on a loaded machine's timing or a rare draw (a fresh clone once hit
+# hypothesis's FlakyStrategyDefinition). HYPOTHESIS_PROFILE=default searches afresh locally.
+settings.register_profile("sidecar", derandomize=True, deadline=None, database=None)
+settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "sidecar"))
 
 OLD_KEY = "sk-test-old-provider-key-0000"
 NEW_KEY = "sk-test-new-provider-key-1111"
