@@ -8,6 +8,7 @@ Revisions, guard trips and replay runs are kept: they are few, and the report ne
 
 from __future__ import annotations
 
+import asyncio
 import math
 import os
 import time
@@ -17,6 +18,8 @@ from typing import Any, Final, Protocol, TypeVar
 
 import aiosqlite
 import structlog
+
+from proxy.record.rollups import MINUTE, PRUNE
 
 log = structlog.get_logger(__name__)
 
@@ -37,8 +40,8 @@ _DELETE_TIED = (
     "DELETE FROM replays WHERE exchange_id = ?",
     "DELETE FROM exchanges WHERE id = ?",
 )
-_OLDER_THAN = "SELECT id FROM exchanges WHERE ts < ? ORDER BY ts LIMIT ?"
-_OLDEST = "SELECT id FROM exchanges ORDER BY ts LIMIT ?"
+_OLDER_THAN = "SELECT id, ts FROM exchanges WHERE ts < ? ORDER BY ts LIMIT ?"
+_OLDEST = "SELECT id, ts FROM exchanges ORDER BY ts LIMIT ?"
 # Responses whose exchange never made it (dropped, or deleted first) would otherwise stay forever.
 _DELETE_ORPHANS = """DELETE FROM responses WHERE rowid IN (
     SELECT r.rowid FROM responses r WHERE r.ts < ?
@@ -123,9 +126,15 @@ class Retention:
         self._wal = path + "-wal"
         self._bounds = bounds
         self._transact = transact
+        self._one_round = asyncio.Lock()
 
     async def round(self) -> int:
-        """Returns the number of exchanges deleted."""
+        """Returns the number of exchanges deleted. One round at a time: two would each count
+        the same excess of rows and delete it twice."""
+        async with self._one_round:
+            return await self._round()
+
+    async def _round(self) -> int:
         b = self._bounds
         started = time.monotonic()
         by_age = by_rows = by_size = orphans = 0
@@ -225,12 +234,19 @@ class Retention:
         """Deletes one chunk of exchanges with the rows tied to them, in one short transaction."""
 
         async def work(db: aiosqlite.Connection) -> int:
-            ids = [(row[0],) for row in await db.execute_fetchall(select, params)]
-            if ids:
+            found = list(await db.execute_fetchall(select, params))
+            if found:
+                ids = [(row[0],) for row in found]
                 for sql in _DELETE_TIED:
                     await db.executemany(sql, ids)
+                minutes = {
+                    "first": int(found[0][1] // MINUTE) - 1,
+                    "last": int(found[-1][1] // MINUTE) + 1,
+                }
+                for sql in PRUNE:
+                    await db.execute(sql, minutes)
                 await db.commit()
-            return len(ids)
+            return len(found)
 
         return await self._transact(work)
 

@@ -14,6 +14,8 @@ from typing import Final
 import aiosqlite
 import structlog
 
+from proxy.record import rollups
+
 log = structlog.get_logger(__name__)
 
 
@@ -139,9 +141,13 @@ MIGRATIONS: Final[tuple[tuple[str, ...], ...]] = (
         )""",
         "CREATE INDEX replays_run ON replays(run)",
     ),
+    # Counts kept by triggers as rows come and go, for the report to read minutes instead of
+    # rows (see rollups.py), filled from the rows already recorded.
+    rollups.MIGRATION,
 )
 
 SCHEMA_VERSION: Final = len(MIGRATIONS)
+ROLLUPS_SINCE: Final = MIGRATIONS.index(rollups.MIGRATION) + 1  # the version that keeps them
 
 
 def check_version(path: str, version: int) -> None:

@@ -326,6 +326,9 @@ class Recorder:
             if mode != "wal":  # e.g. a network filesystem: still works, readers may block
                 log.warning("recorder database is not in WAL mode", path=self._path, mode=mode)
             await db.execute("PRAGMA synchronous=NORMAL")
+            # A primary answer written again (INSERT OR REPLACE) takes the one it replaces
+            # out of the counts (rollups.py): SQLite fires delete triggers on a REPLACE only so.
+            await db.execute("PRAGMA recursive_triggers=ON")
             await bound_wal(db, self._bounds.max_size)
             await migrate(db, self._path, version)
             stat = os.stat(self._path)

@@ -50,6 +50,7 @@ def create(path: Path | str, *, indexes: bool = True) -> sqlite3.Connection:
             if indexes or not statement.startswith("CREATE INDEX"):
                 con.execute(statement)
     con.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
+    con.commit()
     return con
 
 
