@@ -18,8 +18,9 @@ import orjson
 from proxy.judge.grade import with_quality
 from proxy.judge.tally import rows as quality_rows
 from proxy.judge.tally import tally
-from proxy.record.schema import StoreError
+from proxy.record.schema import ROLLUPS_SINCE, StoreError
 from proxy.replay.compare import ANOTHER_TIME, COMPARED
+from proxy.report import minutes
 from proxy.report.data import (
     Example,
     PairStats,
@@ -60,6 +61,7 @@ from proxy.report.traffic import (
     Window,
     embeddings,
     read_seen,
+    revisions_rows,
     span,
     traffic,
     traffic_rows,
@@ -113,15 +115,17 @@ def build_report(
     settings: ReportSettings,
     *,
     exact_limit: int = EXACT_LIMIT,
+    rollups: bool = True,
 ) -> Report:
     """Read the recording at `db_path`, or the recordings at several paths as one; raises
-    `store.StoreError`, naming the file, if one isn't a recording this sidecar reads."""
+    `store.StoreError`, naming the file, if one isn't a recording this sidecar reads.
+    `rollups=False` counts every row even where the recording's minutes would do."""
     paths = [db_path] if isinstance(db_path, str) else list(db_path)
     if not paths:
         raise StoreError("no recording named: give --db")
     files = Recordings(paths, flt)
     try:
-        return _Reader(files, settings, exact_limit).report()
+        return _Reader(files, settings, exact_limit, rollups).report()
     finally:
         files.close()
 
@@ -134,7 +138,9 @@ class _Group(NamedTuple):
 
 
 class _Reader:
-    def __init__(self, files: Recordings, settings: ReportSettings, exact_limit: int) -> None:
+    def __init__(
+        self, files: Recordings, settings: ReportSettings, exact_limit: int, rollups: bool
+    ) -> None:
         self.files = files
         self.settings = settings
         self.notes: list[str] = []
@@ -157,6 +163,13 @@ class _Reader:
         self.binned = (
             sum(g.last for g in {(g.source, g.last): g for g in self.groups}.values()) > exact_limit
         )
+        # Recordings whose primaries and exchanges are read from their minutes
+        # (proxy/record/rollups.py): binned, as the minutes keep latencies, and unfiltered.
+        self.rolled = frozenset(
+            i
+            for i, version in enumerate(files.versions)
+            if rollups and self.binned and not self.db.where and version >= ROLLUPS_SINCE
+        )
 
     def _ranges(self) -> list[tuple[int, tuple[int, int]]]:
         """(recording, rowids) of every range of responses the report reads."""
@@ -173,7 +186,7 @@ class _Reader:
         before read, from SQLite's cache rather than the file."""
         found = []
         for g in self.groups:
-            if g.source != source:
+            if g.source != source or (g.role == "primary" and source in self.rolled):
                 continue
             if g.role in (*COMPARED, "noise"):
                 found += self._copies(g, rows, win, dbs)
@@ -184,7 +197,8 @@ class _Reader:
     def report(self) -> Report:
         db = self.db
         win = window(*span(db))
-        jobs: list[Any] = [partial(_seen, self.failovers)]
+        jobs: list[Any] = [partial(_seen, self.failovers, self.rolled)]
+        jobs += [partial(self._minutes, source, win) for source in sorted(self.rolled)]
         jobs += [partial(self._range, source, r, win) for source, r in self._ranges()]
         results = self.files.each(jobs)
         seen: Seen = next(results)
@@ -304,6 +318,12 @@ class _Reader:
         row = parsed_answers(query.named(db.rows(query.sql, params)[0]))
         row["revision_names"] = names
         return "answers", group, row
+
+    def _minutes(self, source: int, win: Window, dbs: list[Reading]) -> list[Any]:
+        """A recording's primaries, read from its minutes."""
+        groups = {g.upstream: g for g in self.groups if g.source == source and g.role == "primary"}
+        found = minutes.answers(dbs[source], win, self.settings.pricing, set(groups))
+        return [("answers", groups[upstream], row) for upstream, row in found.items()]
 
     def _pair_sql(self, group: _Group, params: dict[str, Any]) -> tuple[str, str, str]:
         pricing = self.settings.pricing
@@ -442,10 +462,19 @@ def _revisions(db: Reading) -> list[str]:
     return found
 
 
-def _seen(failovers: bool, dbs: list[Reading]) -> Seen:
-    """The exchange-side queries over every recording, and each one's span."""
-    spans = [traffic_rows(Many([db])) for db in dbs]
-    seen = read_seen(Many(dbs), failovers, [row for rows in spans for row in rows])
+def _seen(failovers: bool, rolled: frozenset[int], dbs: list[Reading]) -> Seen:
+    """The exchange-side queries over every recording, and each one's span; the `rolled`
+    recordings' counts of exchanges read from their minutes."""
+    spans = [
+        minutes.traffic_rows(db) if i in rolled else traffic_rows(Many([db]))
+        for i, db in enumerate(dbs)
+    ]
+    revisions = [
+        row
+        for i, db in enumerate(dbs)
+        for row in (minutes.revisions(db) if i in rolled else revisions_rows(Many([db])))
+    ]
+    seen = read_seen(Many(dbs), failovers, [row for rows in spans for row in rows], revisions)
     seen.spans.extend(spans)
     seen.judged.extend(row for db in dbs for row in quality_rows(db.con, db.where, db.params))
     return seen

@@ -9,6 +9,7 @@ from typing import Any, Final, get_args
 
 import orjson
 
+from proxy.record import rollups
 from proxy.record.rows import ErrorKind
 from proxy.report import sql
 from proxy.report.bins import Histogram, at_ranks
@@ -92,11 +93,11 @@ _UPSTREAM_COUNTS: Final = (
     "cached", "images", "priced", "streams", "streams_ok", "json_answers", "json_ok",
 )  # fmt: skip
 _UPSTREAM_SUMS: Final = ("prompt", "completion", "tokens", "cached", "images", "priced")
-# the counts read off an answer's flags (see sql.OK), and the bit each one counts
+# the counts read off an answer's flags (see rollups.OK), and the bit each one counts
 _UPSTREAM_FLAGS: Final = (
-    ("ok", sql.OK), ("upstream_errors", sql.UPSTREAM_ERROR), ("streams", sql.STREAM),
-    ("streams_ok", sql.STREAM_OK), ("json_answers", sql.JSON), ("json_ok", sql.JSON_OK),
-    ("with_usage", sql.USAGE),
+    ("ok", rollups.OK), ("upstream_errors", rollups.UPSTREAM_ERROR), ("streams", rollups.STREAM),
+    ("streams_ok", rollups.STREAM_OK), ("json_answers", rollups.JSON),
+    ("json_ok", rollups.JSON_OK), ("with_usage", rollups.USAGE),
 )  # fmt: skip
 _UPSTREAM_LISTS: Final = ("ttfb", "ttft", "total")
 
@@ -115,7 +116,15 @@ def parsed(
 
 
 def parsed_answers(row: dict[str, Any]) -> dict[str, Any]:
-    """`UpstreamSums.add`'s input from `sql.upstream_query`'s row."""
+    """`UpstreamSums.add`'s input from `sql.upstream_query`'s row: its lists as counts (what
+    `minutes.answers` reads off the recording's minutes)."""
+    row["kinds"] = Counter(row["kinds"].split(",")) if row["kinds"] else Counter()
+    row["revisions"] = Counter(row["revisions"].split("\x1f")) if row["revisions"] else Counter()
+    unpriced: Counter[tuple[str | None, bool, bool]] = Counter()
+    for code in row["unpriced"].split("\x1f") if row["unpriced"] else ():
+        model, flags = code.rsplit("\x1d", 1)
+        unpriced[(None if model == "\x1e" else model, flags[0] == "1", flags[1] == "1")] += 1
+    row["unpriced"] = unpriced
     return parsed(row, ("flags", *_UPSTREAM_LISTS))
 
 
@@ -156,22 +165,15 @@ class UpstreamSums:
                 if flags & bit:
                     counts[name] += n
             self.buckets[bucket] += n
-            if flags & sql.UPSTREAM_ERROR:
+            if flags & rollups.UPSTREAM_ERROR:
                 self.error_buckets[bucket] += n
         if row["cost"] is not None:
             self.cost = (self.cost or 0.0) + row["cost"]
-        if row["kinds"]:
-            self.kinds.update(row["kinds"].split(","))
+        self.kinds.update(row["kinds"])
         for name in _UPSTREAM_LISTS:
             self.latency[name].counts.update(row[name])
-        if row["revisions"]:
-            self.revisions.update(row["revisions"].split("\x1f"))
-        if row["unpriced"]:
-            for code in row["unpriced"].split("\x1f"):
-                model, flags = code.rsplit("\x1d", 1)
-                self.unpriced[
-                    (None if model == "\x1e" else model, flags[0] == "1", flags[1] == "1")
-                ] += 1
+        self.revisions.update(row["revisions"])
+        self.unpriced.update(row["unpriced"])
 
     def unpriced_rows(self) -> list[tuple[str, str, str | None, int, int, int, int]]:
         """(upstream, role, model, answers, with usage, with images, priced) per model, over

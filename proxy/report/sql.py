@@ -9,13 +9,10 @@ from typing import Any, Final, NamedTuple
 
 import orjson
 
+from proxy.record.rollups import NOT_UPSTREAM, answer_flags, usage_sql
 from proxy.replay.compare import RUN_CLAUSE
 from proxy.report.bins import bin_sql
 from proxy.report.data import ReportFilter
-
-# The app leaving and the sidecar refusing are nobody's upstream's doing: they are shown,
-# but left out of error rates and of every shadow-vs-primary comparison.
-NOT_UPSTREAM: Final = ("client_disconnect", "proxy")
 
 
 class Query(NamedTuple):
@@ -40,14 +37,6 @@ def _two_level(inner: dict[str, str], outer: list[tuple[str, str]], rest: str) -
         + f"\n{rest}\nLIMIT -1)"
     )
     return Query(sql, tuple(name for name, _ in outer))
-
-
-def usage_sql(a: str) -> str:
-    """The token count of a response row, NULL when it reported no usage at all."""
-    return (
-        f"coalesce({a}.total_tokens, {a}.prompt_tokens + {a}.completion_tokens, "
-        f"{a}.prompt_tokens, {a}.completion_tokens)"
-    )
 
 
 def _us(expr: str) -> str:
@@ -103,17 +92,10 @@ _GROUP_RANGE: Final = (
 )
 
 
-# An answer's counts travel as one small integer per row: these bits, plus ANSWER_BUCKET times
-# (its timeline bucket times REVISIONS plus its revision's place). Python counts the distinct
-# integers (a few hundred) and reads every count off them: one aggregate where there were
-# ten, and SQLite's cost is per row and per aggregate.
-OK: Final = 1  # no error of any kind
-UPSTREAM_ERROR: Final = 2  # an error neither the app nor the sidecar caused
-STREAM: Final = 4  # a stream answered 2xx (not cut by the app)
-STREAM_OK: Final = 8  # ... that ended with [DONE] and usage
-JSON: Final = 16  # a successful answer in JSON mode
-JSON_OK: Final = 32  # ... that parsed
-USAGE: Final = 64  # it reported usage
+# An answer's counts travel as one small integer per row: its flags (`proxy.record.rollups.OK`
+# ...), plus ANSWER_BUCKET times (its timeline bucket times REVISIONS plus its revision's
+# place). Python counts the distinct integers (a few hundred) and reads every count off them:
+# one aggregate where there were ten, and SQLite's cost is per row and per aggregate.
 ANSWER_BUCKET: Final = 128
 # A primary's config revision travels in the same integer, as its place in a list of up to
 # REVISIONS - 1 (read through the index on revision before the answers; the last place is a
@@ -128,24 +110,6 @@ def revision_index(names: int) -> str:
     return f"(CASE e.revision {whens} ELSE {REVISIONS - 1} END)"
 
 
-def _answer_flags(a: str, usage: str) -> str:
-    """`OK` to `JSON_OK` of response `a` (`USAGE` is added outside); the IN list of the
-    app's and the sidecar's error kinds only reached by the few errors."""
-    kinds = ", ".join(f"'{k}'" for k in NOT_UPSTREAM)
-    stream = (
-        f"(CASE WHEN e.stream AND {a}.status / 100 = 2 THEN {STREAM} + {STREAM_OK} * "
-        f"({a}.stream_done IS 1 AND {usage} IS NOT NULL) ELSE 0 END)"
-    )
-    json = (
-        f"(CASE WHEN {a}.json_ok IS NULL THEN 0 WHEN {a}.json_ok THEN {JSON + JSON_OK} "
-        f"ELSE {JSON} END)"
-    )
-    return (
-        f"(CASE WHEN {a}.error_kind IS NULL THEN {OK} + {stream} + {json} "
-        f"WHEN {a}.error_kind IN ({kinds}) THEN 0 ELSE {UPSTREAM_ERROR} + {stream} END)"
-    )
-
-
 Parts = tuple[dict[str, str], list[tuple[str, str]]]
 
 
@@ -157,7 +121,7 @@ def _answer_parts(
     flags), token sums, latencies, error kinds, and, for primaries, the revisions they were
     served under (by place among `revisions` names given as :rev0.., or by name)."""
     usage = usage_sql(a)
-    flags = _answer_flags(a, usage)
+    flags = answer_flags(a)
     bucket = "CAST((e.ts - :t0) / :width AS INTEGER)"
     by_place = role == "primary" and 0 < revisions < REVISIONS
     if by_place:
@@ -197,7 +161,7 @@ def _answer_parts(
             "(coalesce(r_images, 0) > 0) END, char(31))"
         )
     outer = [
-        ("flags", f"group_concat(r_k + {USAGE} * (r_u IS NOT NULL))"),
+        ("flags", "group_concat(r_k)"),
         ("kinds", "group_concat(r_kind)"),
         ("prompt", "sum(r_pt)"),
         ("completion", "sum(r_ct)"),

@@ -85,15 +85,20 @@ class Seen:
     judged: list[Any] = field(default_factory=list)  # the judgments' rows, every recording's
 
 
-def read_seen(db: Many, failovers: bool, rows: list[Any]) -> Seen:
-    """The exchange-side queries, in one worker, beside `traffic_rows`' `rows`; `failovers`:
-    some recording has any."""
+def revisions_rows(db: Many) -> list[Any]:
+    """(revision, exchanges, first ts, last ts) for the exchanges in the filter."""
+    return db.rows(
+        "SELECT revision, count(*), min(ts), max(ts) FROM exchanges e "
+        f"WHERE 1{db.where} GROUP BY revision"
+    )
+
+
+def read_seen(db: Many, failovers: bool, rows: list[Any], revisions: list[Any]) -> Seen:
+    """The exchange-side queries, in one worker, beside `traffic_rows`' `rows` and
+    `revisions_rows`' `revisions`; `failovers`: some recording has any."""
     return Seen(
         rows=rows,
-        revisions=db.rows(
-            "SELECT revision, count(*), min(ts), max(ts) FROM exchanges e "
-            f"WHERE 1{db.where} GROUP BY revision"
-        ),
+        revisions=revisions,
         known=db.rows("SELECT revision, ts, rollback, split FROM revisions ORDER BY ts"),
         calls=db.rows(calls_sql(db.where)),
         refused=db.rows(refusals_sql(db.where)),
