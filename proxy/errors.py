@@ -15,8 +15,12 @@ SidecarError
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import orjson
-from aiohttp import web
+
+if TYPE_CHECKING:  # imported where an answer is made: `report` and `judge` never make one
+    from aiohttp import web
 
 
 class SidecarError(Exception):
@@ -45,6 +49,8 @@ class ErrorAnswer(SidecarError):
         self.message = message
 
     def response(self, request_id: str | None = None) -> web.Response:
+        from aiohttp import web  # loaded by then: it is serving
+
         headers = {"x-request-id": request_id} if request_id else None
         return web.Response(
             status=self.status,
