@@ -442,11 +442,20 @@ def _groups(db: Reading) -> list[tuple[str, str]]:
     while row is not None:
         if row[0] != "-":
             found.append((str(row[0]), str(row[1])))
-        row = con.execute(
-            "SELECT upstream, role FROM responses WHERE (upstream, role) > (?, ?) "
-            "ORDER BY upstream, role LIMIT 1",
+        # Two plain seeks: SQLite walks the index for a row value's (upstream, role) > (?, ?).
+        role = con.execute(
+            "SELECT role FROM responses WHERE upstream = ? AND role > ? ORDER BY role LIMIT 1",
             row,
         ).fetchone()
+        row = (
+            (row[0], role[0])
+            if role is not None
+            else con.execute(
+                "SELECT upstream, role FROM responses WHERE upstream > ? "
+                "ORDER BY upstream, role LIMIT 1",
+                row[:1],
+            ).fetchone()
+        )
     return found
 
 
