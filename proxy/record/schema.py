@@ -169,6 +169,8 @@ async def migrate(db: aiosqlite.Connection, path: str, version: int) -> None:
     """Takes the database from `version` (already checked) to `SCHEMA_VERSION`."""
     if version == SCHEMA_VERSION:
         return
+    if version:  # rows to carry over: version 7 counts them, ~6 s a million exchanges
+        log.info("recorder database migrating", path=path, old=version, new=SCHEMA_VERSION)
     await db.execute("BEGIN IMMEDIATE")
     try:
         # Another process may have migrated between our read and the lock.
