@@ -88,10 +88,8 @@ def _exchange_upsert(e: str, source: str, sign: int, grouped: bool) -> str:
         "model": f"ifnull({e}.model, char(30))",
         "revision": f"{e}.revision",
     }
-    values = {"n": "count(*)", "streams": f"sum({e}.stream != 0)"}
-    if not grouped:
-        values = {"n": "1", "streams": f"({e}.stream != 0)"}
-    return _upsert("exchange_minutes", key, values, source, sign, grouped)
+    row = {"n": "1", "streams": f"({e}.stream != 0)"}
+    return _upsert("exchange_minutes", key, row, source, sign, grouped)
 
 
 def _answer_upsert(r: str, e: str, source: str, sign: int, grouped: bool) -> str:
@@ -114,32 +112,35 @@ def _answer_upsert(r: str, e: str, source: str, sign: int, grouped: bool) -> str
         "cached": f"coalesce({r}.cached_tokens, 0)",
         "images": f"coalesce({r}.images, 0)",
     }
-    values = {k: (f"sum({v})" if grouped else v) for k, v in row.items()}
-    return _upsert("primary_minutes", key, values, source, sign, grouped)
+    return _upsert("primary_minutes", key, row, source, sign, grouped)
 
 
 def _latency_upserts(r: str, source: str, sign: int, grouped: bool) -> tuple[str, ...]:
     """The three latencies of a successful answer, one (metric, bin) row each: three plain
     statements cost less in a trigger than one over a three-row subquery."""
-    count = "count(*)" if grouped else "1"
-    group = " GROUP BY 1, 2, 3" if grouped else ""
     return tuple(
-        "INSERT INTO primary_latency (upstream, metric, bin, n)\n"
-        f"SELECT {r}.upstream, {i}, {bin_sql(f'{r}.{name}_ms')}, "
-        f"{count if sign > 0 else f'-{count}'}\n"
-        f"{source} AND {r}.error_kind IS NULL AND {r}.{name}_ms IS NOT NULL{group}\n"
-        "ON CONFLICT (upstream, metric, bin) DO UPDATE SET n = n + excluded.n"
+        _upsert(
+            "primary_latency",
+            {"upstream": f"{r}.upstream", "metric": str(i), "bin": bin_sql(f"{r}.{name}_ms")},
+            {"n": "1"},
+            f"{source} AND {r}.error_kind IS NULL AND {r}.{name}_ms IS NOT NULL",
+            sign,
+            grouped,
+        )
         for i, name in enumerate(("ttfb", "ttft", "total"))
     )
 
 
 def _upsert(
-    table: str, key: dict[str, str], values: dict[str, str], source: str, sign: int, grouped: bool
+    table: str, key: dict[str, str], row: dict[str, str], source: str, sign: int, grouped: bool
 ) -> str:
-    names = [*key, *values]
-    exprs = [*key.values(), *(v if sign > 0 else f"-({v})" for v in values.values())]
+    """Adds (or takes back) `row`'s values, one row's or, `grouped`, each key's sums, to the
+    row of `table` with that key."""
+    values = (f"sum({v})" if grouped else v for v in row.values())
+    names = [*key, *row]
+    exprs = [*key.values(), *(v if sign > 0 else f"-({v})" for v in values)]
     group = f" GROUP BY {', '.join(str(i + 1) for i in range(len(key)))}" if grouped else ""
-    added = ", ".join(f"{v} = {v} + excluded.{v}" for v in values)
+    added = ", ".join(f"{v} = {v} + excluded.{v}" for v in row)
     # The SELECT always has a WHERE, which keeps SQLite from reading ON as a join's.
     return (
         f"INSERT INTO {table} ({', '.join(names)})\n"

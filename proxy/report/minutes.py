@@ -43,12 +43,8 @@ def answers(
             f"(CASE WHEN {cost} IS NULL THEN NULL "
             f"ELSE {cost} + (e.n - 1) * coalesce({price.request}, 0) * 1e6 END)"
         )
-    rows = db.con.execute(
-        f"SELECT e.upstream, e.minute, e.revision, e.model, e.flags, e.error_kind, "
-        f"e.has_prompt, e.has_images, e.n, e.prompt_tokens, e.completion_tokens, e.tokens, "
-        f"e.cached_tokens, e.images, {cost} FROM ({_AS_ANSWERS}) e",
-        params,
-    ).fetchall()
+    # `_AS_ANSWERS`' columns in order, then the cost: what `_add` unpacks
+    rows = db.con.execute(f"SELECT e.*, {cost} FROM ({_AS_ANSWERS}) e", params).fetchall()
     found = {u: _empty() for u in upstreams}
     for row in rows:
         if row[0] in found:
